@@ -1,0 +1,110 @@
+"""options.requestId: a repeated mutating call answers what the first one did.
+
+Answers of successful calls are kept, persisted under the state dir, for
+`[rpc] request_id_ttl` seconds. A failed call changed nothing, so its
+requestId stays free and the caller may retry with it. Two calls with one
+requestId run one after the other, never together.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from typing import Callable
+
+from hsm.atomicfile import atomic_remove, atomic_write
+from hsm.errors import InvalidParameterException, RequestIdConflict
+
+log = logging.getLogger("hsm.requests")
+
+MAX_REQUEST_ID = 256
+
+
+def fingerprint(verb: str, args: list) -> str:
+    text = json.dumps([verb, args], sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class RequestLog:
+    def __init__(self, folder: str | None, ttl: float) -> None:
+        self._folder = folder
+        self._ttl = ttl
+        self._lock = threading.Lock()
+        self._answers: dict[str, dict] = {}
+        self._busy: dict[str, threading.Lock] = {}
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+            self._load()
+
+    def _path(self, request_id: str) -> str:
+        name = hashlib.sha256(request_id.encode()).hexdigest()
+        return os.path.join(self._folder or "", name + ".json")
+
+    def _load(self) -> None:
+        now = time.time()
+        for entry in os.scandir(self._folder):
+            if not entry.name.endswith(".json"):
+                continue
+            try:
+                with open(entry.path, encoding="utf-8") as f:
+                    record = json.load(f)
+            except (OSError, ValueError) as e:
+                log.warning("Dropping unreadable request record %s: %s", entry.path, e)
+                atomic_remove(entry.path)
+                continue
+            if now - record["time"] > self._ttl:
+                atomic_remove(entry.path)
+            else:
+                self._answers[record["requestId"]] = record
+
+    def run(self, request_id: object, verb: str, args: list, call: Callable[[], dict]) -> dict:
+        """Answer from the log if this requestId is known, else call and remember a success."""
+        if not isinstance(request_id, str) or not 0 < len(request_id) <= MAX_REQUEST_ID:
+            raise InvalidParameterException(
+                f"requestId={request_id!r}: expected a string of 1 to {MAX_REQUEST_ID} characters")
+        digest = fingerprint(verb, args)
+        with self._lock:
+            busy = self._busy.setdefault(request_id, threading.Lock())
+        with busy:
+            record = self._known(request_id)
+            if record is not None:
+                if record["verb"] != verb or record["fingerprint"] != digest:
+                    raise RequestIdConflict(f"{request_id!r} was used by {record['verb']} with other arguments")
+                log.info("Repeated requestId %r of %s: answering as the first call", request_id, verb)
+                return record["answer"]
+            answer = call()
+            if answer.get("status", {}).get("code") == 0:
+                self._remember({"requestId": request_id, "verb": verb, "fingerprint": digest,
+                                "answer": answer, "time": time.time()})
+            return answer
+
+    def _known(self, request_id: str) -> dict | None:
+        with self._lock:
+            record = self._answers.get(request_id)
+            if record is not None and time.time() - record["time"] > self._ttl:
+                del self._answers[request_id]
+                record = None
+        return record
+
+    def _remember(self, record: dict) -> None:
+        if self._folder:
+            atomic_write(self._path(record["requestId"]), json.dumps(record).encode())
+        with self._lock:
+            self._answers[record["requestId"]] = record
+            self._busy.pop(record["requestId"], None)
+
+    def expire(self) -> int:
+        """Forget answers older than the TTL; returns how many went."""
+        now = time.time()
+        with self._lock:
+            old = [rid for rid, rec in self._answers.items() if now - rec["time"] > self._ttl]
+            for rid in old:
+                del self._answers[rid]
+        if self._folder:
+            for rid in old:
+                atomic_remove(self._path(rid))
+        return len(old)

@@ -1,0 +1,64 @@
+"""The service verbs: ping, getCapabilities, getHsmConfig, getStats."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import Callable
+
+import hsm
+from hsm.api.stats import CallStats
+from hsm.api.verbs import verb
+from hsm.config import Config
+from hsm.errors import ConfigError, InvalidParameterException
+
+
+class ServiceAPI:
+    def __init__(self, config: Config, stats: CallStats,
+                 task_counts: Callable[[], dict[str, int]] = dict,
+                 repositories: Callable[[], dict[str, bool]] = dict) -> None:
+        self._config = config
+        self._stats = stats
+        self._task_counts = task_counts
+        self._repositories = repositories
+        self._started = time.time()
+
+    @verb()
+    def ping(self) -> dict:
+        return {}
+
+    @verb()
+    def getCapabilities(self) -> dict:
+        return {"info": {
+            "version": hsm.__version__,
+            "hostname": socket.gethostname(),
+            "hostId": self._config.sanlock.host_id,
+            "taskMode": self._config.tasks.mode,
+            "repoFormats": [],
+            "offloadBackends": [],
+            "pid": os.getpid(),
+        }}
+
+    @verb()
+    def getHsmConfig(self, section: str | None = None) -> dict:
+        if section is not None and not isinstance(section, str):
+            raise InvalidParameterException(f"section={section!r}: expected a string")
+        try:
+            return {"config": self._config.as_dict(section or None)}
+        except ConfigError as e:
+            raise InvalidParameterException(e.detail) from None
+
+    @verb()
+    def getStats(self) -> dict:
+        verbs, codes = self._stats.snapshot()
+        return {"stats": {
+            "uptime": round(time.time() - self._started, 3),
+            "verbs": {name: {"calls": s.calls, "errors": s.errors,
+                             "avgMs": round(1000 * s.seconds / s.calls, 3) if s.calls else 0.0,
+                             "maxMs": round(1000 * s.max_seconds, 3)}
+                      for name, s in verbs.items()},
+            "errors": {str(code): count for code, count in codes.items()},
+            "tasks": self._task_counts(),
+            "repositories": {repo_id: {"valid": valid} for repo_id, valid in self._repositories().items()},
+        }}

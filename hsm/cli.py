@@ -1,0 +1,195 @@
+"""hsm-cli: call any hsmd verb and print its answer as JSON.
+
+    hsm-cli ping
+    hsm-cli getHsmConfig rpc
+    hsm-cli createVirtualDisk local 1073741824
+    hsm-cli config dump            # the running hsmd's effective config
+    hsm-cli config dump --config /etc/hsm/hsm.conf   # what hsmd would run with
+    hsm-cli errors
+    hsm-cli task wait TASK_ID
+
+An argument that parses as JSON (a number, true, {"a": 1}, null) is sent as
+that value; anything else is sent as a string. Exit status: 0 when the answer's
+status code is 0, 1 when it is not, 2 when hsmd could not be asked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import ssl
+import sys
+import time
+import xmlrpc.client
+from typing import Any, TextIO
+
+from hsm import config as hsmconfig
+from hsm import errors
+from hsm.rpc.client import DEFAULT_ADDRESS, ServiceProxy, TlsFiles
+
+EXIT_OK, EXIT_FAILED, EXIT_UNREACHABLE = 0, 1, 2
+DONE_STATES = ("finished", "recovered", "failed")
+
+
+def parse_argument(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _print_json(value: Any, out: TextIO) -> None:
+    json.dump(value, out, indent=2, sort_keys=True)
+    out.write("\n")
+
+
+def _exit_for(answer: Any) -> int:
+    if isinstance(answer, dict) and answer.get("status", {}).get("code", 0) != 0:
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _format_ini(values: dict[str, dict[str, Any]]) -> str:
+    lines = []
+    for section, options in values.items():
+        lines.append(f"[{section}]")
+        for name, value in options.items():
+            if isinstance(value, bool):
+                value = "true" if value else "false"
+            elif isinstance(value, list):
+                value = ", ".join(value)
+            elif section == "supervdsm" and name == "mode":
+                value = f"0{value:o}"
+            lines.append(f"{name} = {value}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def config_command(args: argparse.Namespace, proxy_factory) -> int:
+    if args.action == "sample":
+        sys.stdout.write(hsmconfig.sample())
+        return EXIT_OK
+    if args.config:
+        values = hsmconfig.load(args.config).as_dict()
+    else:
+        answer = proxy_factory().getHsmConfig()
+        if _exit_for(answer) != EXIT_OK:
+            _print_json(answer, sys.stdout)
+            return EXIT_FAILED
+        values = answer["config"]
+    if args.json:
+        _print_json(values, sys.stdout)
+    else:
+        sys.stdout.write(_format_ini(values))
+    return EXIT_OK
+
+
+def errors_command(args: argparse.Namespace) -> int:
+    table = [{"code": cls.code, "name": cls.__name__, "message": cls.message} for cls in errors.all_errors()]
+    if args.json:
+        _print_json(table, sys.stdout)
+    else:
+        for row in table:
+            print(f"{row['code']:>5}  {row['name']:<42} {row['message']}")
+    return EXIT_OK
+
+
+def _progress_line(status: dict, width: int = 30) -> tuple[str, str]:
+    """(bar, plain) renderings of one task status."""
+    percent = int(status.get("percentComplete", -1))
+    stage = status.get("stage") or "-"
+    state = status.get("state", "")
+    if percent < 0:
+        bar = "[" + "?" * width + "]   ?%"
+    else:
+        filled = width * min(percent, 100) // 100
+        bar = f"[{'#' * filled}{' ' * (width - filled)}] {percent:3d}%"
+    return f"{bar} stage {stage} {state}", f"state={state} stage={stage} percent={percent}"
+
+
+def task_wait(proxy: ServiceProxy, task_id: str, interval: float, out: TextIO) -> int:
+    """Poll until the task is done; a bar on a terminal, a line per change otherwise."""
+    tty = out.isatty()
+    last = None
+    while True:
+        answer = proxy.getTaskStatus(task_id)
+        if _exit_for(answer) != EXIT_OK:
+            if tty and last is not None:
+                out.write("\n")
+            _print_json(answer, out)
+            return EXIT_FAILED
+        status = answer["taskStatus"]
+        bar, plain = _progress_line(status)
+        if tty:
+            out.write("\r" + bar)
+        elif plain != last:
+            out.write(plain + "\n")
+        out.flush()
+        last = plain
+        if status.get("state") in DONE_STATES:
+            if tty:
+                out.write("\n")
+            _print_json(status, out)
+            return EXIT_OK if status.get("taskResult") == "success" else EXIT_FAILED
+        time.sleep(interval)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hsm-cli", description="Call hsmd verbs; answers are JSON.",
+                                     epilog="Any other word is a verb: hsm-cli VERB [ARG...]")
+    parser.add_argument("--address", default=os.environ.get("HSM_ADDRESS", DEFAULT_ADDRESS),
+                        help=f"hsmd's HOST:PORT (default {DEFAULT_ADDRESS}, or $HSM_ADDRESS)")
+    parser.add_argument("--tls", nargs=3, metavar=("KEY", "CERT", "CA"),
+                        help="connect with TLS using this client key and certificate, trusting CA")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for an answer")
+    parser.add_argument("verb", help="a verb, or one of: config, errors, task")
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="the verb's arguments")
+    return parser
+
+
+def _sub_parser(command: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"hsm-cli {command}")
+    if command == "config":
+        parser.add_argument("action", choices=["dump", "sample"])
+        parser.add_argument("--config", help="compute from this hsm.conf instead of asking hsmd")
+        parser.add_argument("--json", action="store_true")
+    elif command == "errors":
+        parser.add_argument("--json", action="store_true")
+    elif command == "task":
+        parser.add_argument("action", choices=["wait"])
+        parser.add_argument("task_id")
+        parser.add_argument("--interval", type=float, default=0.5)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    tls = TlsFiles(*args.tls) if args.tls else None
+
+    def proxy() -> ServiceProxy:
+        return ServiceProxy(args.address, tls=tls, timeout=args.timeout)
+
+    try:
+        if args.verb in ("config", "errors", "task"):
+            sub = _sub_parser(args.verb).parse_args(args.args)
+            if args.verb == "config":
+                return config_command(sub, proxy)
+            if args.verb == "errors":
+                return errors_command(sub)
+            return task_wait(proxy(), sub.task_id, sub.interval, sys.stdout)
+        answer = proxy().call(args.verb, *map(parse_argument, args.args))
+        _print_json(answer, sys.stdout)
+        return _exit_for(answer)
+    except xmlrpc.client.Fault as e:
+        print(f"hsm-cli: hsmd refused the call: {e.faultString} (fault {e.faultCode})", file=sys.stderr)
+    except (OSError, socket.timeout, ssl.SSLError, xmlrpc.client.ProtocolError) as e:
+        print(f"hsm-cli: cannot reach hsmd at {args.address}: {e}", file=sys.stderr)
+    except errors.ConfigError as e:
+        print(f"hsm-cli: {e}", file=sys.stderr)
+    return EXIT_UNREACHABLE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""hsm.conf: every option with its type, default and meaning, in one place.
+
+The file is INI. An unknown section or option, or a value that does not parse
+as the option's type, is a ConfigError naming it: hsmd refuses to start rather
+than run with a setting it does not understand.
+"""
+
+from __future__ import annotations
+
+import configparser
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from hsm.errors import ConfigError
+
+DEFAULT_PATH = "/etc/hsm/hsm.conf"
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "yes", "true", "on"):
+        return True
+    if lowered in ("0", "no", "false", "off"):
+        return False
+    raise ValueError(f"{text!r} is not a boolean (true/false)")
+
+
+def _int(text: str) -> int:
+    return int(text.strip(), 0)
+
+
+def _octal(text: str) -> int:
+    return int(text.strip(), 8)
+
+
+def _list(text: str) -> list[str]:
+    return [item.strip() for item in text.replace("\n", ",").split(",") if item.strip()]
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip()
+        if value not in allowed:
+            raise ValueError(f"{value!r} is not one of {', '.join(allowed)}")
+        return value
+    parse.__name__ = "|".join(allowed)
+    return parse
+
+
+_TYPE_NAMES = {str: "string", _int: "integer", float: "number", _bool: "boolean",
+               _octal: "octal", _list: "list"}
+
+
+@dataclass(frozen=True)
+class Option:
+    section: str
+    name: str
+    parse: Callable[[str], Any]
+    default: str
+    description: str
+    secret: bool = False
+
+    @property
+    def type_name(self) -> str:
+        return _TYPE_NAMES.get(self.parse, self.parse.__name__)
+
+
+def _options() -> list[Option]:
+    o = Option
+    return [
+        # [irs]: the storage options VDSM kept in vdsm.conf, and hsmd's places.
+        o("irs", "state_dir", str, "/var/lib/hsm", "hsmd's persistent state: tasks, requests, the default repository"),
+        o("irs", "repository", str, "/rhev/data-center", "root of storage mounts and links, as VDSM's [irs] repository"),
+        o("irs", "sd_health_check_delay", float, "10", "seconds between two checks of a repository by its monitor"),
+        o("irs", "process_pool_timeout", float, "60", "seconds a file operation on repository storage may take"),
+        o("irs", "process_pool_max_slots_per_domain", _int, "10", "concurrent file operations per repository"),
+        o("irs", "task_resource_default_timeout", _int, "120000", "milliseconds a task waits for a resource lock"),
+        o("irs", "prepare_image_timeout", _int, "600000", "milliseconds prepareImage waits for its image lock"),
+        o("irs", "lvm_dev_whitelist", _list, "", "devices always accepted by the LVM filter"),
+        o("irs", "lv_activation", _choice("lvm", "loop"), "lvm", "how an LV is made usable: lvchange -ay, or a loop device over its extents"),
+        o("irs", "qcow2_compat", _choice("0.10", "1.1"), "1.1", "qcow2 compat level of new volumes"),
+        o("irs", "udev_settle_timeout", _int, "5", "seconds to wait for udev events to settle"),
+        o("irs", "scsi_rescan_maximal_timeout", _int, "30", "seconds a SCSI rescan may take"),
+        o("irs", "iscsi_default_ifaces", _list, "default", "iSCSI interfaces used when a connection names none"),
+        o("irs", "use_volume_leases", _bool, "false", "take sanlock volume leases in prepareImage"),
+        o("irs", "maximum_allowed_pvs", _int, "8", "most physical volumes in one block repository"),
+        o("irs", "progress_interval", float, "30", "seconds between progress lines in the log for long copies"),
+        o("irs", "hooks_dir", str, "/usr/libexec/hsm/hooks", "folder of before_hsmd_start/ and after_hsmd_stop/ hook folders"),
+        o("irs", "hook_timeout", float, "60", "seconds one lifecycle hook may run before it is killed"),
+        # [rpc]: the XML-RPC service.
+        o("rpc", "host", str, "127.0.0.1", "address to listen on; anything but loopback requires ssl"),
+        o("rpc", "port", _int, "54324", "TCP port of the XML-RPC service"),
+        o("rpc", "ssl", _bool, "false", "serve TLS and require client certificates signed by ca_file"),
+        o("rpc", "key_file", str, "/etc/pki/hsm/keys/hsmkey.pem", "the server's private key"),
+        o("rpc", "cert_file", str, "/etc/pki/hsm/certs/hsmcert.pem", "the server's certificate"),
+        o("rpc", "ca_file", str, "/etc/pki/hsm/certs/cacert.pem", "CA certificates that sign accepted client certificates"),
+        o("rpc", "threads", _int, "16", "worker threads answering calls"),
+        o("rpc", "listen_backlog", _int, "1024", "pending connections the kernel keeps before refusing"),
+        o("rpc", "keepalive_connections", _int, "256", "idle keep-alive connections kept open at once"),
+        o("rpc", "max_request_bytes", _int, "10485760", "largest request body accepted"),
+        o("rpc", "socket_timeout", float, "60", "seconds a connection may stay silent before it is closed"),
+        o("rpc", "shutdown_timeout", float, "30", "seconds in-flight calls get to finish on SIGTERM"),
+        o("rpc", "request_id_ttl", _int, "86400", "seconds an answer is kept for a repeated options.requestId"),
+        # [tasks]
+        o("tasks", "mode", _choice("non-transparent", "transparent"), "non-transparent", "who owns task lifecycles: hsmd, or the caller (VDSM)"),
+        o("tasks", "thread_pool_size", _int, "10", "tasks run at once"),
+        o("tasks", "max_tasks", _int, "500", "tasks queued or running before new ones are refused"),
+        o("tasks", "finished_ttl", _int, "3600", "seconds a finished task is kept in non-transparent mode; 0 keeps it until clearTask"),
+        # [connections]
+        o("connections", "monitor_interval", float, "10", "seconds between checks of a managed connection"),
+        o("connections", "reconnect_backoff_min", float, "1", "first delay before reconnecting a lost connection"),
+        o("connections", "reconnect_backoff_max", float, "300", "longest delay between reconnect attempts"),
+        # [sanlock]
+        o("sanlock", "host_id", _int, "1", "this host's id in every lockspace (1-2000)"),
+        o("sanlock", "io_timeout", _int, "10", "sanlock I/O timeout in seconds for new lockspaces"),
+        # [supervdsm]
+        o("supervdsm", "socket", str, "/run/hsm/supervdsm.sock", "supervdsmd's Unix socket"),
+        o("supervdsm", "group", str, "root", "group owning the socket"),
+        o("supervdsm", "mode", _octal, "0660", "permissions of the socket"),
+        o("supervdsm", "allowed_uids", _list, "0", "user ids allowed to call supervdsmd"),
+        o("supervdsm", "call_timeout", float, "60", "seconds a privileged call may run"),
+        o("supervdsm", "connect_timeout", float, "1", "seconds to reach supervdsmd before a call fails"),
+        # [offload]
+        o("offload", "enabled", _bool, "true", "use reflink, copy_file_range or arrays before qemu-img"),
+        o("offload", "arrays", _list, "", "libstoragemgmt URIs of storage arrays"),
+        o("offload", "array_password", str, "", "password for the arrays' libstoragemgmt URIs", secret=True),
+        o("offload", "capabilities_refresh", float, "3600", "seconds between refreshes of array capabilities"),
+        # [logging]
+        o("logging", "config_file", str, "/etc/hsm/logger.conf", "logging configuration (Python fileConfig format)"),
+        o("logging", "log_dir", str, "/var/log/hsm", "folder of hsm.log"),
+        o("logging", "level", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO", "level of hsm.log"),
+    ]
+
+
+OPTIONS: dict[tuple[str, str], Option] = {(opt.section, opt.name): opt for opt in _options()}
+SECTIONS: tuple[str, ...] = tuple(dict.fromkeys(opt.section for opt in OPTIONS.values()))
+
+
+class Section:
+    """One section's typed values, read as attributes: config.rpc.port."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self._values = values
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+class Config:
+    """The effective configuration: defaults, then the file, then overrides."""
+
+    def __init__(self, values: dict[str, dict[str, Any]], source: str = "") -> None:
+        self._values = values
+        self.source = source
+
+    def __getattr__(self, section: str) -> Section:
+        if section.startswith("_") or section not in self._values:
+            raise AttributeError(section)
+        return Section(self._values[section])
+
+    def get(self, section: str, name: str) -> Any:
+        return self._values[section][name]
+
+    def as_dict(self, section: str | None = None, secrets: bool = False) -> dict[str, dict[str, Any]]:
+        """{section: {option: value}}; secret options are left out unless asked for."""
+        if section is not None and section not in self._values:
+            raise ConfigError(f"no section [{section}]")
+        names = [section] if section else list(self._values)
+        return {
+            name: {key: value for key, value in self._values[name].items()
+                   if secrets or not OPTIONS[(name, key)].secret}
+            for name in names
+        }
+
+
+def _parse(opt: Option, text: str) -> Any:
+    try:
+        return opt.parse(text)
+    except ValueError as e:
+        raise ConfigError(f"[{opt.section}] {opt.name} = {text!r}: expected {opt.type_name}: {e}") from None
+
+
+def load(path: str | None = None, overrides: dict[tuple[str, str], str] | None = None) -> Config:
+    """Read `path` (None: defaults only) and apply `overrides` (given as text)."""
+    texts = {key: opt.default for key, opt in OPTIONS.items()}
+    if path is not None:
+        parser = configparser.ConfigParser(interpolation=None, default_section="\0none")
+        parser.optionxform = str  # option names are case-sensitive, as written here
+        try:
+            with open(path, encoding="utf-8") as f:
+                parser.read_file(f)
+        except OSError as e:
+            raise ConfigError(f"{path}: {e.strerror}") from None
+        except configparser.Error as e:
+            raise ConfigError(f"{path}: {e.message}") from None
+        unknown = [f"[{s}]" for s in parser.sections() if s not in SECTIONS]
+        unknown += [f"[{s}] {name}" for s in parser.sections() if s in SECTIONS
+                    for name in parser[s] if (s, name) not in OPTIONS]
+        if unknown:
+            raise ConfigError(f"{path}: unknown " + ", ".join(unknown))
+        for section in parser.sections():
+            for name, text in parser[section].items():
+                texts[(section, name)] = text
+    for key, text in (overrides or {}).items():
+        if key not in OPTIONS:
+            raise ConfigError(f"unknown option [{key[0]}] {key[1]}")
+        texts[key] = text
+    values: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
+    for key, opt in OPTIONS.items():
+        values[opt.section][opt.name] = _parse(opt, texts[key])
+    return Config(values, source=path or "")
+
+
+def sample() -> str:
+    """The documented hsm.conf shipped in etc/hsm/: every option commented out at its default."""
+    lines = ["# hsm.conf: hsmd's configuration. Every option is shown at its default.",
+             "# Unknown options or badly typed values stop hsmd with a message naming them."]
+    for section in SECTIONS:
+        lines += ["", f"[{section}]"]
+        for opt in OPTIONS.values():
+            if opt.section == section:
+                lines += ["", f"# {opt.description} ({opt.type_name})", f"# {opt.name} = {opt.default}"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,142 @@
+"""hsmd: serve the storage API over XML-RPC until SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+
+import hsm
+from hsm import config as hsmconfig
+from hsm import hooks, logsetup, sdnotify
+from hsm.api.dispatch import Dispatcher
+from hsm.api.requests import RequestLog
+from hsm.api.service import ServiceAPI
+from hsm.api.stats import CallStats
+from hsm.errors import ConfigError, HookError
+from hsm.rpc.metrics import Metrics
+from hsm.rpc.server import RpcServer, ServerSettings
+
+log = logging.getLogger("hsm.daemon")
+
+EXIT_CONFIG = 2
+EXIT_START = 1
+
+
+def parse_address(text: str) -> tuple[str, str]:
+    """HOST:PORT or [IPV6]:PORT as (host, port) texts."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(f"--listen {text!r}: expected HOST:PORT")
+    return host.strip("[]"), port
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except socket.gaierror:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(info[4][0]).is_loopback for info in infos)
+
+
+def load_config(args: argparse.Namespace) -> hsmconfig.Config:
+    overrides: dict[tuple[str, str], str] = {}
+    if args.listen:
+        host, port = parse_address(args.listen)
+        overrides[("rpc", "host")] = host
+        overrides[("rpc", "port")] = port
+    if args.state_dir:
+        overrides[("irs", "state_dir")] = os.path.abspath(args.state_dir)
+    path = args.config
+    if path is None and os.path.exists(hsmconfig.DEFAULT_PATH):
+        path = hsmconfig.DEFAULT_PATH
+    config = hsmconfig.load(path, overrides)
+    if not config.rpc.ssl and not is_loopback(config.rpc.host):
+        raise ConfigError(f"refusing to listen on {config.rpc.host} without TLS: "
+                          "set [rpc] ssl = true with key_file, cert_file and ca_file")
+    if config.rpc.ssl:
+        for name in ("key_file", "cert_file", "ca_file"):
+            if not os.path.isfile(config.get("rpc", name)):
+                raise ConfigError(f"[rpc] {name} = {config.get('rpc', name)}: no such file")
+    return config
+
+
+class Service:
+    """hsmd's parts, built from the config, started and stopped together."""
+
+    def __init__(self, config: hsmconfig.Config) -> None:
+        self.config = config
+        state_dir = config.irs.state_dir
+        os.makedirs(state_dir, exist_ok=True)
+        self.stats = CallStats()
+        requests = RequestLog(os.path.join(state_dir, "requests"), ttl=config.rpc.request_id_ttl)
+        self.dispatcher = Dispatcher([ServiceAPI(config, self.stats)], requests, self.stats)
+        rpc = config.rpc
+        settings = ServerSettings(
+            host=rpc.host, port=rpc.port, threads=rpc.threads, listen_backlog=rpc.listen_backlog,
+            keepalive_connections=rpc.keepalive_connections, max_request_bytes=rpc.max_request_bytes,
+            socket_timeout=rpc.socket_timeout, shutdown_timeout=rpc.shutdown_timeout,
+            tls=(rpc.key_file, rpc.cert_file, rpc.ca_file) if rpc.ssl else None)
+        self.server = RpcServer(settings, self.dispatcher, Metrics(self.stats))
+
+    def stop(self) -> None:
+        self.server.stop()
+        if self.dispatcher.requests is not None:
+            self.dispatcher.requests.expire()
+
+
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="hsmd", description="The Host Storage Manager daemon.")
+    parser.add_argument("--config", help=f"hsm.conf to read (default: {hsmconfig.DEFAULT_PATH} if it exists)")
+    parser.add_argument("--listen", metavar="HOST:PORT", help="overrides [rpc] host and port")
+    parser.add_argument("--state-dir", metavar="DIR", help="overrides [irs] state_dir")
+    parser.add_argument("--version", action="version", version=f"hsmd {hsm.__version__}")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _arguments(argv)
+    try:
+        config = load_config(args)
+        log_path = logsetup.setup(config)
+    except (ConfigError, OSError) as e:
+        print(f"hsmd: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopping.set())
+    log.info("hsmd %s starting (config %s, log %s)", hsm.__version__, config.source or "built-in", log_path)
+    try:
+        hooks.run_hooks(config.irs.hooks_dir, hooks.BEFORE_START, config.irs.hook_timeout)
+        service = Service(config)
+    except (HookError, OSError) as e:
+        log.error("hsmd cannot start: %s", e)
+        print(f"hsmd: cannot start: {e}", file=sys.stderr)
+        return EXIT_START
+    serving = threading.Thread(target=service.server.serve_forever, name="rpc-server", daemon=True)
+    serving.start()
+    host, port = service.server.address
+    log.info("Serving XML-RPC on %s:%d (%s)", host, port, "TLS" if config.rpc.ssl else "plain")
+    sdnotify.notify("READY=1\nSTATUS=serving")
+    while not stopping.wait(3600):
+        pass
+    log.info("Stopping: finishing calls in flight")
+    sdnotify.notify("STOPPING=1")
+    service.stop()
+    serving.join(config.rpc.shutdown_timeout)
+    try:
+        hooks.run_hooks(config.irs.hooks_dir, hooks.AFTER_STOP, config.irs.hook_timeout)
+    except HookError as e:
+        log.error("%s", e)
+    log.info("hsmd stopped")
+    logging.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

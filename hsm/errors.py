@@ -1,0 +1,103 @@
+"""Every error hsm reports, each a class with a code.
+
+Codes below 5000 are VDSM's own numbers (its storage exception module) for the
+same condition, so VDSM and the engine read them as they always did; codes
+from 5000 up are conditions VDSM did not have. `hsm-cli errors` prints this
+table.
+"""
+
+from __future__ import annotations
+
+
+class HsmError(Exception):
+    """An error a caller can act on; the API turns it into a status struct."""
+
+    code = 100
+    message = "General error"
+
+    def __init__(self, detail: object = "") -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+    def __str__(self) -> str:
+        if self.detail in ("", None):
+            return self.message
+        return f"{self.message}: {self.detail}"
+
+    def status(self) -> dict:
+        return {"code": self.code, "message": str(self)}
+
+
+def _error(name: str, code: int, message: str) -> type[HsmError]:
+    return type(name, (HsmError,), {"code": code, "message": message})
+
+
+# VDSM's numbers (storage_exception); only conditions hsm can meet are listed.
+GeneralException = HsmError
+VolumeDoesNotExist = _error("VolumeDoesNotExist", 201, "No such volume")
+VolumeIsBusy = _error("VolumeIsBusy", 203, "The volume is in use")
+VolumeImageHasChildren = _error("VolumeImageHasChildren", 204, "The volume has child volumes")
+VolumeCreationError = _error("VolumeCreationError", 205, "The volume could not be created")
+VolumeExtendingError = _error("VolumeExtendingError", 206, "The volume could not be extended")
+VolumeMetadataReadError = _error("VolumeMetadataReadError", 207, "The volume metadata could not be read")
+VolumeMetadataWriteError = _error("VolumeMetadataWriteError", 208, "The volume metadata could not be written")
+VolumeAlreadyExists = _error("VolumeAlreadyExists", 212, "A volume with this id exists")
+VolumeNonWritable = _error("VolumeNonWritable", 213, "The volume is read-only")
+CannotDeleteVolume = _error("CannotDeleteVolume", 222, "The volume could not be deleted")
+CannotDeleteSharedVolume = _error("CannotDeleteSharedVolume", 223, "A volume shared by other images cannot be deleted")
+MergeSnapshotsError = _error("MergeSnapshotsError", 252, "The snapshots could not be merged")
+ImageDeleteError = _error("ImageDeleteError", 256, "Not every volume of the image could be removed")
+CopyImageError = _error("CopyImageError", 261, "The image copy failed")
+ImageIsNotLegalChain = _error("ImageIsNotLegalChain", 262, "The image's volume chain is not valid")
+ImageDoesNotExistInSD = _error("ImageDoesNotExistInSD", 268, "No such image in the repository")
+StoragePoolUnknown = _error("StoragePoolUnknown", 309, "No such storage pool connected")
+StorageDomainCreationError = _error("StorageDomainCreationError", 351, "The repository could not be created")
+StorageDomainDoesNotExist = _error("StorageDomainDoesNotExist", 358, "No such repository")
+StorageDomainFSNotMounted = _error("StorageDomainFSNotMounted", 360, "The repository's file system is not mounted")
+StorageDomainNotEmpty = _error("StorageDomainNotEmpty", 361, "The storage already holds data")
+StorageDomainAlreadyExists = _error("StorageDomainAlreadyExists", 365, "The repository exists")
+StorageDomainAccessError = _error("StorageDomainAccessError", 379, "The repository cannot be reached")
+NoSpaceLeftOnDomain = _error("NoSpaceLeftOnDomain", 397, "No space left in the repository")
+InvalidTask = _error("InvalidTask", 400, "Invalid task id")
+UnknownTask = _error("UnknownTask", 401, "No such task")
+TaskNotFinished = _error("TaskNotFinished", 403, "The task has not finished")
+AddTaskError = _error("AddTaskError", 405, "No room for another task")
+TaskInProgress = _error("TaskInProgress", 406, "The task is in progress")
+TaskMetaDataSaveError = _error("TaskMetaDataSaveError", 407, "The task record could not be saved")
+TaskMetaDataLoadError = _error("TaskMetaDataLoadError", 408, "The task record could not be read")
+TaskStateError = _error("TaskStateError", 410, "Not allowed in the task's current state")
+TaskAborted = _error("TaskAborted", 411, "The task was aborted")
+TaskStateTransitionError = _error("TaskStateTransitionError", 441, "The task cannot move to that state")
+ActionStopped = _error("ActionStopped", 443, "The operation was stopped")
+StorageServerConnectionError = _error("StorageServerConnectionError", 451, "The storage server connection failed")
+StorageServerDisconnectionError = _error("StorageServerDisconnectionError", 452, "The storage server disconnection failed")
+StorageServerAccessPermissionError = _error("StorageServerAccessPermissionError", 469, "The storage path's permissions deny access")
+MountError = _error("MountError", 477, "The storage could not be mounted")
+StorageServerConnectionRefIdAlreadyInUse = _error("StorageServerConnectionRefIdAlreadyInUse", 478, "The connection id is in use")
+StorageServerConnectionRefIdDoesNotExist = _error("StorageServerConnectionRefIdDoesNotExist", 479, "No such connection id")
+VolumeGroupDoesNotExist = _error("VolumeGroupDoesNotExist", 506, "No such volume group")
+LogicalVolumeDoesNotExistError = _error("LogicalVolumeDoesNotExistError", 610, "No such logical volume")
+SpmStatusError = _error("SpmStatusError", 654, "This host does not hold the metadata-writer lease")
+AcquireLockFailure = _error("AcquireLockFailure", 651, "The lock could not be acquired")
+ResourceTimeout = _error("ResourceTimeout", 851, "Timed out waiting for a resource lock")
+InvalidParameterException = _error("InvalidParameterException", 1000, "Invalid parameter")
+MiscFileReadException = _error("MiscFileReadException", 2001, "A file could not be read")
+MiscFileWriteException = _error("MiscFileWriteException", 2002, "A file could not be written")
+
+# New conditions, numbered from 5000.
+RequestIdConflict = _error("RequestIdConflict", 5000, "requestId already used with other arguments")
+ConfigError = _error("ConfigError", 5001, "Invalid configuration")
+NotAvailable = _error("NotAvailable", 5002, "Not available on this host")
+SupervdsmUnavailable = _error("SupervdsmUnavailable", 5003, "supervdsmd is not reachable")
+SupervdsmCallError = _error("SupervdsmCallError", 5004, "Privileged call failed")
+StorageTimeout = _error("StorageTimeout", 5005, "Storage did not answer in time")
+HookError = _error("HookError", 5006, "Lifecycle hook failed")
+
+
+def all_errors() -> list[type[HsmError]]:
+    """Every error class, sorted by code."""
+    found = {HsmError}
+    for value in globals().values():
+        if isinstance(value, type) and issubclass(value, HsmError):
+            found.add(value)
+    return sorted(found, key=lambda cls: cls.code)

@@ -1,0 +1,84 @@
+"""ServiceProxy: a client for hsmd, plain or TLS with a client certificate."""
+
+from __future__ import annotations
+
+import http.client
+import ssl
+import xmlrpc.client
+from dataclasses import dataclass
+from typing import Any
+
+DEFAULT_ADDRESS = "127.0.0.1:54324"
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    key_file: str
+    cert_file: str
+    ca_file: str
+
+    def context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.ca_file)
+        context.load_cert_chain(self.cert_file, self.key_file)
+        context.check_hostname = False  # hsmd's certificate names the host, callers often use an IP
+        return context
+
+
+class _Transport(xmlrpc.client.Transport):
+    """Keep-alive HTTP/1.1 with a timeout on every socket operation."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__()
+        self._timeout = timeout
+
+    def make_connection(self, host: str) -> http.client.HTTPConnection:
+        if self._connection and host == self._connection[0]:
+            return self._connection[1]
+        self._connection = host, http.client.HTTPConnection(host, timeout=self._timeout)
+        return self._connection[1]
+
+
+class _TlsTransport(xmlrpc.client.SafeTransport):
+    def __init__(self, timeout: float, context: ssl.SSLContext) -> None:
+        super().__init__(context=context)
+        self._timeout = timeout
+
+    def make_connection(self, host: str) -> http.client.HTTPSConnection:
+        if self._connection and host == self._connection[0]:
+            return self._connection[1]
+        self._connection = host, http.client.HTTPSConnection(host, timeout=self._timeout,
+                                                             context=self.context)
+        return self._connection[1]
+
+
+class ServiceProxy:
+    """Calls hsmd verbs as methods: ServiceProxy().ping() -> {"status": {...}}.
+
+    One proxy holds one keep-alive connection and is not for sharing between
+    threads; make one per thread.
+    """
+
+    def __init__(self, address: str = DEFAULT_ADDRESS, tls: TlsFiles | None = None,
+                 timeout: float = 60.0) -> None:
+        scheme = "https" if tls else "http"
+        transport = _TlsTransport(timeout, tls.context()) if tls else _Transport(timeout)
+        self._proxy = xmlrpc.client.ServerProxy(f"{scheme}://{address}/RPC2", transport=transport,
+                                               allow_none=True, use_builtin_types=True)
+        self.address = address
+
+    def call(self, verb: str, *args: Any) -> Any:
+        return getattr(self._proxy, verb)(*args)
+
+    def __getattr__(self, verb: str) -> Any:
+        if verb.startswith("_"):
+            raise AttributeError(verb)
+        return getattr(self._proxy, verb)
+
+    def close(self) -> None:
+        self._proxy("close")()
+
+    def __enter__(self) -> "ServiceProxy":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

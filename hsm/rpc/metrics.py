@@ -1,0 +1,54 @@
+"""GET /metrics: Prometheus text made by prometheus_client from hsm's own counters."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from hsm.api.stats import LATENCY_BUCKETS, CallStats
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+
+class _Collector:
+    def __init__(self, stats: CallStats, task_counts: Callable[[], dict[str, int]],
+                 repositories: Callable[[], dict[str, bool]]) -> None:
+        self._stats = stats
+        self._task_counts = task_counts
+        self._repositories = repositories
+
+    def collect(self) -> Iterator:
+        verbs, codes = self._stats.snapshot()
+        calls = CounterMetricFamily("hsm_rpc_calls", "Calls answered, per verb", labels=["verb"])
+        latency = HistogramMetricFamily("hsm_rpc_latency_seconds", "Time to answer a call, per verb",
+                                        labels=["verb"])
+        for name, s in sorted(verbs.items()):
+            calls.add_metric([name], s.calls)
+            cumulative, running = [], 0
+            for bound, count in zip((*map(str, LATENCY_BUCKETS), "+Inf"), s.buckets):
+                running += count
+                cumulative.append((bound, running))
+            latency.add_metric([name], cumulative, s.seconds)
+        errors = CounterMetricFamily("hsm_rpc_errors", "Failed calls, per status code", labels=["code"])
+        for code, count in sorted(codes.items()):
+            errors.add_metric([str(code)], count)
+        tasks = GaugeMetricFamily("hsm_tasks", "Tasks, per state", labels=["state"])
+        for state, count in sorted(self._task_counts().items()):
+            tasks.add_metric([state], count)
+        repos = GaugeMetricFamily("hsm_repository_up", "1 when the repository's last check passed",
+                                  labels=["repo"])
+        for repo_id, valid in sorted(self._repositories().items()):
+            repos.add_metric([repo_id], 1 if valid else 0)
+        yield from (calls, latency, errors, tasks, repos)
+
+
+class Metrics:
+    def __init__(self, stats: CallStats, task_counts: Callable[[], dict[str, int]] = dict,
+                 repositories: Callable[[], dict[str, bool]] = dict) -> None:
+        self._registry = CollectorRegistry(auto_describe=False)
+        self._registry.register(_Collector(stats, task_counts, repositories))
+
+    def render(self) -> bytes:
+        return generate_latest(self._registry)

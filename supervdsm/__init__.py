@@ -1,0 +1,1 @@
+"""supervdsmd: the root helper shared by VDSM and hsmd, and its client."""

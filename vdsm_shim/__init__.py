@@ -1,0 +1,1 @@
+"""What VDSM imports to reach hsmd (or run hsm's code in-process)."""
