@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import ssl
 import sys
 import time
@@ -184,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         return _exit_for(answer)
     except xmlrpc.client.Fault as e:
         print(f"hsm-cli: hsmd refused the call: {e.faultString} (fault {e.faultCode})", file=sys.stderr)
-    except (OSError, socket.timeout, ssl.SSLError, xmlrpc.client.ProtocolError) as e:
+    except (TimeoutError, OSError, ssl.SSLError, xmlrpc.client.ProtocolError) as e:
         print(f"hsm-cli: cannot reach hsmd at {args.address}: {e}", file=sys.stderr)
     except errors.ConfigError as e:
         print(f"hsm-cli: {e}", file=sys.stderr)

@@ -8,8 +8,9 @@ than run with a setting it does not understand.
 from __future__ import annotations
 
 import configparser
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from hsm.errors import ConfigError
 

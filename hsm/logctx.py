@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
-from typing import Iterator
+from collections.abc import Iterator
 
 _current_task: contextvars.ContextVar[str] = contextvars.ContextVar("hsm_task_id", default="")
 

@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from hsm.atomicfile import atomic_remove, atomic_write
 from hsm.errors import InvalidParameterException, RequestIdConflict

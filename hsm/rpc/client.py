@@ -77,7 +77,7 @@ class ServiceProxy:
     def close(self) -> None:
         self._proxy("close")()
 
-    def __enter__(self) -> "ServiceProxy":
+    def __enter__(self) -> ServiceProxy:
         return self
 
     def __exit__(self, *exc: object) -> None:

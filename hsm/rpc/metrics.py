@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -27,7 +27,7 @@ class _Collector:
         for name, s in sorted(verbs.items()):
             calls.add_metric([name], s.calls)
             cumulative, running = [], 0
-            for bound, count in zip((*map(str, LATENCY_BUCKETS), "+Inf"), s.buckets):
+            for bound, count in zip((*map(str, LATENCY_BUCKETS), "+Inf"), s.buckets, strict=True):
                 running += count
                 cumulative.append((bound, running))
             latency.add_metric([name], cumulative, s.seconds)

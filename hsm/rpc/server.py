@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import logging
 import ssl
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 from cheroot import wsgi
+from cheroot.errors import MaxSizeExceeded
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 
 from hsm.api.dispatch import BadArguments, Dispatcher, UnknownVerb
@@ -67,7 +68,18 @@ class RpcApplication:
             return self._reply(start_response, "405 Method Not Allowed", "text/plain",
                                b"XML-RPC takes POST\n", [("Allow", "POST")])
         length = int(environ.get("CONTENT_LENGTH") or 0)
-        body = environ["wsgi.input"].read(length) if length else environ["wsgi.input"].read()
+        try:
+            body = environ["wsgi.input"].read(length) if length else environ["wsgi.input"].read()
+        except (MaxSizeExceeded, OSError, ValueError) as e:
+            # Only chunked bodies fail here (cheroot refuses a too long Content-Length
+            # itself); it signals "too large" with MaxSizeExceeded or a plain OSError.
+            if isinstance(e, MaxSizeExceeded) or "Too Large" in str(e):
+                status, text = "413 Request Entity Too Large", b"request body too large\n"
+            elif isinstance(e, ValueError):
+                status, text = "400 Bad Request", f"bad chunked body: {e}\n".encode()
+            else:
+                raise
+            return self._reply(start_response, status, "text/plain", text, [("Connection", "close")])
         return self._reply(start_response, "200 OK", "text/xml", self.answer(body))
 
     def answer(self, body: bytes) -> bytes:

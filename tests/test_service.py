@@ -1,0 +1,176 @@
+"""The service verbs and hsmd's lifecycle, against a real hsmd over a real socket."""
+
+import os
+import socket
+import subprocess
+import threading
+import time
+import xmlrpc.client
+
+import pytest
+
+import hsm
+from tests.hsmd import HSMD, free_port
+
+
+def test_ping(hsmd):
+    assert hsmd.proxy().ping() == {"status": {"code": 0, "message": "OK"}}
+
+
+def test_capabilities(hsmd):
+    answer = hsmd.proxy().getCapabilities()
+    assert answer["status"]["code"] == 0
+    info = answer["info"]
+    assert info["version"] == hsm.__version__
+    assert info["taskMode"] == "non-transparent"
+    assert info["hostId"] == 1
+    assert info["pid"] == hsmd.process.pid
+
+
+def test_config_whole_and_one_section(make_hsmd):
+    daemon = make_hsmd(config={"rpc": {"threads": 4}, "offload": {"array_password": "s3cret"}}).start()
+    proxy = daemon.proxy()
+    config = proxy.getHsmConfig()["config"]
+    assert set(config) == {"irs", "rpc", "tasks", "connections", "sanlock", "supervdsm", "offload", "logging"}
+    assert config["rpc"]["threads"] == 4
+    assert config["rpc"]["port"] == daemon.port
+    assert config["irs"]["state_dir"] == daemon.state_dir
+    assert "array_password" not in config["offload"]
+    assert "s3cret" not in xmlrpc.client.dumps((proxy.getHsmConfig(),))
+    assert proxy.getHsmConfig("tasks") == {
+        "status": {"code": 0, "message": "OK"},
+        "config": {"tasks": {"mode": "non-transparent", "thread_pool_size": 10, "max_tasks": 500,
+                             "finished_ttl": 3600}}}
+
+
+def test_config_unknown_section_is_invalid_parameter(hsmd):
+    answer = hsmd.proxy().getHsmConfig("nosuch")
+    assert answer["status"]["code"] == 1000
+    assert "nosuch" in answer["status"]["message"]
+
+
+def test_nil_argument_accepted(hsmd):
+    answer = hsmd.proxy().getHsmConfig(None)
+    assert answer["status"]["code"] == 0
+    assert "rpc" in answer["config"]
+
+
+def test_stats_count_calls_and_errors(hsmd):
+    proxy = hsmd.proxy()
+    for _ in range(3):
+        proxy.ping()
+    proxy.getHsmConfig("nosuch")
+    stats = proxy.getStats()["stats"]
+    assert stats["verbs"]["ping"]["calls"] >= 3  # the fixture's own readiness pings count too
+    assert stats["verbs"]["ping"]["errors"] == 0
+    assert stats["verbs"]["getHsmConfig"] == {**stats["verbs"]["getHsmConfig"], "calls": 1, "errors": 1}
+    assert stats["errors"] == {"1000": 1}
+    assert stats["tasks"] == {}
+    assert stats["uptime"] > 0
+
+
+def test_answers_never_carry_nil(hsmd):
+    # A parser without allow_none (as VDSM's clients) reads every answer.
+    for verb, args in [("ping", ()), ("getCapabilities", ()), ("getHsmConfig", ()), ("getStats", ()),
+                       ("getHsmConfig", ("nosuch",))]:
+        body = xmlrpc.client.dumps(args, verb, allow_none=True)
+        answer = _post(hsmd.address, body.encode())
+        assert b"<nil/>" not in answer
+        xmlrpc.client.loads(answer)
+
+
+def _post(address, body, path="/RPC2"):
+    import http.client
+    host, port = address.split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.request("POST", path, body, {"Content-Type": "text/xml"})
+    response = conn.getresponse()
+    data = response.read()
+    conn.close()
+    return data
+
+
+def test_sigterm_lets_the_call_in_flight_finish(hsmd):
+    """A call whose body is still arriving when SIGTERM comes gets its answer."""
+    body = xmlrpc.client.dumps((), "getStats").encode()
+    host, port = hsmd.address.split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"POST /RPC2 HTTP/1.1\r\nHost: x\r\nContent-Type: text/xml\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body) + body[:20])
+        time.sleep(0.3)  # a worker is now reading this request
+        hsmd.process.terminate()
+        time.sleep(0.3)
+        sock.sendall(body[20:])
+        answer = b""
+        while b"</methodResponse>" not in answer:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert b"<name>stats</name>" in answer
+    assert hsmd.process.wait(30) == 0
+    log = hsmd.log_text()
+    assert "Stopping: finishing calls in flight" in log
+    assert "hsmd stopped" in log
+    with pytest.raises(OSError):
+        socket.create_connection((host, int(port)), timeout=2)
+
+
+def test_sd_notify_ready_and_stopping(make_hsmd, tmp_path):
+    path = str(tmp_path / "notify.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(path)
+    listener.settimeout(15)
+    daemon = make_hsmd(env={"NOTIFY_SOCKET": path}).start()
+    assert listener.recv(4096).decode().splitlines()[0] == "READY=1"
+    assert daemon.stop() == 0
+    assert listener.recv(4096).decode() == "STOPPING=1"
+    listener.close()
+
+
+def test_busy_port_fails_start_with_a_message(hsmd, tmp_path):
+    done = subprocess.run([HSMD, "--listen", hsmd.address, "--state-dir", str(tmp_path / "s2"),
+                           "--config", hsmd.config_path], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1
+    assert "cannot start" in done.stderr
+    assert hsmd.proxy().ping()["status"]["code"] == 0
+
+
+def test_sixty_four_concurrent_clients(hsmd):
+    errors, answered = [], []
+
+    def client():
+        proxy = hsmd.proxy()
+        for _ in range(25):
+            try:
+                answered.append(proxy.ping()["status"]["code"])
+            except Exception as e:  # any failure counts, that is the point
+                errors.append(repr(e))
+
+    threads = [threading.Thread(target=client) for _ in range(64)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    assert answered == [0] * 64 * 25
+
+
+def test_state_dir_is_created(tmp_path, make_hsmd):
+    daemon = make_hsmd().start()
+    assert os.path.isdir(daemon.state_dir)
+    assert os.path.isdir(os.path.join(daemon.state_dir, "requests"))
+
+
+def test_listen_without_port_is_refused(tmp_path):
+    done = subprocess.run([HSMD, "--listen", "127.0.0.1", "--state-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert "HOST:PORT" in done.stderr
+
+
+def test_free_port_helper_gives_a_bindable_port():
+    port = free_port()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
