@@ -107,6 +107,7 @@ def _options() -> list[Option]:
         o("tasks", "thread_pool_size", _int, "10", "tasks run at once"),
         o("tasks", "max_tasks", _int, "500", "tasks queued or running before new ones are refused"),
         o("tasks", "finished_ttl", _int, "3600", "seconds a finished task is kept in non-transparent mode; 0 keeps it until clearTask"),
+        o("tasks", "diagnostics", _bool, "false", "serve runTestTask (sleeping steps, crash injection) for tests and benchmarks"),
         # [connections]
         o("connections", "monitor_interval", float, "10", "seconds between checks of a managed connection"),
         o("connections", "reconnect_backoff_min", float, "1", "first delay before reconnecting a lost connection"),

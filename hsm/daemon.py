@@ -14,13 +14,16 @@ import threading
 import hsm
 from hsm import config as hsmconfig
 from hsm import hooks, logsetup, sdnotify
+from hsm.api.diagnostics import DiagnosticsAPI
 from hsm.api.dispatch import Dispatcher
 from hsm.api.requests import RequestLog
 from hsm.api.service import ServiceAPI
 from hsm.api.stats import CallStats
+from hsm.api.tasks import TasksAPI
 from hsm.errors import ConfigError, HookError
 from hsm.rpc.metrics import Metrics
 from hsm.rpc.server import RpcServer, ServerSettings
+from hsm.tasks import TaskManager
 
 log = logging.getLogger("hsm.daemon")
 
@@ -74,18 +77,30 @@ class Service:
         state_dir = config.irs.state_dir
         os.makedirs(state_dir, exist_ok=True)
         self.stats = CallStats()
+        self.tasks = TaskManager(
+            os.path.join(state_dir, "tasks"), mode=config.tasks.mode, pool_size=config.tasks.thread_pool_size,
+            max_tasks=config.tasks.max_tasks, finished_ttl=config.tasks.finished_ttl,
+            lock_timeout=config.irs.task_resource_default_timeout / 1000)
+        groups: list[object] = [
+            ServiceAPI(config, self.stats, task_mode=lambda: self.tasks.mode, task_counts=self.tasks.counts),
+            TasksAPI(self.tasks),
+        ]
+        if config.tasks.diagnostics:
+            groups.append(DiagnosticsAPI(self.tasks, os.path.join(state_dir, "diagnostics")))
         requests = RequestLog(os.path.join(state_dir, "requests"), ttl=config.rpc.request_id_ttl)
-        self.dispatcher = Dispatcher([ServiceAPI(config, self.stats)], requests, self.stats)
+        self.dispatcher = Dispatcher(groups, requests, self.stats)
+        self.tasks.recover_all()
         rpc = config.rpc
         settings = ServerSettings(
             host=rpc.host, port=rpc.port, threads=rpc.threads, listen_backlog=rpc.listen_backlog,
             keepalive_connections=rpc.keepalive_connections, max_request_bytes=rpc.max_request_bytes,
             socket_timeout=rpc.socket_timeout, shutdown_timeout=rpc.shutdown_timeout,
             tls=(rpc.key_file, rpc.cert_file, rpc.ca_file) if rpc.ssl else None)
-        self.server = RpcServer(settings, self.dispatcher, Metrics(self.stats))
+        self.server = RpcServer(settings, self.dispatcher, Metrics(self.stats, task_counts=self.tasks.counts))
 
     def stop(self) -> None:
         self.server.stop()
+        self.tasks.shutdown(self.config.rpc.shutdown_timeout)
         if self.dispatcher.requests is not None:
             self.dispatcher.requests.expire()
 

@@ -92,6 +92,8 @@ SupervdsmUnavailable = _error("SupervdsmUnavailable", 5003, "supervdsmd is not r
 SupervdsmCallError = _error("SupervdsmCallError", 5004, "Privileged call failed")
 StorageTimeout = _error("StorageTimeout", 5005, "Storage did not answer in time")
 HookError = _error("HookError", 5006, "Lifecycle hook failed")
+TaskIdExists = _error("TaskIdExists", 5007, "A task with this id exists")
+TaskIdRequired = _error("TaskIdRequired", 5008, "Transparent mode: options.taskId is required")
 
 
 def all_errors() -> list[type[HsmError]]:

@@ -67,7 +67,7 @@ def test_errors_table():
 
 def test_new_error_codes_start_at_5000():
     vdsm_names = {"RequestIdConflict", "ConfigError", "NotAvailable", "SupervdsmUnavailable",
-                  "SupervdsmCallError", "StorageTimeout", "HookError"}
+                  "SupervdsmCallError", "StorageTimeout", "HookError", "TaskIdExists", "TaskIdRequired"}
     for cls in errors.all_errors():
         if cls.__name__ in vdsm_names:
             assert cls.code >= 5000, cls

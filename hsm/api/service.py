@@ -16,10 +16,12 @@ from hsm.errors import ConfigError, InvalidParameterException
 
 class ServiceAPI:
     def __init__(self, config: Config, stats: CallStats,
+                 task_mode: Callable[[], str] | None = None,
                  task_counts: Callable[[], dict[str, int]] = dict,
                  repositories: Callable[[], dict[str, bool]] = dict) -> None:
         self._config = config
         self._stats = stats
+        self._task_mode = task_mode or (lambda: config.tasks.mode)
         self._task_counts = task_counts
         self._repositories = repositories
         self._started = time.time()
@@ -34,7 +36,7 @@ class ServiceAPI:
             "version": hsm.__version__,
             "hostname": socket.gethostname(),
             "hostId": self._config.sanlock.host_id,
-            "taskMode": self._config.tasks.mode,
+            "taskMode": self._task_mode(),
             "repoFormats": [],
             "offloadBackends": [],
             "pid": os.getpid(),

@@ -1,0 +1,346 @@
+"""The task manager: a bounded pool, persisted state moves, and recovery in two modes.
+
+non-transparent: hsmd owns its tasks. It makes their ids, resumes or rolls
+back unfinished ones at start-up, and forgets finished ones after a while.
+transparent: the caller (VDSM) owns them. Each task carries the caller's id;
+after a restart unfinished tasks wait in `waitrecover` for recoverTask or
+revertTask, and finished ones stay until clearTask.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import re
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+from hsm.errors import (ActionStopped, AddTaskError, GeneralException, HsmError, InvalidParameterException,
+                        TaskIdExists, TaskIdRequired, TaskStateError, TaskStateTransitionError, UnknownTask)
+from hsm.logctx import task_context
+from hsm.tasks.resources import ResourceManager
+from hsm.tasks.states import MOVES, State
+from hsm.tasks.store import TaskStore
+from hsm.tasks.task import Step, StepContext, Task, TaskKind
+
+log = logging.getLogger("hsm.tasks")
+
+TRANSPARENT = "transparent"
+NON_TRANSPARENT = "non-transparent"
+MODES = (NON_TRANSPARENT, TRANSPARENT)
+TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+ROLLING_BACK = (State.ABORTING, State.RACQUIRING, State.RECOVERING, State.RABORTING)
+
+
+class _Shutdown(Exception):
+    """hsmd is stopping: leave the task as it is on disk; the next start recovers it."""
+
+
+class TaskManager:
+    def __init__(self, folder: str, mode: str = NON_TRANSPARENT, pool_size: int = 10, max_tasks: int = 500,
+                 finished_ttl: float = 3600, lock_timeout: float = 120.0,
+                 resources: ResourceManager | None = None) -> None:
+        self.set_mode(mode)
+        self.store = TaskStore(folder)
+        self.resources = resources or ResourceManager()
+        self._max_tasks = max_tasks
+        self._finished_ttl = finished_ttl
+        self._lock_timeout = lock_timeout
+        self._kinds: dict[str, TaskKind] = {}
+        self._tasks: dict[str, Task] = {}
+        self._stops: dict[str, threading.Event] = {}
+        self._active = 0
+        self._finished: collections.deque[tuple[float, str]] = collections.deque()
+        self._lock = threading.Lock()
+        self._shutdown = threading.Event()
+        self._pool = ThreadPoolExecutor(pool_size, thread_name_prefix="task")
+
+    # -- set-up ---------------------------------------------------------
+
+    def register(self, kind: TaskKind) -> None:
+        self._kinds[kind.name] = kind
+
+    def set_mode(self, mode: str) -> str:
+        if mode not in MODES:
+            raise InvalidParameterException(f"mode={mode!r}: expected one of {', '.join(MODES)}")
+        self.mode = mode
+        return mode
+
+    def recover_all(self) -> dict[str, int]:
+        """Load every stored task and act as its mode says; returns counts by what was done."""
+        done = collections.Counter()
+        loaded = sorted(self.store.load_all(), key=lambda t: t.updated)
+        for task in loaded:
+            self._tasks[task.id] = task
+            self._stops[task.id] = threading.Event()
+            if task.state.done:
+                self._note_finished(task)
+                done["kept"] += 1
+                continue
+            self._active += 1
+            if task.state is State.WAITRECOVER:
+                done["waiting"] += 1
+            elif task.mode == TRANSPARENT or task.kind not in self._kinds:
+                self._to_waitrecover(task)
+                done["waiting"] += 1
+            elif task.state in ROLLING_BACK or not self._resumable(task):
+                self._submit(task, rollback=True)
+                done["rolled back"] += 1
+            else:
+                self._submit(task, rollback=False)
+                done["resumed"] += 1
+        log.info("Recovered tasks: %s", dict(done) or "none")
+        return dict(done)
+
+    def _resumable(self, task: Task) -> bool:
+        """Whether the task can run on: its current step had not begun, or may run again."""
+        if task.state is not State.RUNNING or task.step >= task.nsteps:
+            return True
+        return self._steps(task)[task.step].idempotent
+
+    # -- verbs ----------------------------------------------------------
+
+    def start(self, kind: str, verb: str, args: dict, tags: list[str] | None = None, owner: str = "",
+              task_id: str | None = None) -> Task:
+        """Create, persist and queue a task; raises at once when there is no room."""
+        if task_id is None:
+            if self.mode == TRANSPARENT:
+                raise TaskIdRequired(verb)
+            task_id = str(uuid.uuid4())
+        elif not isinstance(task_id, str) or not TASK_ID.match(task_id):
+            raise InvalidParameterException(f"taskId={task_id!r}: letters, digits, '-' and '_' only")
+        steps = self._kinds[kind].steps(args)
+        self._expire()
+        task = Task(id=task_id, kind=kind, verb=verb, args=args, mode=self.mode, nsteps=len(steps),
+                    tags=list(tags or []), owner=owner)
+        with self._lock:
+            if task_id in self._tasks:
+                raise TaskIdExists(task_id)
+            if self._active >= self._max_tasks:
+                raise AddTaskError(f"{self._active} tasks queued or running, the limit is {self._max_tasks}")
+            self._active += 1
+            self._tasks[task_id] = task
+            self._stops[task_id] = threading.Event()
+        try:
+            self._move(task, State.PREPARING)
+            self._move(task, State.QUEUED)
+        except HsmError:
+            with self._lock:
+                self._active -= 1
+                del self._tasks[task_id]
+            raise
+        self._pool.submit(self._work, task, False)
+        return task
+
+    def get(self, task_id: str) -> Task:
+        if not isinstance(task_id, str) or not TASK_ID.match(task_id):
+            raise InvalidParameterException(f"taskID={task_id!r}")
+        self._expire()
+        try:
+            return self._tasks[task_id]
+        except KeyError:
+            raise UnknownTask(task_id) from None
+
+    def all(self) -> list[Task]:
+        self._expire()
+        return list(self._tasks.values())
+
+    def counts(self) -> dict[str, int]:
+        return dict(collections.Counter(task.state.value for task in list(self._tasks.values())))
+
+    def stop(self, task_id: str) -> None:
+        """Ask a queued or running task to stop; it then rolls back what it did."""
+        task = self.get(task_id)
+        if task.state.done or task.state in (State.WAITRECOVER, *ROLLING_BACK):
+            raise TaskStateError(f"{task_id} is {task.state.value}")
+        self._stops[task_id].set()
+
+    def clear(self, task_id: str) -> None:
+        task = self.get(task_id)
+        if not task.state.done:
+            raise TaskStateError(f"{task_id} is {task.state.value}: only ended tasks can be cleared")
+        self.store.remove(task_id)
+        with self._lock:
+            self._tasks.pop(task_id, None)
+            self._stops.pop(task_id, None)
+
+    def revert(self, task_id: str) -> None:
+        """Roll back a task waiting for recovery, or undo a finished one."""
+        task = self.get(task_id)
+        if task.state not in (State.WAITRECOVER, State.FINISHED):
+            raise TaskStateError(f"{task_id} is {task.state.value}: only waitrecover or finished tasks revert")
+        if task.state is State.FINISHED:
+            with self._lock:
+                self._active += 1
+            task.step = task.nsteps - 1
+        self._submit(task, rollback=True)
+
+    def recover(self, task_id: str) -> None:
+        """Run a task waiting for recovery on from where it stopped (or on with its rollback)."""
+        task = self.get(task_id)
+        if task.state is not State.WAITRECOVER:
+            raise TaskStateError(f"{task_id} is {task.state.value}: only waitrecover tasks recover")
+        if task.kind not in self._kinds:
+            raise TaskStateError(f"{task_id}: this hsmd cannot run tasks of kind {task.kind}")
+        if task.undo < 0 and not task.resumable:
+            raise TaskStateError(f"{task_id}: step {task.step + 1} cannot run again; use revertTask")
+        self._submit(task, rollback=task.undo >= 0)
+
+    def shutdown(self, timeout: float) -> None:
+        """Stop taking work; running steps see a stop at their next check and leave their task on disk."""
+        self._shutdown.set()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + timeout
+        for thread in list(getattr(self._pool, "_threads", ())):
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    # -- running --------------------------------------------------------
+
+    def _steps(self, task: Task) -> list[Step]:
+        return self._kinds[task.kind].steps(task.args)
+
+    def _submit(self, task: Task, rollback: bool) -> None:
+        if rollback:
+            if task.state not in (State.WAITRECOVER, State.FINISHED, *ROLLING_BACK):
+                self._move(task, State.ABORTING, code=ActionStopped.code,
+                           message=f"interrupted in step {task.stage}, which cannot run again")
+            self._move(task, State.RACQUIRING)
+        else:
+            self._move(task, State.QUEUED)
+        self._pool.submit(self._work, task, rollback)
+
+    def _work(self, task: Task, rollback: bool) -> None:
+        with task_context(task.id):
+            try:
+                if rollback:
+                    self._roll_back(task)
+                else:
+                    self._run(task)
+            except _Shutdown:
+                log.info("Left %s at %s for the next start", task.state.value, task.stage)
+            except Exception:
+                log.exception("Task machinery failed")
+
+    def _run(self, task: Task) -> None:
+        kind = self._kinds[task.kind]
+        steps = kind.steps(task.args)
+        stop = self._stops[task.id]
+        try:
+            self._move(task, State.ACQUIRING)
+            with self.resources.locked(kind.resources(task.args), self._lock_timeout):
+                self._move(task, State.RUNNING)
+                context = StepContext(task, lambda: self._check(stop),
+                                      lambda percent: setattr(task, "percent", percent))
+                while task.step < len(steps):
+                    self._check(stop)
+                    step = steps[task.step]
+                    log.info("Step %s: %s", task.stage, step.name)
+                    returned = step.run(context)
+                    if isinstance(returned, dict):
+                        task.result.update(returned)
+                    self._move(task, State.RUNNING, step=task.step + 1,
+                               percent=max(task.percent, 100 * (task.step + 1) // len(steps)))
+                self._move(task, State.FINISHED, percent=100, message="OK")
+        except _Shutdown:
+            raise
+        except HsmError as e:
+            self._abort(task, e)
+        except Exception as e:
+            log.exception("Step failed unexpectedly")
+            self._abort(task, GeneralException(f"{type(e).__name__}: {e}"))
+
+    def _check(self, stop: threading.Event) -> None:
+        if self._shutdown.is_set():
+            raise _Shutdown()
+        if stop.is_set():
+            raise ActionStopped("stopped by stopTask")
+
+    def _abort(self, task: Task, error: HsmError) -> None:
+        if self._shutdown.is_set():
+            raise _Shutdown()
+        log.info("Aborting: %s", error)
+        self._move(task, State.ABORTING, code=error.code, message=str(error))
+        self._roll_back(task)
+
+    def _roll_back(self, task: Task) -> None:
+        """Undo steps from the current one (which may have half run) down to the first."""
+        steps = self._steps(task)
+        kind = self._kinds[task.kind]
+        if task.state is not State.RACQUIRING:
+            self._move(task, State.RACQUIRING)
+        first = task.undo if task.undo >= 0 else min(task.step, len(steps) - 1)
+        try:
+            with self.resources.locked(kind.resources(task.args), self._lock_timeout):
+                self._move(task, State.RECOVERING, undo=first)
+                context = StepContext(task, lambda: None, lambda percent: None)
+                for index in range(first, -1, -1):
+                    if self._shutdown.is_set():
+                        raise _Shutdown()
+                    self._move(task, State.RECOVERING, undo=index)
+                    if steps[index].rollback is not None:
+                        log.info("Rolling back step %d/%d: %s", index + 1, len(steps), steps[index].name)
+                        steps[index].rollback(context)
+        except _Shutdown:
+            raise
+        except Exception as e:
+            log.error("Rollback failed: %s", e)
+            self._move(task, State.FAILED, message=f"{task.message}; rollback failed: {e}",
+                       code=task.code or GeneralException.code)
+            return
+        if not task.code:
+            task.code, task.message = ActionStopped.code, str(ActionStopped("reverted"))
+        self._move(task, State.RECOVERED, undo=-1)
+
+    def _to_waitrecover(self, task: Task) -> None:
+        resumable = task.state not in ROLLING_BACK and self._kinds.get(task.kind) is not None \
+            and self._resumable(task)
+        self._move(task, State.WAITRECOVER, resumable=resumable)
+
+    # -- state ----------------------------------------------------------
+
+    def _move(self, task: Task, state: State, **changes: object) -> None:
+        """Persist the task in `state` (with `changes`), then let it take effect."""
+        if state is not task.state and state not in MOVES.get(task.state, ()):
+            raise TaskStateTransitionError(f"{task.id}: {task.state.value} -> {state.value}")
+        previous = {name: getattr(task, name) for name in changes}
+        before = task.state
+        for name, value in changes.items():
+            setattr(task, name, value)
+        task.state, task.updated = state, time.time()
+        try:
+            self.store.save(task)
+        except HsmError:
+            task.state = before
+            for name, value in previous.items():
+                setattr(task, name, value)
+            raise
+        if state is not before:
+            log.info("%s -> %s", before.value, state.value)
+        if state.done and not before.done:
+            with self._lock:
+                self._active -= 1
+            self._note_finished(task)
+
+    def _note_finished(self, task: Task) -> None:
+        if task.mode == NON_TRANSPARENT and self._finished_ttl > 0:
+            with self._lock:
+                self._finished.append((task.updated, task.id))
+
+    def _expire(self) -> None:
+        """Forget non-transparent tasks that ended more than finished_ttl seconds ago."""
+        if not self._finished:
+            return
+        limit = time.time() - self._finished_ttl
+        gone = []
+        with self._lock:
+            while self._finished and self._finished[0][0] < limit:
+                _, task_id = self._finished.popleft()
+                task = self._tasks.get(task_id)
+                if task is not None and task.state.done and task.updated < limit:
+                    del self._tasks[task_id]
+                    self._stops.pop(task_id, None)
+                    gone.append(task_id)
+        for task_id in gone:
+            self.store.remove(task_id)
