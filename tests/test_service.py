@@ -40,7 +40,7 @@ def test_config_whole_and_one_section(make_hsmd):
     assert proxy.getHsmConfig("tasks") == {
         "status": {"code": 0, "message": "OK"},
         "config": {"tasks": {"mode": "non-transparent", "thread_pool_size": 10, "max_tasks": 500,
-                             "finished_ttl": 3600}}}
+                             "finished_ttl": 3600, "diagnostics": False}}}
 
 
 def test_config_unknown_section_is_invalid_parameter(hsmd):

@@ -17,8 +17,18 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-from hsm.errors import (ActionStopped, AddTaskError, GeneralException, HsmError, InvalidParameterException,
-                        TaskIdExists, TaskIdRequired, TaskStateError, TaskStateTransitionError, UnknownTask)
+from hsm.errors import (
+    ActionStopped,
+    AddTaskError,
+    GeneralException,
+    HsmError,
+    InvalidParameterException,
+    TaskIdExists,
+    TaskIdRequired,
+    TaskStateError,
+    TaskStateTransitionError,
+    UnknownTask,
+)
 from hsm.logctx import task_context
 from hsm.tasks.resources import ResourceManager
 from hsm.tasks.states import MOVES, State

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class State(str, Enum):
+class State(StrEnum):
     UNKNOWN = "unknown"
     INIT = "init"
     PREPARING = "preparing"

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from hsm.tasks.states import State, engine_result, engine_state
 
@@ -20,9 +21,9 @@ class Step:
     """
 
     name: str
-    run: Callable[["StepContext"], Any]
+    run: Callable[[StepContext], Any]
     idempotent: bool = False
-    rollback: Callable[["StepContext"], None] | None = None
+    rollback: Callable[[StepContext], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class Task:
         return data
 
     @classmethod
-    def from_record(cls, data: dict) -> "Task":
+    def from_record(cls, data: dict) -> Task:
         data = dict(data)
         data["state"] = State(data["state"])
         return cls(**data)
