@@ -3,7 +3,8 @@
 Each step is {seconds, idempotent, rollback, fail, crash, crashUndo}. A step
 appends "run N" to a journal file (its undo "undo N"), so a test can see what
 really ran; `crash` ("before" or "after" the step's work) and `crashUndo` kill
-hsmd with SIGKILL at that exact point, to test recovery from a real kill -9.
+hsmd with SIGKILL at that exact point, once (the journal remembers), to test
+recovery from a real kill -9.
 """
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ KIND = "diagnostics.sleep"
 MAX_STEPS = 100
 
 
-def _kill_self() -> None:
-    os.kill(os.getpid(), signal.SIGKILL)
 
 
 class SleepSteps:
@@ -34,6 +33,17 @@ class SleepSteps:
     def journal(self, context: StepContext, line: str) -> None:
         with open(os.path.join(self.journal_dir, context.task.id + ".journal"), "a") as f:
             f.write(line + "\n")
+
+    def crash_once(self, context: StepContext, where: str) -> None:
+        """SIGKILL hsmd here, unless this crash already happened in an earlier life."""
+        path = os.path.join(self.journal_dir, context.task.id + ".journal")
+        line = f"crash {where}"
+        if os.path.exists(path):
+            with open(path) as f:
+                if line in f.read().splitlines():
+                    return
+        self.journal(context, line)
+        os.kill(os.getpid(), signal.SIGKILL)
 
     def kind(self) -> TaskKind:
         return TaskKind(KIND, self.steps, lambda args: [("01_image", name, "exclusive")
@@ -49,7 +59,7 @@ class SleepSteps:
     def _runner(self, index: int, spec: dict, count: int):
         def run(context: StepContext) -> dict:
             if spec.get("crash") == "before":
-                _kill_self()
+                self.crash_once(context, f"before {index + 1}")
             deadline = time.monotonic() + float(spec.get("seconds", 0))
             while True:
                 context.check_stop()
@@ -63,14 +73,14 @@ class SleepSteps:
             if spec.get("fail"):
                 raise VolumeCreationError(f"step {index + 1} failed as asked")
             if spec.get("crash") == "after":
-                _kill_self()
+                self.crash_once(context, f"after {index + 1}")
             return {f"step{index + 1}": "done"}
         return run
 
     def _undoer(self, index: int, spec: dict):
         def undo(context: StepContext) -> None:
             if spec.get("crashUndo"):
-                _kill_self()
+                self.crash_once(context, f"undo {index + 1}")
             self.journal(context, f"undo {index + 1}")
         return undo
 

@@ -1,0 +1,189 @@
+"""Tasks on a real hsmd: progress, stop/clear/revert/recover, limits and locks.
+
+The tasks are runTestTask's sleeping steps (served with [tasks] diagnostics =
+true); their journal shows what ran and what was undone.
+"""
+
+import os
+import time
+
+import pytest
+
+from tests.tasks_helpers import diagnostics_config, journal, start_task, status, wait_state
+
+
+@pytest.fixture
+def daemon(make_hsmd):
+    return make_hsmd(config=diagnostics_config()).start()
+
+
+def test_steps_report_progress_and_finish(daemon):
+    proxy = daemon.proxy()
+    task_id = start_task(proxy, [{"seconds": 0.4}, {"seconds": 0.4}, {"seconds": 0.4}], tags=["image:a"])
+    seen = set()
+    while True:
+        current = status(proxy, task_id)
+        if current["state"] == "running":
+            seen.add(current["stage"])
+            assert -1 <= current["percentComplete"] <= 100
+            assert current["taskState"] == "running" and current["taskResult"] == ""
+        if current["state"] == "finished":
+            break
+        time.sleep(0.02)
+    assert {"1/3", "2/3", "3/3"} <= seen
+    assert current == {"taskID": task_id, "taskState": "finished", "taskResult": "success", "code": 0,
+                       "message": "OK", "state": "finished", "stage": "3/3", "percentComplete": 100,
+                       "verb": "runTestTask", "tags": ["image:a"]}
+    info = proxy.getTaskInfo(task_id)["TaskInfo"]
+    assert info["result"] == {"step1": "done", "step2": "done", "step3": "done"}
+    assert journal(daemon, task_id) == ["run 1", "run 2", "run 3"]
+
+
+def test_failed_step_rolls_back(daemon):
+    proxy = daemon.proxy()
+    task_id = start_task(proxy, [{"seconds": 0.1}, {"seconds": 0.1}, {"seconds": 0.1, "fail": True}])
+    final = wait_state(proxy, task_id)
+    assert (final["state"], final["taskState"], final["taskResult"]) == ("recovered", "finished", "cleanSuccess")
+    assert final["code"] == 205
+    assert "step 3 failed as asked" in final["message"]
+    assert journal(daemon, task_id) == ["run 1", "run 2", "run 3", "undo 3", "undo 2", "undo 1"]
+
+
+def test_stop_running_task_rolls_back(daemon):
+    proxy = daemon.proxy()
+    task_id = start_task(proxy, [{"seconds": 0.2}, {"seconds": 5}, {"seconds": 0.2}])
+    deadline = time.monotonic() + 10
+    while status(proxy, task_id)["stage"] != "2/3" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proxy.stopTask(task_id)["status"]["code"] == 0
+    final = wait_state(proxy, task_id, timeout=5)
+    assert final["state"] == "recovered"
+    assert final["code"] == 443
+    assert journal(daemon, task_id) == ["run 1", "undo 2", "undo 1"]
+
+
+def test_stop_queued_task_never_runs_it(make_hsmd):
+    daemon = make_hsmd(config=diagnostics_config(thread_pool_size=1)).start()
+    proxy = daemon.proxy()
+    blocker = start_task(proxy, [{"seconds": 1}])
+    queued = start_task(proxy, [{"seconds": 0.1}])
+    assert status(proxy, queued)["state"] == "queued"
+    proxy.stopTask(queued)
+    assert wait_state(proxy, queued)["state"] == "recovered"
+    assert wait_state(proxy, blocker)["state"] == "finished"
+    assert "run 1" not in journal(daemon, queued)
+
+
+def test_wrong_state_and_unknown_ids(daemon):
+    proxy = daemon.proxy()
+    task_id = start_task(proxy, [{"seconds": 1}])
+    assert proxy.clearTask(task_id)["status"]["code"] == 410
+    assert proxy.recoverTask(task_id)["status"]["code"] == 410
+    assert proxy.revertTask(task_id)["status"]["code"] == 410
+    wait_state(proxy, task_id)
+    assert proxy.stopTask(task_id)["status"]["code"] == 410
+    assert proxy.getTaskStatus("no-such-task")["status"]["code"] == 401
+    assert proxy.stopTask("no-such-task")["status"]["code"] == 401
+    assert proxy.getTaskStatus("../etc/passwd")["status"]["code"] == 1000
+    assert proxy.getTaskStatus("a.b")["status"]["code"] == 1000
+
+
+def test_clear_forgets_a_finished_task(daemon):
+    proxy = daemon.proxy()
+    task_id = start_task(proxy, [{"seconds": 0}])
+    wait_state(proxy, task_id)
+    assert proxy.clearTask(task_id)["status"]["code"] == 0
+    assert proxy.getTaskStatus(task_id)["status"]["code"] == 401
+    assert not os.path.exists(os.path.join(daemon.state_dir, "tasks", task_id + ".task"))
+    assert task_id not in proxy.getAllTasksStatuses()["allTasksStatus"]
+
+
+def test_revert_undoes_a_finished_task(daemon):
+    proxy = daemon.proxy()
+    task_id = start_task(proxy, [{"seconds": 0}, {"seconds": 0, "rollback": False}, {"seconds": 0}])
+    wait_state(proxy, task_id)
+    assert proxy.revertTask(task_id)["status"]["code"] == 0
+    final = wait_state(proxy, task_id, states=("recovered", "failed"))
+    assert final["state"] == "recovered"
+    assert journal(daemon, task_id) == ["run 1", "run 2", "run 3", "undo 3", "undo 1"]
+
+
+def test_finished_tasks_expire_in_non_transparent_mode(make_hsmd):
+    daemon = make_hsmd(config=diagnostics_config(finished_ttl=1)).start()
+    proxy = daemon.proxy()
+    task_id = start_task(proxy, [{"seconds": 0}])
+    wait_state(proxy, task_id)
+    time.sleep(1.3)
+    assert proxy.getTaskStatus(task_id)["status"]["code"] == 401
+    assert not os.path.exists(os.path.join(daemon.state_dir, "tasks", task_id + ".task"))
+
+
+def test_full_queue_fails_at_once_with_405(make_hsmd):
+    daemon = make_hsmd(config=diagnostics_config(thread_pool_size=1, max_tasks=3)).start()
+    proxy = daemon.proxy()
+    ids = [start_task(proxy, [{"seconds": 0.5}]) for _ in range(3)]
+    begin = time.monotonic()
+    answer = proxy.runTestTask([{"seconds": 0}], {})
+    assert time.monotonic() - begin < 0.5
+    assert answer["status"]["code"] == 405
+    for task_id in ids:
+        wait_state(proxy, task_id)
+    assert proxy.runTestTask([{"seconds": 0}], {})["status"]["code"] == 0
+
+
+def test_five_hundred_queued_tasks(make_hsmd):
+    daemon = make_hsmd(config=diagnostics_config(thread_pool_size=2, max_tasks=500)).start()
+    proxy = daemon.proxy()
+    # Two long tasks hold both workers, so the rest stays queued until all 500 are in.
+    ids = [start_task(proxy, [{"seconds": 4}]) for _ in range(2)]
+    ids += [start_task(proxy, [{"seconds": 0}]) for _ in range(498)]
+    states = [s["state"] for s in proxy.getAllTasksStatuses()["allTasksStatus"].values()]
+    assert states.count("queued") >= 490
+    assert proxy.runTestTask([{"seconds": 0}], {})["status"]["code"] == 405
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        states = [s["state"] for s in proxy.getAllTasksStatuses()["allTasksStatus"].values()]
+        if states.count("finished") == 500:
+            break
+        time.sleep(0.2)
+    assert states.count("finished") == 500
+    assert all(journal(daemon, task_id) == ["run 1"] for task_id in ids)
+    stats = proxy.getStats()["stats"]
+    assert stats["tasks"] == {"finished": 500}
+
+
+def test_tasks_on_one_image_never_interleave(make_hsmd):
+    daemon = make_hsmd(config=diagnostics_config(thread_pool_size=4)).start()
+    proxy = daemon.proxy()
+    first = start_task(proxy, [{"seconds": 0.6}], locks=["img-1"])
+    wait_state(proxy, first, states=("running",))
+    second = start_task(proxy, [{"seconds": 0.1}], locks=["img-1"])
+    other = start_task(proxy, [{"seconds": 0.4}], locks=["img-2"])
+    assert wait_state(proxy, other, states=("running", "finished"))
+    assert status(proxy, second)["state"] == "acquiring"
+    assert status(proxy, first)["state"] == "running"
+    assert wait_state(proxy, second)["state"] == "finished"
+    first_done = proxy.getTaskInfo(first)["TaskInfo"]["updated"]
+    second_info = proxy.getTaskInfo(second)["TaskInfo"]
+    assert second_info["updated"] >= first_done
+
+
+def test_task_lines_in_the_log(daemon):
+    proxy = daemon.proxy()
+    task_id = start_task(proxy, [{"seconds": 0}])
+    wait_state(proxy, task_id)
+    lines = [line for line in daemon.log_text().splitlines() if f"Task=`{task_id}`::" in line]
+    assert any("running -> finished" in line for line in lines)
+
+
+def test_capabilities_and_set_task_mode(daemon):
+    proxy = daemon.proxy()
+    assert proxy.getCapabilities()["info"]["taskMode"] == "non-transparent"
+    assert proxy.setTaskMode("transparent") == {"status": {"code": 0, "message": "OK"}, "mode": "transparent"}
+    assert proxy.getCapabilities()["info"]["taskMode"] == "transparent"
+    assert proxy.setTaskMode("sometimes")["status"]["code"] == 1000
+    assert proxy.runTestTask([{"seconds": 0}], {})["status"]["code"] == 5008
+    task_id = start_task(proxy, [{"seconds": 0}], taskId="engine-task-1")
+    assert task_id == "engine-task-1"
+    assert proxy.runTestTask([{"seconds": 0}], {"taskId": "engine-task-1"})["status"]["code"] == 5007
+    assert proxy.runTestTask([{"seconds": 0}], {"taskId": "bad/id"})["status"]["code"] == 1000
