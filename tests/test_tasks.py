@@ -187,3 +187,44 @@ def test_capabilities_and_set_task_mode(daemon):
     assert task_id == "engine-task-1"
     assert proxy.runTestTask([{"seconds": 0}], {"taskId": "engine-task-1"})["status"]["code"] == 5007
     assert proxy.runTestTask([{"seconds": 0}], {"taskId": "bad/id"})["status"]["code"] == 1000
+
+
+def test_cli_task_wait_plain_lines(daemon):
+    import subprocess
+
+    from tests.hsmd import HSM_CLI
+    task_id = start_task(daemon.proxy(), [{"seconds": 0.3}, {"seconds": 0.3}])
+    done = subprocess.run([HSM_CLI, "--address", daemon.address, "task", "wait", task_id, "--interval", "0.05"],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert any(line.startswith("state=running stage=2/2 percent=") for line in lines)
+    assert "\r" not in done.stdout
+    assert '"taskResult": "success"' in done.stdout
+
+
+def test_cli_task_wait_progress_bar_on_a_terminal(daemon):
+    import os
+    import pty
+    import subprocess
+
+    from tests.hsmd import HSM_CLI
+    task_id = start_task(daemon.proxy(), [{"seconds": 0.3}, {"seconds": 0.3, "fail": True}])
+    leader, follower = pty.openpty()
+    process = subprocess.Popen([HSM_CLI, "--address", daemon.address, "task", "wait", task_id,
+                                "--interval", "0.05"], stdout=follower, stderr=follower)
+    os.close(follower)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the terminal closed: hsm-cli is done
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(leader)
+    assert process.wait(30) == 1, "a rolled back task is not a success"
+    text = output.decode()
+    assert "\r[" in text and "stage 2/2 running" in text
+    assert '"taskResult": "cleanSuccess"' in text
