@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import threading
 
 
 def fsync_dir(path: str) -> None:
@@ -21,13 +21,16 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
     `path`, and the folder fsynced so that the rename itself is durable.
     """
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    # One temporary name per target and thread: no random names to retry, no clash.
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{threading.get_native_id()}.tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+        try:
+            _write_all(fd, data)
+            os.fchmod(fd, mode)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.rename(tmp, path)
     except BaseException:
         try:
@@ -45,3 +48,9 @@ def atomic_remove(path: str) -> None:
     except FileNotFoundError:
         return
     fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]

@@ -10,6 +10,7 @@ revertTask, and finished ones stay until clearTask.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import re
 import threading
@@ -134,7 +135,7 @@ class TaskManager:
             self._tasks[task_id] = task
             self._stops[task_id] = threading.Event()
         try:
-            self._move(task, State.PREPARING)
+            self._move(task, State.PREPARING, persist=False)
             self._move(task, State.QUEUED)
         except HsmError:
             with self._lock:
@@ -238,21 +239,27 @@ class TaskManager:
         steps = kind.steps(task.args)
         stop = self._stops[task.id]
         try:
-            self._move(task, State.ACQUIRING)
+            self._move(task, State.ACQUIRING, persist=False)
             with self.resources.locked(kind.resources(task.args), self._lock_timeout):
-                self._move(task, State.RUNNING)
+                # Written only when it matters: after a crash, a task on disk as queued
+                # runs its current step again, which is right if that step may run twice.
+                first = steps[task.step] if task.step < len(steps) else None
+                self._move(task, State.RUNNING, persist=first is None or not first.idempotent)
                 context = StepContext(task, lambda: self._check(stop),
                                       lambda percent: setattr(task, "percent", percent))
                 while task.step < len(steps):
                     self._check(stop)
                     step = steps[task.step]
-                    log.info("Step %s: %s", task.stage, step.name)
+                    log.debug("Step %s: %s", task.stage, step.name)
                     returned = step.run(context)
                     if isinstance(returned, dict):
                         task.result.update(returned)
-                    self._move(task, State.RUNNING, step=task.step + 1,
-                               percent=max(task.percent, 100 * (task.step + 1) // len(steps)))
-                self._move(task, State.FINISHED, percent=100, message="OK")
+                    if task.step + 1 < len(steps):
+                        self._move(task, State.RUNNING, step=task.step + 1,
+                                   percent=max(task.percent, 100 * (task.step + 1) // len(steps)))
+                    else:  # the last step's end and the task's end are one write
+                        break
+                self._move(task, State.FINISHED, step=len(steps), percent=100, message="OK")
         except _Shutdown:
             raise
         except HsmError as e:
@@ -310,24 +317,24 @@ class TaskManager:
 
     # -- state ----------------------------------------------------------
 
-    def _move(self, task: Task, state: State, **changes: object) -> None:
-        """Persist the task in `state` (with `changes`), then let it take effect."""
+    def _move(self, task: Task, state: State, persist: bool = True, **changes: object) -> None:
+        """Persist the task in `state` (with `changes`), then let it take effect.
+
+        `persist=False` is only for moves after which a crash recovers exactly as
+        from the state already on disk (preparing, acquiring, and running into a
+        step that may run twice).
+        """
         if state is not task.state and state not in MOVES.get(task.state, ()):
             raise TaskStateTransitionError(f"{task.id}: {task.state.value} -> {state.value}")
-        previous = {name: getattr(task, name) for name in changes}
         before = task.state
-        for name, value in changes.items():
+        changes.update(state=state, updated=time.time())
+        if persist:
+            self.store.save(dataclasses.replace(task, **changes))
+        for name, value in changes.items():  # readers see the new state only once it is on disk
             setattr(task, name, value)
-        task.state, task.updated = state, time.time()
-        try:
-            self.store.save(task)
-        except HsmError:
-            task.state = before
-            for name, value in previous.items():
-                setattr(task, name, value)
-            raise
         if state is not before:
-            log.info("%s -> %s", before.value, state.value)
+            log.log(logging.INFO if state.done or state is State.ABORTING else logging.DEBUG,
+                    "%s -> %s", before.value, state.value)
         if state.done and not before.done:
             with self._lock:
                 self._active -= 1
