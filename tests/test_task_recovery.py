@@ -175,3 +175,14 @@ def test_sigterm_leaves_running_task_for_the_next_start(plain):
     plain.start()
     assert wait_state(plain.proxy(), task_id)["state"] == "finished"
     assert journal(plain, task_id) == ["run 1", "run 2", "run 3"]
+
+
+def test_transparent_verbs_while_waiting(transparent):
+    task_id, proxy = _crash_and_restart(transparent, _steps(2, "before"), taskId="engine-waiting")
+    assert status(proxy, task_id)["state"] == "waitrecover"
+    assert proxy.stopTask(task_id)["status"]["code"] == 410
+    assert proxy.clearTask(task_id)["status"]["code"] == 410
+    assert proxy.getAllTasksStatuses()["allTasksStatus"][task_id]["taskState"] == "cleaning"
+    assert proxy.recoverTask(task_id)["status"]["code"] == 0
+    assert wait_state(proxy, task_id)["state"] == "finished"
+    assert proxy.recoverTask(task_id)["status"]["code"] == 410

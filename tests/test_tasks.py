@@ -228,3 +228,41 @@ def test_cli_task_wait_progress_bar_on_a_terminal(daemon):
     text = output.decode()
     assert "\r[" in text and "stage 2/2 running" in text
     assert '"taskResult": "cleanSuccess"' in text
+
+
+def test_failed_rollback_ends_failed(daemon):
+    proxy = daemon.proxy()
+    task_id = start_task(proxy, [{"seconds": 0, "failUndo": True}, {"seconds": 0, "fail": True}])
+    final = wait_state(proxy, task_id)
+    assert (final["state"], final["taskState"], final["taskResult"]) == ("failed", "finished", "cleanFailure")
+    assert final["code"] == 205
+    assert "rollback failed" in final["message"] and "undo of step 1 failed" in final["message"]
+    assert journal(daemon, task_id) == ["run 1", "run 2", "undo 2"]
+
+
+@pytest.mark.parametrize("steps, state", [
+    ([{"seconds": 0}], "finished"),
+    ([{"seconds": 0, "fail": True}], "recovered"),
+    ([{"seconds": 0, "failUndo": True, "fail": True}], "failed"),
+])
+def test_verbs_in_ended_states(daemon, steps, state):
+    proxy = daemon.proxy()
+    task_id = start_task(proxy, steps)
+    assert wait_state(proxy, task_id)["state"] == state
+    assert proxy.stopTask(task_id)["status"]["code"] == 410
+    assert proxy.recoverTask(task_id)["status"]["code"] == 410
+    assert proxy.revertTask(task_id)["status"]["code"] == (0 if state == "finished" else 410)
+    wait_state(proxy, task_id)
+    assert proxy.clearTask(task_id)["status"]["code"] == 0
+    assert proxy.getTaskStatus(task_id)["status"]["code"] == 401
+
+
+def test_verbs_while_queued(make_hsmd):
+    daemon = make_hsmd(config=diagnostics_config(thread_pool_size=1)).start()
+    proxy = daemon.proxy()
+    start_task(proxy, [{"seconds": 0.5}])
+    queued = start_task(proxy, [{"seconds": 0}])
+    assert status(proxy, queued)["state"] == "queued"
+    for verb in (proxy.clearTask, proxy.revertTask, proxy.recoverTask):
+        assert verb(queued)["status"]["code"] == 410
+    assert wait_state(proxy, queued)["state"] == "finished"

@@ -1,6 +1,6 @@
 """runTestTask: a task of sleeping steps, for tests and benchmarks ([tasks] diagnostics = true).
 
-Each step is {seconds, idempotent, rollback, fail, crash, crashUndo}. A step
+Each step is {seconds, idempotent, rollback, fail, failUndo, crash, crashUndo}. A step
 appends "run N" to a journal file (its undo "undo N"), so a test can see what
 really ran; `crash` ("before" or "after" the step's work) and `crashUndo` kill
 hsmd with SIGKILL at that exact point, once (the journal remembers), to test
@@ -15,7 +15,7 @@ import time
 
 from hsm.api.dispatch import options_of
 from hsm.api.verbs import verb
-from hsm.errors import InvalidParameterException, VolumeCreationError
+from hsm.errors import CannotDeleteVolume, InvalidParameterException, VolumeCreationError
 from hsm.tasks import Step, StepContext, TaskKind
 from hsm.tasks.manager import TaskManager
 
@@ -81,6 +81,8 @@ class SleepSteps:
         def undo(context: StepContext) -> None:
             if spec.get("crashUndo"):
                 self.crash_once(context, f"undo {index + 1}")
+            if spec.get("failUndo"):
+                raise CannotDeleteVolume(f"undo of step {index + 1} failed as asked")
             self.journal(context, f"undo {index + 1}")
         return undo
 
