@@ -14,6 +14,7 @@ import threading
 import hsm
 from hsm import config as hsmconfig
 from hsm import hooks, logsetup, sdnotify
+from hsm.api.devices import DevicesAPI
 from hsm.api.diagnostics import DiagnosticsAPI
 from hsm.api.dispatch import Dispatcher
 from hsm.api.requests import RequestLog
@@ -24,6 +25,7 @@ from hsm.errors import ConfigError, HookError
 from hsm.rpc.metrics import Metrics
 from hsm.rpc.server import RpcServer, ServerSettings
 from hsm.tasks import TaskManager
+from supervdsm.client import SupervdsmClient
 
 log = logging.getLogger("hsm.daemon")
 
@@ -84,6 +86,8 @@ class Service:
         groups: list[object] = [
             ServiceAPI(config, self.stats, task_mode=lambda: self.tasks.mode, task_counts=self.tasks.counts),
             TasksAPI(self.tasks),
+            DevicesAPI(SupervdsmClient(config.supervdsm.socket, config.supervdsm.connect_timeout,
+                                       config.supervdsm.call_timeout)),
         ]
         if config.tasks.diagnostics:
             groups.append(DiagnosticsAPI(self.tasks, os.path.join(state_dir, "diagnostics")))

@@ -94,6 +94,7 @@ StorageTimeout = _error("StorageTimeout", 5005, "Storage did not answer in time"
 HookError = _error("HookError", 5006, "Lifecycle hook failed")
 TaskIdExists = _error("TaskIdExists", 5007, "A task with this id exists")
 TaskIdRequired = _error("TaskIdRequired", 5008, "Transparent mode: options.taskId is required")
+SupervdsmPeerRefused = _error("SupervdsmPeerRefused", 5009, "This user may not call supervdsmd")
 
 
 def all_errors() -> list[type[HsmError]]:

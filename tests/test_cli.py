@@ -66,10 +66,10 @@ def test_errors_table():
 
 
 def test_new_error_codes_start_at_5000():
-    vdsm_names = {"RequestIdConflict", "ConfigError", "NotAvailable", "SupervdsmUnavailable",
-                  "SupervdsmCallError", "StorageTimeout", "HookError", "TaskIdExists", "TaskIdRequired"}
+    new_names = {"RequestIdConflict", "ConfigError", "NotAvailable", "SupervdsmUnavailable", "SupervdsmCallError",
+                 "StorageTimeout", "HookError", "TaskIdExists", "TaskIdRequired", "SupervdsmPeerRefused"}
     for cls in errors.all_errors():
-        if cls.__name__ in vdsm_names:
+        if cls.__name__ in new_names:
             assert cls.code >= 5000, cls
         else:
             assert cls.code < 5000, cls

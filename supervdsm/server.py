@@ -1,0 +1,77 @@
+"""supervdsmd's server: checks each peer's credentials, then runs whitelisted verbs."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import socketserver
+import struct
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+
+from hsm.errors import GeneralException, HsmError, InvalidParameterException, StorageTimeout, SupervdsmPeerRefused
+from supervdsm import protocol
+from supervdsm.verbs import VERBS, check_args
+
+log = logging.getLogger("supervdsm.server")
+
+_UCRED = struct.Struct("3i")
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end, as the kernel saw it connect."""
+    return _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+
+
+class _Handler(socketserver.BaseRequestHandler):
+    server: SupervdsmServer
+
+    def handle(self) -> None:
+        pid, uid, gid = peer_credentials(self.request)
+        if uid not in self.server.allowed_uids:
+            log.warning("Refused peer pid=%d uid=%d gid=%d", pid, uid, gid)
+            protocol.send_frame(self.request, {"id": None, "error": SupervdsmPeerRefused(f"uid {uid}").status()})
+            return
+        while True:
+            try:
+                request = protocol.recv_frame(self.request)
+            except protocol.ProtocolError as e:
+                if str(e) != "connection closed":
+                    log.warning("Dropping peer pid=%d: %s", pid, e)
+                return
+            protocol.send_frame(self.request, self.server.answer(request, pid))
+
+
+class SupervdsmServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+    def __init__(self, path: str, allowed_uids: set[int], mode: int = 0o660, gid: int = -1,
+                 workers: int = 16) -> None:
+        if os.path.exists(path):
+            os.unlink(path)  # a socket left by a killed instance
+        super().__init__(path, _Handler)
+        os.chmod(path, mode)
+        if gid >= 0:
+            os.chown(path, -1, gid)
+        self.allowed_uids = allowed_uids
+        self._runner = ThreadPoolExecutor(workers, thread_name_prefix="privileged")
+
+    def answer(self, request: dict, pid: int) -> dict:
+        call_id = request.get("id")
+        try:
+            verb = VERBS.get(request.get("verb"))  # type: ignore[arg-type]
+            if verb is None:
+                raise InvalidParameterException(f"unknown verb {request.get('verb')!r}")
+            args = check_args(verb, request.get("args", {}))
+            log.info("pid %d: %s %s", pid, verb.name, args)
+            future = self._runner.submit(verb.func, **args)
+            try:
+                return {"id": call_id, "result": future.result(timeout=verb.timeout)}
+            except FutureTimeout:
+                raise StorageTimeout(f"{verb.name} took over {verb.timeout} s") from None
+        except HsmError as e:
+            return {"id": call_id, "error": e.status()}
+        except Exception as e:
+            log.exception("Privileged verb failed")
+            return {"id": call_id, "error": GeneralException(f"{type(e).__name__}: {e}").status()}

@@ -1,0 +1,57 @@
+"""A real supervdsmd process for tests, on its own socket."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+
+from supervdsm.client import SupervdsmClient
+from tests.hsmd import VENV_BIN, write_config
+
+SUPERVDSMD = os.path.join(VENV_BIN, "supervdsmd")
+
+
+class Supervdsmd:
+    def __init__(self, root: str, **supervdsm_options: object) -> None:
+        self.root = root
+        os.makedirs(root, exist_ok=True)
+        self.socket = os.path.join(root, "run", "supervdsm.sock")
+        self.log_dir = os.path.join(root, "log")
+        options = {"socket": self.socket, **supervdsm_options}
+        self.config_path = write_config(os.path.join(root, "supervdsm.conf"),
+                                        {"supervdsm": options, "logging": {"log_dir": self.log_dir}})
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 10.0) -> Supervdsmd:
+        output = open(os.path.join(self.root, "supervdsmd.out"), "ab")
+        with output:
+            self.process = subprocess.Popen([SUPERVDSMD, "--config", self.config_path], stdout=output,
+                                            stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("supervdsmd did not start")
+            probe = socket.socket(socket.AF_UNIX)
+            try:
+                probe.connect(self.socket)
+                return self
+            except OSError:
+                time.sleep(0.02)
+            finally:
+                probe.close()
+
+    def client(self) -> SupervdsmClient:
+        return SupervdsmClient(self.socket)
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(10)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
