@@ -1,0 +1,123 @@
+"""What a packager checks: the systemd units, the RPM's contents, the shipped hsm.conf."""
+
+import configparser
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import hsm
+from hsm import config as hsmconfig
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VENV_BIN = os.path.dirname(sys.executable)
+
+
+def _unit(name):
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str
+    parser.read(os.path.join(REPO, "etc/systemd", name))
+    return parser
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_units_pass_systemd_analyze_verify(tmp_path):
+    """verify checks that ExecStart exists; the copies point it at this venv's entry points."""
+    paths = []
+    for name in ("hsmd.service", "supervdsmd.service"):
+        with open(os.path.join(REPO, "etc/systemd", name)) as f:
+            text = f.read()
+        text = text.replace("ExecStart=/usr/bin/", f"ExecStart={VENV_BIN}/")
+        text = text.replace("ExecStart=/usr/sbin/", f"ExecStart={VENV_BIN}/")
+        path = tmp_path / name
+        path.write_text(text)
+        paths.append(str(path))
+    done = subprocess.run(["systemd-analyze", "verify", *paths], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "", "verify warns about nothing"
+
+
+def test_hsmd_unit_is_notify_after_supervdsmd():
+    unit = _unit("hsmd.service")
+    assert unit["Service"]["Type"] == "notify"
+    assert unit["Service"]["ExecStart"] == "/usr/bin/hsmd"
+    assert "supervdsmd.service" in unit["Unit"]["Wants"].split()
+    assert "supervdsmd.service" in unit["Unit"]["After"].split()
+    timeout = int(unit["Service"]["TimeoutStopSec"])
+    assert timeout > hsmconfig.load().rpc.shutdown_timeout, "systemd must not kill calls hsmd lets finish"
+
+
+def test_supervdsmd_unit_restarts_always():
+    unit = _unit("supervdsmd.service")
+    assert unit["Service"]["ExecStart"] == "/usr/sbin/supervdsmd"
+    assert unit["Service"]["Restart"] == "always"
+
+
+def test_shipped_hsm_conf_is_the_option_table():
+    with open(os.path.join(REPO, "etc/hsm/hsm.conf")) as f:
+        assert f.read() == hsmconfig.sample(), "regenerate etc/hsm/hsm.conf with hsm-cli config sample"
+
+
+@pytest.fixture(scope="module")
+def rpm(tmp_path_factory):
+    if shutil.which("rpmbuild") is None:
+        pytest.skip("rpmbuild is not installed")
+    top = tmp_path_factory.mktemp("rpmbuild")
+    done = subprocess.run(["rpmbuild", "--nodeps", "-bb", "--define", f"_topdir {top}",
+                           "--define", f"_sourcedir {REPO}", os.path.join(REPO, "hsm.spec")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [package] = (top / "RPMS" / "noarch").iterdir()
+    return str(package)
+
+
+def _query(package, *args):
+    return subprocess.run(["rpm", "-qp", *args, package], capture_output=True, text=True, check=True).stdout
+
+
+def test_rpm_is_noarch_and_named_by_version(rpm):
+    assert os.path.basename(rpm) == f"hsm-{hsm.__version__}-1.noarch.rpm"
+
+
+def test_rpm_file_list(rpm):
+    files = set(_query(rpm, "-l").splitlines())
+    for path in ["/usr/bin/hsmd", "/usr/bin/hsm-cli", "/usr/sbin/supervdsmd",
+                 "/usr/lib/systemd/system/hsmd.service", "/usr/lib/systemd/system/supervdsmd.service",
+                 "/usr/lib/tmpfiles.d/hsm.conf", "/etc/hsm/hsm.conf", "/etc/hsm/logger.conf",
+                 "/var/lib/hsm", "/var/log/hsm", "/usr/libexec/hsm/hooks/before_hsmd_start",
+                 "/usr/libexec/hsm/hooks/after_hsmd_stop"]:
+        assert path in files, path
+    site = [f for f in files if f.endswith("/site-packages/hsm/daemon.py")]
+    assert site, "the hsm package is installed"
+    for module in ("hsm/tasks/manager.py", "supervdsm/server.py", "vdsm_shim/__init__.py"):
+        assert any(f.endswith(module) for f in files), module
+    assert not any("__pycache__" in f for f in files)
+
+
+def test_rpm_config_files_are_noreplace(rpm):
+    lines = _query(rpm, "--qf", "[%{FILENAMES} %{FILEFLAGS:fflags}\n]").splitlines()
+    flags = dict(line.partition(" ")[::2] for line in lines)
+    assert flags["/etc/hsm/hsm.conf"] == "cn"
+    assert flags["/etc/hsm/logger.conf"] == "cn"
+
+
+def test_rpm_requires(rpm):
+    requires = {line.split()[0] for line in _query(rpm, "--requires").splitlines()}
+    assert {"lvm2", "qemu-img", "sanlock", "python3-sanlock", "python3-cheroot"} <= requires
+
+
+def test_rpm_entry_points_run(rpm, tmp_path):
+    """The wrappers in the RPM start the real programs (unpacked, with the venv's Python)."""
+    root = tmp_path / "root"
+    root.mkdir()
+    rpm2cpio = subprocess.run(["rpm2cpio", rpm], capture_output=True, check=True).stdout
+    subprocess.run(["cpio", "-idm", "--quiet"], input=rpm2cpio, cwd=root, check=True)
+    [site] = [str(p) for p in root.glob("usr/lib/python3*/site-packages")]
+    for wrapper, words in [("usr/bin/hsmd", "hsmd"), ("usr/bin/hsm-cli", "hsm-cli"),
+                           ("usr/sbin/supervdsmd", "supervdsmd")]:
+        done = subprocess.run([sys.executable, str(root / wrapper), "--help"], capture_output=True, text=True,
+                              env=dict(os.environ, PYTHONPATH=site), timeout=60, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert words in done.stdout
