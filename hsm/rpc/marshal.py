@@ -9,6 +9,7 @@ beyond XML-RPC's 32 bits.
 from __future__ import annotations
 
 import xmlrpc.client
+from collections.abc import Callable
 from typing import Any
 from xml.parsers import expat
 
@@ -73,20 +74,39 @@ def load_call(body: bytes) -> tuple[str, tuple]:
     return method, params
 
 
-def wire_value(value: Any) -> Any:
-    """`value` made fit for the wire: None left out of structs and "" in lists, big ints as strings."""
-    if isinstance(value, dict):
-        return {str(k): wire_value(v) for k, v in value.items() if v is not None}
-    if isinstance(value, (list, tuple)):
-        return ["" if v is None else wire_value(v) for v in value]
-    if isinstance(value, bool) or not isinstance(value, int):
-        return "" if value is None else value
-    return value if -INT_MAX - 1 <= value <= INT_MAX else str(value)
+class _WireMarshaller(xmlrpc.client.Marshaller):
+    """The stdlib marshaller with hsm's wire rules applied as it writes, in one pass:
+    None is left out of structs and is "" elsewhere; ints beyond 32 bits go as strings."""
+
+    dispatch = dict(xmlrpc.client.Marshaller.dispatch)
+
+    def _dump_none(self, value: None, write: Callable[[str], Any]) -> None:
+        write("<value><string></string></value>\n")
+
+    def _dump_int(self, value: int, write: Callable[[str], Any]) -> None:
+        if -INT_MAX - 1 <= value <= INT_MAX:
+            write(f"<value><int>{value}</int></value>\n")
+        else:
+            write(f"<value><string>{value}</string></value>\n")
+
+    def _dump_struct(self, value: dict, write: Callable[[str], Any], escape=xmlrpc.client.escape) -> None:
+        write("<value><struct>\n")
+        for key, item in value.items():
+            if item is not None:
+                write(f"<member>\n<name>{escape(str(key))}</name>\n")
+                self.dispatch[type(item)](self, item, write)
+                write("</member>\n")
+        write("</struct></value>\n")
+
+    dispatch[type(None)] = _dump_none
+    dispatch[int] = _dump_int
+    dispatch[dict] = _dump_struct
 
 
 def dump_answer(answer: dict) -> bytes:
-    return xmlrpc.client.dumps((wire_value(answer),), methodresponse=True,
-                               allow_none=False, encoding="utf-8").encode("utf-8")
+    """A methodResponse carrying `answer`, by hsm's wire rules (see _WireMarshaller)."""
+    params = _WireMarshaller("utf-8", allow_none=False).dumps((answer,))
+    return ("<?xml version='1.0'?>\n<methodResponse>\n" + params + "</methodResponse>\n").encode("utf-8")
 
 
 def dump_fault(code: int, message: str) -> bytes:
