@@ -1,10 +1,11 @@
 """runTestTask: a task of sleeping steps, for tests and benchmarks ([tasks] diagnostics = true).
 
-Each step is {seconds, idempotent, rollback, fail, failUndo, crash, crashUndo}. A step
-appends "run N" to a journal file (its undo "undo N"), so a test can see what
-really ran; `crash` ("before" or "after" the step's work) and `crashUndo` kill
-hsmd with SIGKILL at that exact point, once (the journal remembers), to test
-recovery from a real kill -9.
+Each step is {seconds, idempotent, rollback, fail, failUndo, crash, crashUndo,
+journal}. A step appends "run N" to a journal file and its undo "undo N"
+(unless journal is false), so a test can see what really ran. `crash`
+("before" or "after" the step's work) and `crashUndo` kill hsmd with SIGKILL
+at that exact point, once (the journal remembers), to test recovery from a
+real kill -9.
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ class SleepSteps:
                 time.sleep(min(left, 0.02))
                 done = 1 - left / max(float(spec["seconds"]), 1e-9)
                 context.progress(100 * (index + done) / count)
-            self.journal(context, f"run {index + 1}")
+            if spec.get("journal", True):
+                self.journal(context, f"run {index + 1}")
             if spec.get("fail"):
                 raise VolumeCreationError(f"step {index + 1} failed as asked")
             if spec.get("crash") == "after":
