@@ -16,6 +16,7 @@ from hsm import config as hsmconfig
 from hsm import logsetup
 from hsm.errors import ConfigError
 from supervdsm.server import SupervdsmServer
+from supervdsm.verbs import make_verbs
 
 log = logging.getLogger("supervdsm")
 
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     socket_path = config.supervdsm.socket
     os.makedirs(os.path.dirname(socket_path), exist_ok=True)
-    server = SupervdsmServer(socket_path, allowed, mode=config.supervdsm.mode, gid=gid)
+    server = SupervdsmServer(socket_path, make_verbs(config), allowed, mode=config.supervdsm.mode, gid=gid)
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.set())

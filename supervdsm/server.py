@@ -12,7 +12,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 
 from hsm.errors import GeneralException, HsmError, InvalidParameterException, StorageTimeout, SupervdsmPeerRefused
 from supervdsm import protocol
-from supervdsm.verbs import VERBS, check_args
+from supervdsm.verbs import PrivilegedVerb, check_args
 
 log = logging.getLogger("supervdsm.server")
 
@@ -46,21 +46,22 @@ class _Handler(socketserver.BaseRequestHandler):
 class SupervdsmServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
 
-    def __init__(self, path: str, allowed_uids: set[int], mode: int = 0o660, gid: int = -1,
-                 workers: int = 16) -> None:
+    def __init__(self, path: str, verbs: dict[str, PrivilegedVerb], allowed_uids: set[int], mode: int = 0o660,
+                 gid: int = -1, workers: int = 16) -> None:
         if os.path.exists(path):
             os.unlink(path)  # a socket left by a killed instance
         super().__init__(path, _Handler)
         os.chmod(path, mode)
         if gid >= 0:
             os.chown(path, -1, gid)
+        self.verbs = verbs
         self.allowed_uids = allowed_uids
         self._runner = ThreadPoolExecutor(workers, thread_name_prefix="privileged")
 
     def answer(self, request: dict, pid: int) -> dict:
         call_id = request.get("id")
         try:
-            verb = VERBS.get(request.get("verb"))  # type: ignore[arg-type]
+            verb = self.verbs.get(request.get("verb"))  # type: ignore[arg-type]
             if verb is None:
                 raise InvalidParameterException(f"unknown verb {request.get('verb')!r}")
             args = check_args(verb, request.get("args", {}))

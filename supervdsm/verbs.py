@@ -1,4 +1,4 @@
-"""The privileged verbs supervdsmd serves: a fixed list, each with typed arguments."""
+"""The privileged verbs supervdsmd serves: a fixed list, each with typed arguments and a timeout."""
 
 from __future__ import annotations
 
@@ -7,15 +7,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from hsm.config import Config
 from hsm.errors import InvalidParameterException
+from supervdsm import devices, mount
+from supervdsm.command import check_path, check_value, run
+from supervdsm.lvm import lvm
 
 
 @dataclass(frozen=True)
 class PrivilegedVerb:
     name: str
     func: Callable[..., Any]
-    args: dict[str, type]      # every argument and its JSON type; no others accepted
+    args: dict[str, type]      # every argument and its JSON type; required unless in `optional`
     timeout: float = 60.0
+    optional: frozenset[str] = frozenset()
 
 
 def check_args(verb: PrivilegedVerb, args: object) -> dict[str, Any]:
@@ -24,8 +29,11 @@ def check_args(verb: PrivilegedVerb, args: object) -> dict[str, Any]:
     unknown = sorted(set(args) - set(verb.args))
     if unknown:
         raise InvalidParameterException(f"{verb.name}: unknown arguments {', '.join(unknown)}")
+    missing = sorted(set(verb.args) - set(args) - verb.optional)
+    if missing:
+        raise InvalidParameterException(f"{verb.name}: missing arguments {', '.join(missing)}")
     for name, kind in verb.args.items():
-        if name in args and not isinstance(args[name], kind):
+        if name in args and (not isinstance(args[name], kind) or (kind is int and isinstance(args[name], bool))):
             raise InvalidParameterException(f"{verb.name}: {name}={args[name]!r}: expected {kind.__name__}")
     return args
 
@@ -34,32 +42,57 @@ def ping() -> dict:
     return {"pid": os.getpid(), "uid": os.geteuid()}
 
 
-def list_block_devices() -> list[dict]:
-    """Block devices the kernel knows, through udev's database (or sysfs without udevd)."""
-    import pyudev  # only supervdsmd needs it
+def make_verbs(config: Config) -> dict[str, PrivilegedVerb]:
+    """The verb table, bound to this host's roots and timeouts."""
+    timeout = config.supervdsm.call_timeout
+    mount_root = os.path.join(config.irs.repository, "mnt")
+    file_roots = [config.irs.repository, config.irs.state_dir]
 
-    devices = []
-    for device in pyudev.Context().list_devices(subsystem="block"):
-        attributes = device.attributes
-        try:
-            sectors = int(attributes.asstring("size"))
-        except (KeyError, ValueError):
-            sectors = 0
-        backing = ""
-        if device.sys_name.startswith("loop"):
-            try:
-                backing = attributes.asstring("loop/backing_file").strip()
-            except KeyError:
-                backing = ""
-        devices.append({
-            "name": device.sys_name, "devnode": device.device_node or "", "devtype": device.device_type or "",
-            "size": str(sectors * 512), "backingFile": backing,
-            "fsType": device.properties.get("ID_FS_TYPE", ""), "serial": device.properties.get("ID_SERIAL", ""),
-        })
-    return devices
+    def do_lvm(command: str, args: list, config: str = "") -> dict:
+        return lvm(command, args, config, timeout)
 
+    def do_mount(spec: str, mountpoint: str, vfsType: str, options: str = "") -> dict:
+        return mount.mount(spec, mountpoint, vfsType, options, mount_root, timeout)
 
-VERBS: dict[str, PrivilegedVerb] = {v.name: v for v in [
-    PrivilegedVerb("ping", ping, {}, timeout=5),
-    PrivilegedVerb("listBlockDevices", list_block_devices, {}, timeout=30),
-]}
+    def do_umount(mountpoint: str, lazy: bool = False, force: bool = False) -> dict:
+        return mount.umount(mountpoint, mount_root, lazy, force, timeout)
+
+    def udevadm_settle(timeout: int = 5) -> dict:
+        if not 0 < timeout <= 600:
+            raise InvalidParameterException(f"timeout={timeout}: 1 to 600 seconds")
+        return run(["udevadm", "settle", f"--timeout={timeout}"], timeout + 5)
+
+    def udevadm_trigger(subsystem: str = "block", action: str = "change") -> dict:
+        if action not in ("add", "change"):
+            raise InvalidParameterException(f"action={action!r}: add or change")
+        check_value("subsystem", subsystem)
+        return run(["udevadm", "trigger", f"--subsystem-match={subsystem}", f"--action={action}"], 60)
+
+    def chown(path: str, uid: int, gid: int) -> dict:
+        check_path("path", path, file_roots)
+        os.chown(path, uid, gid, follow_symlinks=False)
+        return {}
+
+    def chmod(path: str, mode: int) -> dict:
+        check_path("path", path, file_roots)
+        if not 0 <= mode <= 0o777:
+            raise InvalidParameterException(f"mode={mode:o}: permission bits only")
+        os.chmod(path, mode)
+        return {}
+
+    table = [
+        PrivilegedVerb("ping", ping, {}, timeout=5),
+        PrivilegedVerb("listBlockDevices", devices.list_block_devices, {}, timeout=30),
+        PrivilegedVerb("lvm", do_lvm, {"command": str, "args": list, "config": str}, timeout + 5,
+                       frozenset({"config"})),
+        PrivilegedVerb("mount", do_mount, {"spec": str, "mountpoint": str, "vfsType": str, "options": str},
+                       timeout + 5, frozenset({"options"})),
+        PrivilegedVerb("umount", do_umount, {"mountpoint": str, "lazy": bool, "force": bool}, timeout + 5,
+                       frozenset({"lazy", "force"})),
+        PrivilegedVerb("udevadmSettle", udevadm_settle, {"timeout": int}, 620, frozenset({"timeout"})),
+        PrivilegedVerb("udevadmTrigger", udevadm_trigger, {"subsystem": str, "action": str}, 65,
+                       frozenset({"subsystem", "action"})),
+        PrivilegedVerb("chown", chown, {"path": str, "uid": int, "gid": int}, 10),
+        PrivilegedVerb("chmod", chmod, {"path": str, "mode": int}, 10),
+    ]
+    return {verb.name: verb for verb in table}

@@ -15,21 +15,23 @@ SUPERVDSMD = os.path.join(VENV_BIN, "supervdsmd")
 
 
 class Supervdsmd:
-    def __init__(self, root: str, **supervdsm_options: object) -> None:
+    def __init__(self, root: str, config: dict[str, dict[str, object]] | None = None,
+                 env: dict[str, str] | None = None, **supervdsm_options: object) -> None:
         self.root = root
         os.makedirs(root, exist_ok=True)
         self.socket = os.path.join(root, "run", "supervdsm.sock")
         self.log_dir = os.path.join(root, "log")
         options = {"socket": self.socket, **supervdsm_options}
-        self.config_path = write_config(os.path.join(root, "supervdsm.conf"),
-                                        {"supervdsm": options, "logging": {"log_dir": self.log_dir}})
+        sections = {"supervdsm": options, "logging": {"log_dir": self.log_dir}, **(config or {})}
+        self.config_path = write_config(os.path.join(root, "supervdsm.conf"), sections)
+        self.env = dict(os.environ, **(env or {}))
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 10.0) -> Supervdsmd:
         output = open(os.path.join(self.root, "supervdsmd.out"), "ab")
         with output:
             self.process = subprocess.Popen([SUPERVDSMD, "--config", self.config_path], stdout=output,
-                                            stderr=subprocess.STDOUT)
+                                            stderr=subprocess.STDOUT, env=self.env)
         deadline = time.monotonic() + timeout
         while True:
             if self.process.poll() is not None or time.monotonic() > deadline:
