@@ -65,7 +65,7 @@ class SupervdsmServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer
             if verb is None:
                 raise InvalidParameterException(f"unknown verb {request.get('verb')!r}")
             args = check_args(verb, request.get("args", {}))
-            log.info("pid %d: %s %s", pid, verb.name, args)
+            log.info("pid %d: %s %s", pid, verb.name, verb.redact(args))
             future = self._runner.submit(verb.func, **args)
             try:
                 return {"id": call_id, "result": future.result(timeout=verb.timeout)}

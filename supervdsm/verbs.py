@@ -9,7 +9,7 @@ from typing import Any
 
 from hsm.config import Config
 from hsm.errors import InvalidParameterException
-from supervdsm import devices, mount
+from supervdsm import devices, iscsi, mount
 from supervdsm.command import check_path, check_value, run
 from supervdsm.lvm import lvm
 
@@ -21,6 +21,7 @@ class PrivilegedVerb:
     args: dict[str, type]      # every argument and its JSON type; required unless in `optional`
     timeout: float = 60.0
     optional: frozenset[str] = frozenset()
+    redact: Callable[[dict], dict] = lambda args: args  # what of the arguments may be logged
 
 
 def check_args(verb: PrivilegedVerb, args: object) -> dict[str, Any]:
@@ -80,6 +81,10 @@ def make_verbs(config: Config) -> dict[str, PrivilegedVerb]:
         os.chmod(path, mode)
         return {}
 
+    def iscsi_node(op: str, target: str, portal: str, iface: str = "default", name: str = "",
+                   value: str = "") -> dict:
+        return iscsi.node(op, target, portal, iface, name, value, timeout)
+
     table = [
         PrivilegedVerb("ping", ping, {}, timeout=5),
         PrivilegedVerb("listBlockDevices", devices.list_block_devices, {}, timeout=30),
@@ -92,6 +97,14 @@ def make_verbs(config: Config) -> dict[str, PrivilegedVerb]:
         PrivilegedVerb("udevadmSettle", udevadm_settle, {"timeout": int}, 620, frozenset({"timeout"})),
         PrivilegedVerb("udevadmTrigger", udevadm_trigger, {"subsystem": str, "action": str}, 65,
                        frozenset({"subsystem", "action"})),
+        PrivilegedVerb("iscsiNode", iscsi_node, {"op": str, "target": str, "portal": str, "iface": str,
+                                                 "name": str, "value": str}, timeout + 5,
+                       frozenset({"iface", "name", "value"}), iscsi.redact),
+        PrivilegedVerb("iscsiNodeList", lambda: iscsi.list_nodes(timeout), {}, timeout + 5),
+        PrivilegedVerb("iscsiIface", lambda op, name: iscsi.iface(op, name, timeout), {"op": str, "name": str},
+                       timeout + 5),
+        PrivilegedVerb("iscsiDiscover", lambda portal, iface="default": iscsi.discover(portal, iface, timeout),
+                       {"portal": str, "iface": str}, timeout + 5, frozenset({"iface"})),
         PrivilegedVerb("chown", chown, {"path": str, "uid": int, "gid": int}, 10),
         PrivilegedVerb("chmod", chmod, {"path": str, "mode": int}, 10),
     ]

@@ -120,3 +120,45 @@ def test_get_device_list_while_supervdsmd_is_down(make_hsmd, tmp_path):
     assert time.monotonic() - begin < 1.5
     assert answer["status"]["code"] == 5003
     assert "none.sock" in answer["status"]["message"]
+
+
+def test_kill_under_load_fails_fast_then_recovers(supervdsmd):
+    """Eight callers hammer supervdsmd; kill -9 it; every call in the outage fails within a second
+    with 5003; after a restart every caller gets answers again without doing anything."""
+    import threading
+
+    clients = [supervdsmd.client() for _ in range(8)]
+    stop = threading.Event()
+    outcomes = [[] for _ in clients]
+
+    def caller(client, outcome):
+        while not stop.is_set():
+            begin = time.monotonic()
+            try:
+                client.call("ping")
+                outcome.append(("ok", time.monotonic() - begin, time.monotonic()))
+            except SupervdsmUnavailable:
+                outcome.append(("down", time.monotonic() - begin, time.monotonic()))
+                time.sleep(0.01)
+
+    threads = [threading.Thread(target=caller, args=pair) for pair in zip(clients, outcomes, strict=True)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    killed_at = time.monotonic()
+    supervdsmd.kill()
+    time.sleep(0.5)
+    supervdsmd.start()
+    restarted_at = time.monotonic()
+    time.sleep(0.5)
+    stop.set()
+    for t in threads:
+        t.join(10)
+    for client in clients:
+        client.close()
+    for outcome in outcomes:
+        downs = [o for o in outcome if o[0] == "down"]
+        assert downs, "every caller saw the outage"
+        assert max(o[1] for o in downs) < 1.0
+        assert any(o[0] == "ok" and o[2] > restarted_at for o in outcome), "every caller came back"
+        assert all(o[2] > killed_at for o in downs)

@@ -194,3 +194,52 @@ def test_missing_and_mistyped_arguments(helper):
         helper.call("lvm", args=[])
     with pytest.raises(SupervdsmCallError, match="expected int"):
         helper.call("chown", path="/x", uid="0", gid=0)
+
+
+needs_iscsiadm = pytest.mark.skipif(shutil.which("iscsiadm") is None, reason="open-iscsi is not installed")
+
+
+@needs_iscsiadm
+def test_iscsi_node_and_iface_records(helper, tmp_path):
+    """Records are written for real in /etc/iscsi; CHAP secrets never reach the log."""
+    suffix = f"{os.getpid()}x{id(tmp_path) % 10000}"
+    target = f"iqn.2026-11.test.hsm:target{suffix}"
+    iface = f"hsmtest{suffix}"
+    portal = "127.0.0.1:3260,1"
+    assert helper.call("iscsiIface", op="new", name=iface)["rc"] == 0
+    try:
+        assert helper.call("iscsiNode", op="new", target=target, portal=portal, iface=iface)["rc"] == 0
+        for name, value in [("node.session.auth.authmethod", "CHAP"), ("node.session.auth.username", "hsmuser"),
+                            ("node.session.auth.password", "Secret-4-chap")]:
+            done = helper.call("iscsiNode", op="update", target=target, portal=portal, iface=iface, name=name,
+                               value=value)
+            assert done["rc"] == 0, done["err"]
+        listed = helper.call("iscsiNodeList")["out"]
+        assert f"127.0.0.1:3260,1 {target}" in listed
+        login = helper.call("iscsiNode", op="login", target=target, portal=portal, iface=iface)
+        assert login["rc"] != 0, "no iSCSI kernel support on this machine: login must fail, and say so"
+        assert login["err"]
+    finally:
+        helper.call("iscsiNode", op="delete", target=target, portal=portal, iface=iface)
+        helper.call("iscsiIface", op="delete", name=iface)
+    assert target not in helper.call("iscsiNodeList")["out"]
+    log_dir = os.path.join(os.path.dirname(os.path.dirname(helper.path)), "log")
+    with open(os.path.join(log_dir, "supervdsm.log")) as f:
+        log = f.read()
+    assert "node.session.auth.password" in log and "Secret-4-chap" not in log
+
+
+@needs_iscsiadm
+@pytest.mark.parametrize("args, words", [
+    ({"op": "new", "target": "iqn.2026-11.x:t;reboot", "portal": "127.0.0.1:3260"}, "target="),
+    ({"op": "new", "target": "iqn.2026-11.x:t", "portal": "127.0.0.1:3260 -o"}, "portal="),
+    ({"op": "new", "target": "iqn.2026-11.x:t", "portal": "127.0.0.1:3260", "iface": "../x"}, "iface="),
+    ({"op": "update", "target": "iqn.2026-11.x:t", "portal": "127.0.0.1:3260", "name": "node.conn[0].x",
+      "value": "1"}, "may not be changed"),
+    ({"op": "rescan", "target": "iqn.2026-11.x:t", "portal": "127.0.0.1:3260"}, "op="),
+])
+def test_iscsi_refuses_bad_arguments(helper, args, words):
+    with pytest.raises(SupervdsmCallError) as info:
+        helper.call("iscsiNode", **args)
+    assert info.value.code == 1000
+    assert words in str(info.value)
