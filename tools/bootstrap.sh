@@ -6,7 +6,7 @@ set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 
-APT_PACKAGES=(lvm2 sanlock python3-sanlock qemu-utils rpm cpio systemd openssl fuse3 xfsprogs
+APT_PACKAGES=(lvm2 sanlock python3-sanlock qemu-utils rpm cpio systemd openssl fuse3 libfuse2 xfsprogs
               tgt libiscsi-bin open-iscsi nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils libnfs-dev)
 
 missing=()

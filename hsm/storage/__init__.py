@@ -1,0 +1,1 @@
+"""The storage engine: repositories, images, volumes, and the I/O that touches them."""

@@ -1,0 +1,151 @@
+"""IOProcess: file operations on one repository's storage, in a child process, with a timeout.
+
+Any stat, listdir or read on a dead NFS server can block its thread forever
+(D state). hsmd therefore never touches repository storage itself: each
+repository gets its own child (hsm.storage.ioworker), as VDSM's ioprocess. A
+call that gets no answer in time fails with StorageTimeout (5005); calls on a
+hung repository pile up only to `slots + max_queued`, past which they fail at
+once; other repositories and the API are not affected. A child that dies is
+started again by the next call.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from multiprocessing.connection import Connection
+from typing import Any
+
+from hsm.errors import StorageTimeout
+
+log = logging.getLogger("hsm.storage.io")
+
+
+class IOProcess:
+    def __init__(self, name: str, timeout: float = 60.0, slots: int = 10, max_queued: int = 10) -> None:
+        self.name = name
+        self.timeout = timeout
+        self._slots = slots
+        self._max_pending = slots + max_queued
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._pending: dict[int, tuple[Future, Connection]] = {}
+        self._child: subprocess.Popen | None = None
+        self._conn: Connection | None = None
+
+    # -- the child ------------------------------------------------------
+
+    def _start(self) -> None:
+        ours, theirs = socket.socketpair()
+        self._child = subprocess.Popen(
+            [sys.executable, "-m", "hsm.storage.ioworker", str(theirs.fileno()), str(self._slots)],
+            pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, close_fds=True)
+        theirs.close()
+        self._conn = Connection(ours.detach())
+        threading.Thread(target=self._read_answers, args=(self._conn, self._child), daemon=True,
+                         name=f"io-{self.name}").start()
+        log.info("I/O helper for %s started (pid %d)", self.name, self._child.pid)
+
+    def _read_answers(self, conn: Connection, child: subprocess.Popen) -> None:
+        while True:
+            try:
+                call_id, ok, value = conn.recv()
+            except (EOFError, OSError):
+                break
+            with self._lock:
+                entry = self._pending.pop(call_id, None)
+            if entry is not None:
+                entry[0].set_result((ok, value))
+        log.warning("I/O helper for %s (pid %d) is gone", self.name, child.pid)
+        child.wait()  # reaped here: a child stuck in D state blocks only this thread
+        with self._lock:
+            if self._conn is conn:
+                self._conn = None
+            lost = [call_id for call_id, (_, sent_on) in self._pending.items() if sent_on is conn]
+            futures = [self._pending.pop(call_id)[0] for call_id in lost]
+        for future in futures:
+            future.set_result((False, ("ChildProcessError", None, "the I/O helper died")))
+
+    def close(self) -> None:
+        with self._lock:
+            child, conn = self._child, self._conn
+            self._child = self._conn = None
+        if child is not None:
+            child.kill()  # a child in D state dies when its I/O returns; nobody waits for it
+        if conn is not None:
+            conn.close()
+
+    @property
+    def pid(self) -> int:
+        return self._child.pid if self._child else 0
+
+    # -- calls ----------------------------------------------------------
+
+    def call(self, op: str, *args: Any, timeout: float | None = None) -> Any:
+        timeout = self.timeout if timeout is None else timeout
+        future: Future = Future()
+        with self._lock:
+            # Calls that timed out stay counted until the helper answers them: they hold its slots.
+            if len(self._pending) >= self._max_pending:
+                raise StorageTimeout(f"{self.name}: {len(self._pending)} operations already waiting")
+            call_id = next(self._ids)
+            for attempt in (1, 2):
+                if self._conn is None:
+                    self._start()
+                self._pending[call_id] = (future, self._conn)
+                try:
+                    self._conn.send((call_id, op, args))
+                    break
+                except OSError:  # the helper died since the last call: once more with a new one
+                    del self._pending[call_id]
+                    self._conn.close()
+                    self._conn = None
+                    if attempt == 2:
+                        raise StorageTimeout(f"{self.name}: the I/O helper cannot be reached") from None
+        try:
+            ok, value = future.result(timeout)
+        except FutureTimeout:
+            raise StorageTimeout(f"{self.name}: {op} {args[0] if args else ''} gave no answer in {timeout} s") \
+                from None
+        if ok:
+            return value
+        kind, errno, message = value
+        if errno is not None:
+            raise OSError(errno, os.strerror(errno), args[0] if args else None)
+        raise StorageTimeout(f"{self.name}: {op}: {kind}: {message}") if kind == "ChildProcessError" \
+            else OSError(message)
+
+    # Named operations, so callers read as plain file code.
+    def stat(self, path: str) -> dict:
+        return self.call("stat", path)
+
+    def exists(self, path: str) -> bool:
+        return self.call("exists", path)
+
+    def listdir(self, path: str) -> list[str]:
+        return self.call("listdir", path)
+
+    def read(self, path: str, limit: int = 1 << 20) -> bytes:
+        return self.call("read", path, limit)
+
+    def write(self, path: str, data: bytes) -> None:
+        self.call("write", path, data)
+
+    def remove(self, path: str) -> None:
+        self.call("remove", path)
+
+    def makedirs(self, path: str) -> None:
+        self.call("makedirs", path)
+
+    def rename(self, old: str, new: str) -> None:
+        self.call("rename", old, new)
+
+    def statvfs(self, path: str) -> dict:
+        return self.call("statvfs", path)

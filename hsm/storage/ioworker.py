@@ -1,0 +1,71 @@
+"""The child side of an IOProcess: runs file operations on one repository's storage.
+
+It may block forever in the kernel (a dead NFS server puts a process in D
+state); that is why it is a separate process: only it hangs, never hsmd.
+Requests and answers are pickled tuples on a pipe between hsmd and its own
+child: (id, op, args) in, (id, ok, value) out.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.connection import Connection
+
+from hsm.atomicfile import atomic_remove, atomic_write
+
+
+def _stat(path: str) -> dict:
+    st = os.stat(path)
+    return {"mode": st.st_mode, "size": st.st_size, "mtime": st.st_mtime, "uid": st.st_uid, "gid": st.st_gid,
+            "blocks": st.st_blocks}
+
+
+def _read(path: str, limit: int) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(limit)
+
+
+def _statvfs(path: str) -> dict:
+    st = os.statvfs(path)
+    return {"free": st.f_bavail * st.f_frsize, "total": st.f_blocks * st.f_frsize}
+
+
+OPS = {
+    "stat": _stat,
+    "exists": os.path.exists,
+    "listdir": lambda path: sorted(os.listdir(path)),
+    "read": _read,
+    "write": atomic_write,
+    "remove": atomic_remove,
+    "makedirs": lambda path: os.makedirs(path, exist_ok=True),
+    "rename": os.rename,
+    "statvfs": _statvfs,
+}
+
+
+def serve(conn: Connection, threads: int) -> None:
+    send_lock = threading.Lock()
+
+    def answer(call_id: int, op: str, args: tuple) -> None:
+        try:
+            reply = (call_id, True, OPS[op](*args))
+        except Exception as e:  # the caller re-raises it as a storage error
+            reply = (call_id, False, (type(e).__name__, getattr(e, "errno", None), str(e)))
+        with send_lock:
+            conn.send(reply)
+
+    with ThreadPoolExecutor(threads, thread_name_prefix="io") as pool:
+        while True:
+            try:
+                call_id, op, args = conn.recv()
+            except EOFError:  # hsmd went away or closed us
+                os._exit(0)
+            pool.submit(answer, call_id, op, args)
+
+
+if __name__ == "__main__":
+    fd, slots = int(sys.argv[1]), int(sys.argv[2])
+    serve(Connection(fd), slots)

@@ -1,0 +1,113 @@
+"""Hang-proof storage I/O: a FUSE filesystem that blocks every call stands in for a dead NFS server.
+
+The FUSE process is real and the hang is real (the helper's threads sit in D
+state); teardown kills the FUSE process, which is the only way to free them.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from hsm.errors import StorageTimeout
+from hsm.storage.ioprocess import IOProcess
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse") or os.geteuid() != 0,
+                                reason="needs root and /dev/fuse")
+
+
+@pytest.fixture
+def hung_mount(tmp_path):
+    """(mountpoint, flag): touching the mount blocks while the flag file exists."""
+    source, mountpoint, flag = tmp_path / "source", tmp_path / "mnt", tmp_path / "hang"
+    source.mkdir()
+    mountpoint.mkdir()
+    (source / "meta").write_text("hello")
+    fuse = subprocess.Popen([sys.executable, os.path.join(HERE, "hungfs.py"), str(source), str(mountpoint),
+                             str(flag)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while not os.path.ismount(mountpoint):
+        assert time.monotonic() < deadline and fuse.poll() is None, "the FUSE filesystem did not mount"
+        time.sleep(0.05)
+    yield str(mountpoint), flag
+    fuse.send_signal(signal.SIGKILL)
+    fuse.wait()
+    subprocess.run(["umount", "-l", str(mountpoint)], check=False, capture_output=True)
+
+
+def test_healthy_storage_through_the_helper(tmp_path):
+    io = IOProcess("healthy", timeout=5)
+    try:
+        io.makedirs(str(tmp_path / "images"))
+        io.write(str(tmp_path / "images" / "a.meta"), b"SIZE=1\n")
+        assert io.read(str(tmp_path / "images" / "a.meta")) == b"SIZE=1\n"
+        assert io.listdir(str(tmp_path / "images")) == ["a.meta"]
+        assert io.statvfs(str(tmp_path))["total"] > 0
+        with pytest.raises(FileNotFoundError):
+            io.stat(str(tmp_path / "nothing"))
+    finally:
+        io.close()
+
+
+def test_a_dead_helper_is_replaced(tmp_path):
+    io = IOProcess("respawn", timeout=5)
+    try:
+        first = io.pid if io.exists(str(tmp_path)) else 0
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                assert io.exists(str(tmp_path))
+                break
+            except StorageTimeout:
+                assert time.monotonic() < deadline
+        assert io.pid != first
+    finally:
+        io.close()
+
+
+def test_hung_storage_times_out_and_spares_the_others(hung_mount, tmp_path):
+    mountpoint, flag = hung_mount
+    hung = IOProcess("hung", timeout=1, slots=2, max_queued=2)
+    healthy = IOProcess("healthy", timeout=5)
+    try:
+        assert hung.read(os.path.join(mountpoint, "meta")) == b"hello"
+        flag.write_text("")
+        begin = time.monotonic()
+        with pytest.raises(StorageTimeout, match="gave no answer in 1"):
+            hung.stat(os.path.join(mountpoint, "meta"))
+        assert 0.9 < time.monotonic() - begin < 2.0
+        latencies = []
+        for _ in range(100):
+            begin = time.monotonic()
+            assert healthy.exists(str(tmp_path))
+            latencies.append(time.monotonic() - begin)
+        assert sorted(latencies)[98] < 0.1, "p99 of the healthy repository stays under 100 ms"
+        with pytest.raises(StorageTimeout):
+            hung.listdir(mountpoint)
+        # Its slots are now stuck in the kernel: more calls fail at once instead of piling up.
+        for _ in range(4):
+            try:
+                hung.exists(mountpoint)
+            except StorageTimeout:
+                pass
+        begin = time.monotonic()
+        with pytest.raises(StorageTimeout, match="already waiting"):
+            hung.exists(mountpoint)
+        assert time.monotonic() - begin < 0.1
+        flag.unlink()  # the server comes back: the stuck calls finish, the helper serves again
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                assert hung.read(os.path.join(mountpoint, "meta")) == b"hello"
+                break
+            except StorageTimeout:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+    finally:
+        hung.close()
+        healthy.close()
