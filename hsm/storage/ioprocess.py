@@ -63,7 +63,9 @@ class IOProcess:
                 entry = self._pending.pop(call_id, None)
             if entry is not None:
                 entry[0].set_result((ok, value))
-        log.warning("I/O helper for %s (pid %d) is gone", self.name, child.pid)
+        level = logging.WARNING if child is self._child else logging.INFO  # not warned of after close()
+        log.log(level, "I/O helper for %s (pid %d) is gone", self.name, child.pid)
+        conn.close()  # only this thread closes it: a close elsewhere could free the fd number under us
         child.wait()  # reaped here: a child stuck in D state blocks only this thread
         with self._lock:
             if self._conn is conn:
@@ -74,13 +76,12 @@ class IOProcess:
             future.set_result((False, ("ChildProcessError", None, "the I/O helper died")))
 
     def close(self) -> None:
+        """Kill the helper; its reader thread closes the connection once the helper is gone."""
         with self._lock:
-            child, conn = self._child, self._conn
+            child = self._child
             self._child = self._conn = None
         if child is not None:
-            child.kill()  # a child in D state dies when its I/O returns; nobody waits for it
-        if conn is not None:
-            conn.close()
+            child.kill()  # a child in D state dies when its I/O returns
 
     @property
     def pid(self) -> int:
@@ -105,7 +106,6 @@ class IOProcess:
                     break
                 except OSError:  # the helper died since the last call: once more with a new one
                     del self._pending[call_id]
-                    self._conn.close()
                     self._conn = None
                     if attempt == 2:
                         raise StorageTimeout(f"{self.name}: the I/O helper cannot be reached") from None

@@ -61,7 +61,7 @@ def serve(conn: Connection, threads: int) -> None:
         while True:
             try:
                 call_id, op, args = conn.recv()
-            except EOFError:  # hsmd went away or closed us
+            except (EOFError, OSError):  # hsmd went away or closed us
                 os._exit(0)
             pool.submit(answer, call_id, op, args)
 
