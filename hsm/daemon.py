@@ -142,7 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     host, port = service.server.address
     log.info("Serving XML-RPC on %s:%d (%s)", host, port, "TLS" if config.rpc.ssl else "plain")
     sdnotify.notify("READY=1\nSTATUS=serving")
-    while not stopping.wait(3600):
+    # Wake often: a signal that the kernel hands to another thread runs its Python handler
+    # only when the main thread next runs bytecode.
+    while not stopping.wait(0.2):
         pass
     log.info("Stopping: finishing calls in flight")
     sdnotify.notify("STOPPING=1")

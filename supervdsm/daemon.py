@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signum, lambda *_: stopping.set())
     threading.Thread(target=server.serve_forever, name="supervdsm-server", daemon=True).start()
     log.info("supervdsmd %s serving %s for uids %s", hsm.__version__, socket_path, sorted(allowed))
-    stopping.wait()
+    while not stopping.wait(0.2):  # see hsm.daemon: a signal taken by another thread waits for us
+        pass
     server.shutdown()
     server.server_close()
     os.unlink(socket_path)
