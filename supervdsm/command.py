@@ -6,7 +6,7 @@ import os
 import re
 import subprocess
 
-from hsm.errors import InvalidParameterException, StorageTimeout
+from hsm.errors import InvalidParameterException, NotAvailable, StorageTimeout
 
 # A value that goes into an argv: no leading "-" (it would read as an option),
 # nothing outside a plain set of characters.
@@ -22,7 +22,7 @@ def run(argv: list[str], timeout: float, env: dict[str, str] | None = None) -> d
     except subprocess.TimeoutExpired:
         raise StorageTimeout(f"{argv[0]} {argv[1] if len(argv) > 1 else ''} killed after {timeout} s") from None
     except FileNotFoundError:
-        raise InvalidParameterException(f"{argv[0]} is not installed") from None
+        raise NotAvailable(f"{argv[0]} is not installed") from None
     return {"rc": done.returncode, "out": done.stdout.decode(errors="replace"),
             "err": done.stderr.decode(errors="replace")}
 

@@ -105,6 +105,7 @@ def make_verbs(config: Config) -> dict[str, PrivilegedVerb]:
                        timeout + 5),
         PrivilegedVerb("iscsiDiscover", lambda portal, iface="default": iscsi.discover(portal, iface, timeout),
                        {"portal": str, "iface": str}, timeout + 5, frozenset({"iface"})),
+        PrivilegedVerb("multipathReconfigure", lambda: run(["multipath", "-r"], timeout), {}, timeout + 5),
         PrivilegedVerb("chown", chown, {"path": str, "uid": int, "gid": int}, 10),
         PrivilegedVerb("chmod", chmod, {"path": str, "mode": int}, 10),
     ]

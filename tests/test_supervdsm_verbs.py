@@ -243,3 +243,14 @@ def test_iscsi_refuses_bad_arguments(helper, args, words):
         helper.call("iscsiNode", **args)
     assert info.value.code == 1000
     assert words in str(info.value)
+
+
+@pytest.mark.skipif(shutil.which("multipath") is None, reason="multipath-tools is not installed")
+def test_multipath_reconfigure_runs_the_real_tool(helper):
+    """On a host with device-mapper this reloads the maps; this kernel has none, and the answer says so."""
+    done = helper.call("multipathReconfigure")
+    if not os.path.exists("/dev/mapper/control"):
+        assert done["rc"] != 0
+        assert "device-mapper" in done["err"]
+    else:
+        assert done["rc"] == 0, done["err"]

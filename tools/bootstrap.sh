@@ -7,7 +7,7 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 
 APT_PACKAGES=(lvm2 sanlock python3-sanlock qemu-utils rpm cpio systemd openssl fuse3 libfuse2 xfsprogs
-              tgt libiscsi-bin open-iscsi nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils libnfs-dev)
+              tgt libiscsi-bin open-iscsi multipath-tools nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils libnfs-dev)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
