@@ -249,7 +249,9 @@ def test_iscsi_refuses_bad_arguments(helper, args, words):
 def test_multipath_reconfigure_runs_the_real_tool(helper):
     """On a host with device-mapper this reloads the maps; this kernel has none, and the answer says so."""
     done = helper.call("multipathReconfigure")
-    if not os.path.exists("/dev/mapper/control"):
+    with open("/proc/misc") as f:
+        kernel_has_dm = "device-mapper" in f.read()
+    if not kernel_has_dm:
         assert done["rc"] != 0
         assert "device-mapper" in done["err"]
     else:
