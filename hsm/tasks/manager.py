@@ -219,7 +219,8 @@ class TaskManager:
                            message=f"interrupted in step {task.stage}, which cannot run again")
             self._move(task, State.RACQUIRING)
         else:
-            self._move(task, State.QUEUED)
+            # Not written: a crash before the task runs on recovers it exactly as the record on disk says.
+            self._move(task, State.QUEUED, persist=False)
         self._pool.submit(self._work, task, rollback)
 
     def _work(self, task: Task, rollback: bool) -> None:
@@ -321,8 +322,8 @@ class TaskManager:
         """Persist the task in `state` (with `changes`), then let it take effect.
 
         `persist=False` is only for moves after which a crash recovers exactly as
-        from the state already on disk (preparing, acquiring, and running into a
-        step that may run twice).
+        from the state already on disk (preparing, acquiring, queued again to
+        resume, and running into a step that may run twice).
         """
         if state is not task.state and state not in MOVES.get(task.state, ()):
             raise TaskStateTransitionError(f"{task.id}: {task.state.value} -> {state.value}")
