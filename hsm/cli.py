@@ -181,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         answer = proxy().call(args.verb, *map(parse_argument, args.args))
         _print_json(answer, sys.stdout)
         return _exit_for(answer)
+    except BrokenPipeError:  # the reader of our output went away (hsm-cli ... | head)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except xmlrpc.client.Fault as e:
         print(f"hsm-cli: hsmd refused the call: {e.faultString} (fault {e.faultCode})", file=sys.stderr)
     except (TimeoutError, OSError, ssl.SSLError, xmlrpc.client.ProtocolError) as e:

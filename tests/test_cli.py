@@ -79,3 +79,11 @@ def test_config_sample_is_the_shipped_file():
     done = _cli("config", "sample")
     assert done.returncode == 0
     assert "# port = 54324\n" in done.stdout
+
+
+def test_output_cut_short_is_not_an_error(hsmd):
+    """hsm-cli ... | head: a closed pipe is not 'cannot reach hsmd'."""
+    done = subprocess.run(f"{HSM_CLI} --address {hsmd.address} getHsmConfig | head -1", shell=True,
+                          capture_output=True, text=True, timeout=60)
+    assert done.stdout == "{\n"
+    assert "cannot reach" not in done.stderr
