@@ -8,6 +8,7 @@ than run with a setting it does not understand.
 from __future__ import annotations
 
 import configparser
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,13 @@ from typing import Any
 from hsm.errors import ConfigError
 
 DEFAULT_PATH = "/etc/hsm/hsm.conf"
+
+
+def default_path(given: str | None) -> str | None:
+    """The hsm.conf to read: the one given, else /etc/hsm/hsm.conf if it exists, else none (built-in defaults)."""
+    if given is None and os.path.exists(DEFAULT_PATH):
+        return DEFAULT_PATH
+    return given
 
 
 def _bool(text: str) -> bool:

@@ -57,10 +57,7 @@ def load_config(args: argparse.Namespace) -> hsmconfig.Config:
         overrides[("rpc", "port")] = port
     if args.state_dir:
         overrides[("irs", "state_dir")] = os.path.abspath(args.state_dir)
-    path = args.config
-    if path is None and os.path.exists(hsmconfig.DEFAULT_PATH):
-        path = hsmconfig.DEFAULT_PATH
-    config = hsmconfig.load(path, overrides)
+    config = hsmconfig.load(hsmconfig.default_path(args.config), overrides)
     if not config.rpc.ssl and not is_loopback(config.rpc.host):
         raise ConfigError(f"refusing to listen on {config.rpc.host} without TLS: "
                           "set [rpc] ssl = true with key_file, cert_file and ca_file")

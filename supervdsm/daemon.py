@@ -44,12 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--socket", help="overrides [supervdsm] socket")
     parser.add_argument("--version", action="version", version=f"supervdsmd {hsm.__version__}")
     args = parser.parse_args(argv)
-    path = args.config
-    if path is None and os.path.exists(hsmconfig.DEFAULT_PATH):
-        path = hsmconfig.DEFAULT_PATH
     overrides = {("supervdsm", "socket"): args.socket} if args.socket else {}
     try:
-        config = hsmconfig.load(path, overrides)
+        config = hsmconfig.load(hsmconfig.default_path(args.config), overrides)
         allowed = _uids(config.supervdsm.allowed_uids)
         gid = _gid(config.supervdsm.group)
         logsetup.setup(config, log_file="supervdsm.log")

@@ -46,14 +46,6 @@ def require_str(name: str, value: Any, allow_empty: bool = False) -> str:
     return value
 
 
-def require_dict(name: str, value: Any) -> dict:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise InvalidParameterException(f"{name}={value!r}: expected a struct")
-    return value
-
-
 def parse_size(name: str, value: Any) -> int:
     """A byte count from the wire: a decimal string or an int, never negative."""
     if isinstance(value, bool):
