@@ -111,3 +111,10 @@ def test_read_only_verbs_ignore_request_id(tmp_path):
     _, d = _dispatcher(tmp_path)
     assert d.call("countThings", [{"requestId": "r1"}])["count"] == 0
     assert list(tmp_path.iterdir()) == []
+
+
+def test_no_lock_is_kept_for_finished_calls(tmp_path):
+    shelf, d = _dispatcher(tmp_path)
+    d.call("createThing", ["", {"requestId": "failed"}])
+    d.call("createThing", ["a", {"requestId": "worked"}])
+    assert d.requests._busy == {}

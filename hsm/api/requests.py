@@ -35,7 +35,7 @@ class RequestLog:
         self._ttl = ttl
         self._lock = threading.Lock()
         self._answers: dict[str, dict] = {}
-        self._busy: dict[str, threading.Lock] = {}
+        self._busy: dict[str, list] = {}  # requestId -> [lock, users]
         if folder:
             os.makedirs(folder, exist_ok=True)
             self._load()
@@ -68,19 +68,29 @@ class RequestLog:
                 f"requestId={request_id!r}: expected a string of 1 to {MAX_REQUEST_ID} characters")
         digest = fingerprint(verb, args)
         with self._lock:
-            busy = self._busy.setdefault(request_id, threading.Lock())
-        with busy:
-            record = self._known(request_id)
-            if record is not None:
-                if record["verb"] != verb or record["fingerprint"] != digest:
-                    raise RequestIdConflict(f"{request_id!r} was used by {record['verb']} with other arguments")
-                log.info("Repeated requestId %r of %s: answering as the first call", request_id, verb)
-                return record["answer"]
-            answer = call()
-            if answer.get("status", {}).get("code") == 0:
-                self._remember({"requestId": request_id, "verb": verb, "fingerprint": digest,
-                                "answer": answer, "time": time.time()})
-            return answer
+            busy = self._busy.setdefault(request_id, [threading.Lock(), 0])
+            busy[1] += 1  # callers holding or waiting for this requestId's lock
+        try:
+            with busy[0]:
+                return self._answer(request_id, verb, digest, call)
+        finally:
+            with self._lock:
+                busy[1] -= 1
+                if busy[1] == 0:
+                    del self._busy[request_id]
+
+    def _answer(self, request_id: str, verb: str, digest: str, call: Callable[[], dict]) -> dict:
+        record = self._known(request_id)
+        if record is not None:
+            if record["verb"] != verb or record["fingerprint"] != digest:
+                raise RequestIdConflict(f"{request_id!r} was used by {record['verb']} with other arguments")
+            log.info("Repeated requestId %r of %s: answering as the first call", request_id, verb)
+            return record["answer"]
+        answer = call()
+        if answer.get("status", {}).get("code") == 0:
+            self._remember({"requestId": request_id, "verb": verb, "fingerprint": digest,
+                            "answer": answer, "time": time.time()})
+        return answer
 
     def _known(self, request_id: str) -> dict | None:
         with self._lock:
@@ -95,7 +105,6 @@ class RequestLog:
             atomic_write(self._path(record["requestId"]), json.dumps(record).encode())
         with self._lock:
             self._answers[record["requestId"]] = record
-            self._busy.pop(record["requestId"], None)
 
     def expire(self) -> int:
         """Forget answers older than the TTL; returns how many went."""
