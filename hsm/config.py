@@ -79,6 +79,7 @@ def _options() -> list[Option]:
     return [
         # [irs]: the storage options VDSM kept in vdsm.conf, and hsmd's places.
         o("irs", "state_dir", str, "/var/lib/hsm", "hsmd's persistent state: tasks, requests, the default repository"),
+        o("irs", "default_repository", str, "auto", "a localfs-1 repository connected as 'local' at start-up: auto (under state_dir), a path, or none"),
         o("irs", "repository", str, "/rhev/data-center", "root of storage mounts and links, as VDSM's [irs] repository"),
         o("irs", "sd_health_check_delay", float, "10", "seconds between two checks of a repository by its monitor"),
         o("irs", "process_pool_timeout", float, "60", "seconds a file operation on repository storage may take"),

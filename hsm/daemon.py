@@ -17,18 +17,26 @@ from hsm import hooks, logsetup, sdnotify
 from hsm.api.devices import DevicesAPI
 from hsm.api.diagnostics import DiagnosticsAPI
 from hsm.api.dispatch import Dispatcher
+from hsm.api.images import ImagesAPI
+from hsm.api.repositories import RepositoriesAPI
 from hsm.api.requests import RequestLog
 from hsm.api.service import ServiceAPI
 from hsm.api.stats import CallStats
 from hsm.api.tasks import TasksAPI
-from hsm.errors import ConfigError, HookError
+from hsm.errors import ConfigError, HookError, HsmError
 from hsm.rpc.metrics import Metrics
 from hsm.rpc.server import RpcServer, ServerSettings
+from hsm.storage import repository
+from hsm.storage.engine import Engine
+from hsm.storage.repository import FileRepository
 from hsm.tasks import TaskManager
+from hsm.tasks.manager import NON_TRANSPARENT
 from supervdsm.client import SupervdsmClient
 
 log = logging.getLogger("hsm.daemon")
 
+LOCAL_REPO_ID = "local"
+LOCAL_FORMAT = "localfs-1"
 EXIT_CONFIG = 2
 EXIT_START = 1
 
@@ -80,9 +88,17 @@ class Service:
             os.path.join(state_dir, "tasks"), mode=config.tasks.mode, pool_size=config.tasks.thread_pool_size,
             max_tasks=config.tasks.max_tasks, finished_ttl=config.tasks.finished_ttl,
             lock_timeout=config.irs.task_resource_default_timeout / 1000)
+        irs = config.irs
+        self.engine = Engine(self.tasks, host_id=config.sanlock.host_id, io_timeout=irs.process_pool_timeout,
+                             io_slots=irs.process_pool_max_slots_per_domain,
+                             monitor_interval=irs.sd_health_check_delay, qcow2_compat=irs.qcow2_compat)
         groups: list[object] = [
-            ServiceAPI(config, self.stats, task_mode=lambda: self.tasks.mode, task_counts=self.tasks.counts),
+            ServiceAPI(config, self.stats, task_mode=lambda: self.tasks.mode, task_counts=self.tasks.counts,
+                       repositories=lambda: {r.id: r.health.valid for r in list(self.engine.repositories.values())},
+                       repo_formats=["localfs-1"]),
             TasksAPI(self.tasks),
+            RepositoriesAPI(self.engine),
+            ImagesAPI(self.engine),
             DevicesAPI(SupervdsmClient(config.supervdsm.socket, config.supervdsm.connect_timeout,
                                        config.supervdsm.call_timeout)),
         ]
@@ -90,7 +106,10 @@ class Service:
             groups.append(DiagnosticsAPI(self.tasks, os.path.join(state_dir, "diagnostics")))
         requests = RequestLog(os.path.join(state_dir, "requests"), ttl=config.rpc.request_id_ttl)
         self.dispatcher = Dispatcher(groups, requests, self.stats)
+        local = self._connect_default_repository()
         self.tasks.recover_all()
+        if local is not None and self.tasks.mode == NON_TRANSPARENT:
+            self.engine.fixes.resume(local)
         rpc = config.rpc
         settings = ServerSettings(
             host=rpc.host, port=rpc.port, threads=rpc.threads, listen_backlog=rpc.listen_backlog,
@@ -99,9 +118,21 @@ class Service:
             tls=(rpc.key_file, rpc.cert_file, rpc.ca_file) if rpc.ssl else None)
         self.server = RpcServer(settings, self.dispatcher, Metrics(self.stats, task_counts=self.tasks.counts))
 
+    def _connect_default_repository(self) -> FileRepository | None:
+        """The embedded default: a localfs-1 repository connected as 'local', made on first start."""
+        where = self.config.irs.default_repository
+        if where == "none":
+            return None
+        path = os.path.join(self.config.irs.state_dir, "local") if where == "auto" else os.path.abspath(where)
+        os.makedirs(path, exist_ok=True)
+        if not os.path.exists(os.path.join(path, repository.RECORD)):
+            self.engine.create_repository(LOCAL_FORMAT, {"path": path})
+        return self.engine.connect(LOCAL_REPO_ID, LOCAL_FORMAT, {"path": path})
+
     def stop(self) -> None:
         self.server.stop()
         self.tasks.shutdown(self.config.rpc.shutdown_timeout)
+        self.engine.close()
         if self.dispatcher.requests is not None:
             self.dispatcher.requests.expire()
 
@@ -130,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         hooks.run_hooks(config.irs.hooks_dir, hooks.BEFORE_START, config.irs.hook_timeout)
         service = Service(config)
-    except (HookError, OSError) as e:
+    except (HookError, HsmError, OSError) as e:
         log.error("hsmd cannot start: %s", e)
         print(f"hsmd: cannot start: {e}", file=sys.stderr)
         return EXIT_START

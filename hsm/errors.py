@@ -45,6 +45,8 @@ VolumeAlreadyExists = _error("VolumeAlreadyExists", 212, "A volume with this id 
 VolumeNonWritable = _error("VolumeNonWritable", 213, "The volume is read-only")
 CannotDeleteVolume = _error("CannotDeleteVolume", 222, "The volume could not be deleted")
 CannotDeleteSharedVolume = _error("CannotDeleteSharedVolume", 223, "A volume shared by other images cannot be deleted")
+PrepareIllegalVolumeError = _error("PrepareIllegalVolumeError", 227, "The image is not ready for use")
+VolumeWasNotPreparedBeforeTeardown = _error("VolumeWasNotPreparedBeforeTeardown", 230, "The image was not prepared")
 MergeSnapshotsError = _error("MergeSnapshotsError", 252, "The snapshots could not be merged")
 ImageDeleteError = _error("ImageDeleteError", 256, "Not every volume of the image could be removed")
 CopyImageError = _error("CopyImageError", 261, "The image copy failed")
@@ -56,6 +58,7 @@ StorageDomainDoesNotExist = _error("StorageDomainDoesNotExist", 358, "No such re
 StorageDomainFSNotMounted = _error("StorageDomainFSNotMounted", 360, "The repository's file system is not mounted")
 StorageDomainNotEmpty = _error("StorageDomainNotEmpty", 361, "The storage already holds data")
 StorageDomainAlreadyExists = _error("StorageDomainAlreadyExists", 365, "The repository exists")
+StorageDomainTypeError = _error("StorageDomainTypeError", 372, "Unknown or wrong repository format")
 StorageDomainAccessError = _error("StorageDomainAccessError", 379, "The repository cannot be reached")
 NoSpaceLeftOnDomain = _error("NoSpaceLeftOnDomain", 397, "No space left in the repository")
 InvalidTask = _error("InvalidTask", 400, "Invalid task id")
@@ -95,6 +98,10 @@ HookError = _error("HookError", 5006, "Lifecycle hook failed")
 TaskIdExists = _error("TaskIdExists", 5007, "A task with this id exists")
 TaskIdRequired = _error("TaskIdRequired", 5008, "Transparent mode: options.taskId is required")
 SupervdsmPeerRefused = _error("SupervdsmPeerRefused", 5009, "This user may not call supervdsmd")
+ImageExists = _error("ImageExists", 5010, "An image with this id exists")
+ImageIsSnapshot = _error("ImageIsSnapshot", 5011, "A snapshot never changes")
+RepositoryIdInUse = _error("RepositoryIdInUse", 5012, "The repository id is connected to other storage")
+InvalidFix = _error("InvalidFix", 5013, "The fix is not one checkStorageRepository gave for this repository")
 
 
 def all_errors() -> list[type[HsmError]]:

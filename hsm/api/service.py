@@ -18,12 +18,13 @@ class ServiceAPI:
     def __init__(self, config: Config, stats: CallStats,
                  task_mode: Callable[[], str] | None = None,
                  task_counts: Callable[[], dict[str, int]] = dict,
-                 repositories: Callable[[], dict[str, bool]] = dict) -> None:
+                 repositories: Callable[[], dict[str, bool]] = dict, repo_formats: list[str] | None = None) -> None:
         self._config = config
         self._stats = stats
         self._task_mode = task_mode or (lambda: config.tasks.mode)
         self._task_counts = task_counts
         self._repositories = repositories
+        self._repo_formats = repo_formats or []
         self._started = time.time()
 
     @verb()
@@ -37,7 +38,7 @@ class ServiceAPI:
             "hostname": socket.gethostname(),
             "hostId": self._config.sanlock.host_id,
             "taskMode": self._task_mode(),
-            "repoFormats": [],
+            "repoFormats": list(self._repo_formats),
             "offloadBackends": [],
             "pid": os.getpid(),
         }}

@@ -135,6 +135,9 @@ class IOProcess:
     def read(self, path: str, limit: int = 1 << 20) -> bytes:
         return self.call("read", path, limit)
 
+    def read_all(self, folder: str, suffix: str) -> dict[str, bytes]:
+        return self.call("read_all", folder, suffix)
+
     def write(self, path: str, data: bytes) -> None:
         self.call("write", path, data)
 

@@ -28,6 +28,18 @@ def _read(path: str, limit: int) -> bytes:
         return f.read(limit)
 
 
+def _read_all(folder: str, suffix: str) -> dict[str, bytes]:
+    """Every file in `folder` whose name ends with `suffix`, by name: one call loads a whole index."""
+    found = {}
+    for name in os.listdir(folder):
+        if name.endswith(suffix):
+            try:
+                found[name] = _read(os.path.join(folder, name), 1 << 20)
+            except FileNotFoundError:  # removed while we listed
+                pass
+    return found
+
+
 def _statvfs(path: str) -> dict:
     st = os.statvfs(path)
     return {"free": st.f_bavail * st.f_frsize, "total": st.f_blocks * st.f_frsize}
@@ -38,6 +50,7 @@ OPS = {
     "exists": os.path.exists,
     "listdir": lambda path: sorted(os.listdir(path)),
     "read": _read,
+    "read_all": _read_all,
     "write": atomic_write,
     "remove": atomic_remove,
     "makedirs": lambda path: os.makedirs(path, exist_ok=True),

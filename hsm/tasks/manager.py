@@ -145,6 +145,9 @@ class TaskManager:
         self._pool.submit(self._work, task, False)
         return task
 
+    def has_room(self) -> bool:
+        return self._active < self._max_tasks
+
     def get(self, task_id: str) -> Task:
         if not isinstance(task_id, str) or not TASK_ID.match(task_id):
             raise InvalidParameterException(f"taskID={task_id!r}")

@@ -1,0 +1,104 @@
+"""The image verbs of the new storage API: thin checks over hsm.storage.engine."""
+
+from __future__ import annotations
+
+import json
+
+from hsm.api.dispatch import options_of
+from hsm.api.verbs import format_size, verb
+from hsm.errors import InvalidParameterException
+from hsm.storage.engine import Engine, ImageOptions, check_id
+
+MAX_USER_DATA = 64 * 1024
+
+
+def _user_data(value: object) -> dict:
+    if value is None or value == "":
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidParameterException(f"userData={value!r}: expected a struct")
+    if len(json.dumps(value)) > MAX_USER_DATA:
+        raise InvalidParameterException(f"userData: larger than {MAX_USER_DATA} bytes as JSON")
+    return value
+
+
+def _optional_id(name: str, value: object) -> str | None:
+    return None if value in (None, "") else check_id(name, value)
+
+
+class ImagesAPI:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    @verb(mutating=True)
+    def createVirtualDisk(self, targetRepoId: str, size: str, baseSnapshotId: str | None = None,
+                          userData: dict | None = None, options: dict | None = None) -> dict:
+        opts = ImageOptions.parse(options_of(options))
+        return {"imageId": self._engine.create_disk(targetRepoId, size, _optional_id("baseSnapshotId", baseSnapshotId),
+                                                    _user_data(userData), opts)}
+
+    @verb(mutating=True)
+    def createSnapshot(self, targetRepoId: str, baseVirtualDiskId: str, userData: dict | None = None,
+                       options: dict | None = None) -> dict:
+        opts = ImageOptions.parse(options_of(options))
+        return {"imageId": self._engine.create_snapshot(targetRepoId, check_id("baseVirtualDiskId", baseVirtualDiskId),
+                                                        _user_data(userData), opts)}
+
+    @verb(mutating=True)
+    def copyImage(self, targetRepoId: str, imageId: str, baseImageId: str | None = None,
+                  userData: dict | None = None, options: dict | None = None) -> dict:
+        opts = ImageOptions.parse(options_of(options))
+        return {"imageId": self._engine.copy(targetRepoId, check_id("imageId", imageId),
+                                             _optional_id("baseImageId", baseImageId), _user_data(userData), opts)}
+
+    @verb(mutating=True)
+    def removeImage(self, repoId: str, imageId: str, options: dict | None = None) -> dict:
+        self._engine.remove(repoId, imageId, ImageOptions.parse(options_of(options)))
+        return {}
+
+    @verb()
+    def getImageStatus(self, repoId: str, imageId: str, options: dict | None = None) -> dict:
+        repo, image = self._engine.find(repoId, imageId)
+        return {"image": image.status(self._engine.image_tasks(repo, image))}
+
+    @verb()
+    def getImageInfo(self, repoId: str, imageId: str, options: dict | None = None) -> dict:
+        repo, image = self._engine.find(repoId, imageId)
+        volumes = []
+        for vol in image.volumes:
+            path = repo.volume_path(vol)
+            try:
+                allocated = repo.io.stat(path)["blocks"] * 512
+            except FileNotFoundError:
+                allocated = 0
+            volumes.append({"id": vol.id, "format": vol.format, "path": path, "image": vol.image,
+                            "capacity": format_size(image.size), "allocated": format_size(allocated)})
+        info = image.status(self._engine.image_tasks(repo, image))
+        info.update(id=image.id, volumes=volumes, baseSnapshotId=image.base, userData=image.userData, lease={},
+                    generation=image.generation)
+        return {"image": info}
+
+    @verb()
+    def getImageList(self, repoId: str, options: dict | None = None) -> dict:
+        opts = ImageOptions.parse(options_of(options))
+        return {"images": self._engine.repository(repoId).live_ids(opts.kind)}
+
+    @verb()
+    def isSnapshotOf(self, virtualDiskId: str, baseSnapshotId: str) -> dict:
+        return {"result": self._engine.is_snapshot_of(virtualDiskId, baseSnapshotId)}
+
+    @verb()
+    def getImageTasks(self, imageId: str, options: dict | None = None) -> dict:
+        repo, image = self._engine.locate(imageId, ImageOptions.parse(options_of(options)))
+        return {"tasks": self._engine.image_tasks(repo, image)}
+
+    @verb(mutating=True)
+    def prepareImage(self, repoId: str, imageId: str, options: dict | None = None) -> dict:
+        options_of(options)
+        return {"path": self._engine.prepare(repoId, imageId)}
+
+    @verb(mutating=True)
+    def teardownImage(self, repoId: str, imageId: str, options: dict | None = None) -> dict:
+        options_of(options)
+        self._engine.teardown(repoId, imageId)
+        return {}

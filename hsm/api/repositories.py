@@ -1,0 +1,63 @@
+"""The repository verbs: create, connect, disconnect, list, check and fix."""
+
+from __future__ import annotations
+
+from hsm.api.dispatch import options_of
+from hsm.api.verbs import require_str, verb
+from hsm.errors import InvalidParameterException
+from hsm.storage import check
+from hsm.storage.engine import Engine, ImageOptions
+from hsm.tasks.manager import NON_TRANSPARENT
+
+
+def _params(value: object) -> dict:
+    if not isinstance(value, dict):
+        raise InvalidParameterException(f"connectionParameters={value!r}: expected a struct")
+    return value
+
+
+class RepositoriesAPI:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    @verb(mutating=True)
+    def createStorageRepository(self, repoFormat: str, connectionParameters: dict, options: dict | None = None) \
+            -> dict:
+        opts = ImageOptions.parse(options_of(options))
+        repo_uuid = self._engine.create_repository(require_str("repoFormat", repoFormat),
+                                                   _params(connectionParameters), force=opts.force)
+        return {"repoUuid": repo_uuid}
+
+    @verb(mutating=True)
+    def connectStorageRepository(self, repoId: str, repoFormat: str, connectionParameters: dict,
+                                 options: dict | None = None) -> dict:
+        opts = ImageOptions.parse(options_of(options))
+        repo = self._engine.connect(repoId, require_str("repoFormat", repoFormat), _params(connectionParameters))
+        if opts.autoFix and self._engine.tasks.mode == NON_TRANSPARENT:
+            self._engine.fixes.resume(repo)
+        return {"repoUuid": repo.uuid}
+
+    @verb(mutating=True)
+    def disconnectStorageRepository(self, repoId: str, options: dict | None = None) -> dict:
+        opts = ImageOptions.parse(options_of(options))
+        self._engine.disconnect(repoId, force=opts.force)
+        return {}
+
+    @verb()
+    def getStorageRepositoryList(self, options: dict | None = None) -> dict:
+        options_of(options)
+        return {"repos": {repo_id: repo.wire() for repo_id, repo in list(self._engine.repositories.items())}}
+
+    @verb()
+    def checkStorageRepository(self, repoId: str, options: dict | None = None) -> dict:
+        options_of(options)
+        repo = self._engine.repository(repoId)
+        return {"fixes": check.check(repo, self._engine.fixes)}
+
+    @verb(mutating=True)
+    def fixStorageRepository(self, repoId: str, fix: str, options: dict | None = None) -> dict:
+        opts = ImageOptions.parse(options_of(options))
+        repo = self._engine.repository(repoId)
+        opts.autoFix = True
+        self._engine.fixes.check_can_start(opts)
+        return {"taskId": check.run(repo, self._engine.fixes, fix, opts.taskId)}

@@ -1,0 +1,359 @@
+"""The image engine: connected repositories, lookups, and the commit half of each operation.
+
+Each operation validates, writes its intent durably into the repository (the
+image record), and returns; the data work is a fix (hsm.storage.fixes) run as
+a task. Nothing here knows the transport it is called over.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import uuid
+from dataclasses import dataclass, field
+
+from hsm.errors import (
+    ImageDoesNotExistInSD,
+    ImageExists,
+    ImageIsNotLegalChain,
+    ImageIsSnapshot,
+    InvalidParameterException,
+    PrepareIllegalVolumeError,
+    RepositoryIdInUse,
+    StorageDomainDoesNotExist,
+    VolumeDoesNotExist,
+    VolumeIsBusy,
+    VolumeWasNotPreparedBeforeTeardown,
+)
+from hsm.storage import repository as repositories
+from hsm.storage.fixes import Fixes
+from hsm.storage.image import DEGRADED, DISK, KINDS, SNAPSHOT, Image, Volume
+from hsm.storage.ioprocess import IOProcess
+from hsm.storage.repository import FileRepository
+from hsm.tasks import TaskManager
+
+log = logging.getLogger("hsm.storage")
+
+ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+STRATEGIES = ("space", "performance")
+
+
+def check_id(name: str, value: object) -> str:
+    """Ids become file names: letters, digits, '-' and '_' only, so never '/' or '..'."""
+    if not isinstance(value, str) or not ID.match(value):
+        raise InvalidParameterException(f"{name}={value!r}: letters, digits, '-' and '_' only (at most 128)")
+    return value
+
+
+@dataclass
+class ImageOptions:
+    autoFix: bool = True
+    strategy: str = "space"
+    participatingRepositories: list[str] = field(default_factory=list)
+    imageHints: dict[str, str] = field(default_factory=dict)
+    offload: bool = True
+    taskId: str | None = None
+    imageId: str | None = None
+    force: bool = False
+    kind: str | None = None
+
+    @classmethod
+    def parse(cls, options: dict) -> ImageOptions:
+        known = set(cls.__dataclass_fields__) | {"requestId"}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise InvalidParameterException(f"options: unknown {', '.join(unknown)}")
+        opts = cls(**{k: v for k, v in options.items() if k != "requestId"})
+        for name in ("autoFix", "offload", "force"):
+            if not isinstance(getattr(opts, name), bool):
+                raise InvalidParameterException(f"options.{name}={getattr(opts, name)!r}: expected a boolean")
+        if opts.strategy not in STRATEGIES:
+            raise InvalidParameterException(f"options.strategy={opts.strategy!r}: expected space or performance")
+        if not isinstance(opts.participatingRepositories, list):
+            raise InvalidParameterException("options.participatingRepositories: expected a list of repository ids")
+        if not isinstance(opts.imageHints, dict):
+            raise InvalidParameterException("options.imageHints: expected a struct {imageId: repoId}")
+        if opts.imageId is not None:
+            check_id("options.imageId", opts.imageId)
+        if opts.kind is not None and opts.kind not in KINDS:
+            raise InvalidParameterException(f"options.kind={opts.kind!r}: expected disk or snapshot")
+        return opts
+
+
+def parse_image_size(value: object) -> int:
+    from hsm.api.verbs import parse_size
+    size = parse_size("size", value)
+    if size <= 0 or size % 512:
+        raise InvalidParameterException(f"size={value!r}: must be a positive multiple of 512 bytes")
+    return size
+
+
+class Engine:
+    def __init__(self, tasks: TaskManager, host_id: int = 1, io_timeout: float = 60.0, io_slots: int = 10,
+                 monitor_interval: float = 10.0, qcow2_compat: str = "1.1") -> None:
+        self.tasks = tasks
+        self.host_id = host_id
+        self.io_timeout = io_timeout
+        self.io_slots = io_slots
+        self.monitor_interval = monitor_interval
+        self.qcow2_compat = qcow2_compat
+        self.repositories: dict[str, FileRepository] = {}
+        self.prepared: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()   # connects, and commits of caller-chosen ids
+        self.fixes = Fixes(self)
+        self.fixes.register(tasks)
+
+    # -- repositories -----------------------------------------------------
+
+    def _io(self, name: str) -> IOProcess:
+        return IOProcess(name, timeout=self.io_timeout, slots=self.io_slots)
+
+    def create_repository(self, repo_format: str, params: dict, force: bool = False) -> str:
+        path = self._local_path(repo_format, params)
+        io = self._io("create")
+        try:
+            return repositories.create(path, repo_format, io, force)
+        finally:
+            io.close()
+
+    def connect(self, repo_id: str, repo_format: str, params: dict) -> FileRepository:
+        check_id("repoId", repo_id)
+        path = self._local_path(repo_format, params)
+        with self._lock:
+            known = self.repositories.get(repo_id)
+            if known is not None:
+                if known.path == path and known.format == repo_format:
+                    return known
+                raise RepositoryIdInUse(f"{repo_id} is {known.format} at {known.path}")
+            repo = FileRepository(repo_id, path, repo_format, self._io(repo_id))
+            try:
+                repo.load()
+            except BaseException:
+                repo.close()
+                raise
+            twin = next((r for r in self.repositories.values() if r.uuid == repo.uuid), None)
+            if twin is not None:
+                repo.close()
+                raise RepositoryIdInUse(f"repository {repo.uuid} is already connected as {twin.id}")
+            self.repositories[repo_id] = repo
+        repo.start_monitor(self.monitor_interval)
+        log.info("Connected repository %s (%s, %s)", repo_id, repo_format, path)
+        return repo
+
+    def disconnect(self, repo_id: str, force: bool = False) -> None:
+        repo = self.repository(repo_id)
+        busy = self.fixes.active_on_repository(repo)
+        if busy and not force:
+            raise VolumeIsBusy(f"{len(busy)} tasks work on {repo_id}: {', '.join(busy[:5])}; options.force disconnects")
+        with self._lock:
+            self.repositories.pop(repo_id, None)
+            self.prepared = {key for key in self.prepared if key[0] != repo.uuid}
+        repo.close()
+        log.info("Disconnected repository %s", repo_id)
+
+    def close(self) -> None:
+        for repo in list(self.repositories.values()):
+            repo.close()
+
+    @staticmethod
+    def _local_path(repo_format: str, params: dict) -> str:
+        if repo_format not in repositories.FILE_FORMATS:
+            raise InvalidParameterException(f"repoFormat={repo_format!r}: expected one of "
+                                            f"{', '.join(repositories.FILE_FORMATS)}")
+        if repo_format != "localfs-1":
+            raise InvalidParameterException(f"{repo_format} needs a managed connection, not available yet")
+        if not isinstance(params, dict) or not isinstance(params.get("path"), str) \
+                or not os.path.isabs(params["path"]):
+            raise InvalidParameterException("connectionParameters: localfs-1 needs {path: an absolute path}")
+        return os.path.normpath(params["path"])
+
+    def repository(self, repo_id: str) -> FileRepository:
+        check_id("repoId", repo_id)
+        repo = self.repositories.get(repo_id)
+        if repo is None:
+            raise StorageDomainDoesNotExist(f"no repository connected as {repo_id}")
+        return repo
+
+    def by_uuid(self, repo_uuid: str) -> FileRepository:
+        for repo in list(self.repositories.values()):
+            if repo.uuid == repo_uuid:
+                return repo
+        raise StorageDomainDoesNotExist(f"repository {repo_uuid} is not connected")
+
+    # -- lookups ----------------------------------------------------------
+
+    def locate(self, image_id: str, opts: ImageOptions) -> tuple[FileRepository, Image]:
+        """Find a live image: pinned by imageHints, else in the participating (or every) repository."""
+        check_id("imageId", image_id)
+        if image_id in opts.imageHints:
+            repo = self.repository(opts.imageHints[image_id])
+            return repo, repo.get(image_id)
+        names = opts.participatingRepositories or list(self.repositories)
+        for name in names:
+            repo = self.repository(name)
+            image = repo.images.get(image_id)
+            if image is not None and not image.removed:
+                return repo, image
+        raise ImageDoesNotExistInSD(f"{image_id} in {', '.join(names) or 'no connected repository'}")
+
+    def find(self, repo_id: str, image_id: str) -> tuple[FileRepository, Image]:
+        repo = self.repository(repo_id)
+        return repo, repo.get(check_id("imageId", image_id))
+
+    def image_tasks(self, repo: FileRepository, image: Image) -> list[str]:
+        return self.fixes.active_on_image(repo, image.id)
+
+    def is_snapshot_of(self, disk_id: str, snapshot_id: str) -> bool:
+        check_id("baseSnapshotId", snapshot_id)
+        repo, image = self.locate(disk_id, ImageOptions())
+        seen = set()
+        base = image.base
+        while base and base not in seen:
+            if base == snapshot_id:
+                return True
+            seen.add(base)
+            parent = repo.images.get(base)
+            base = parent.base if parent is not None else ""
+        return False
+
+    # -- commits ----------------------------------------------------------
+
+    def _new_id(self, opts: ImageOptions) -> str:
+        return opts.imageId or str(uuid.uuid4())
+
+    def _ensure_free(self, image_id: str) -> None:
+        for repo in list(self.repositories.values()):
+            if image_id in repo.images:
+                raise ImageExists(f"{image_id} in repository {repo.id}")
+
+    def _commit(self, repo: FileRepository, image: Image, fix: str, verb: str, opts: ImageOptions) -> str:
+        """Write the new record (the commit point), then start its fix unless autoFix is off."""
+        self.fixes.check_can_start(opts)
+        image.hostId = self.host_id
+        with self._lock:
+            self._ensure_free(image.id)
+            repo.save(image)
+        log.info("%s committed %s %s in %s", verb, image.kind, image.id, repo.id)
+        if opts.autoFix:
+            self.fixes.start_after_commit(repo, fix, image.id, verb, opts)
+        return image.id
+
+    def create_disk(self, repo_id: str, size: object, base_id: str | None, user_data: dict,
+                    opts: ImageOptions) -> str:
+        repo = self.repository(repo_id)
+        size = parse_image_size(size)
+        volumes: list[Volume] = []
+        if base_id:
+            base = repo.get(check_id("baseSnapshotId", base_id))
+            if base.kind != SNAPSHOT:
+                raise InvalidParameterException(f"baseSnapshotId={base_id}: a virtual disk; snapshot it first")
+            if not base.usable():
+                raise PrepareIllegalVolumeError(f"snapshot {base_id} is {base.state}")
+            if size < base.size:
+                raise InvalidParameterException(f"size={size}: smaller than snapshot {base_id} ({base.size})")
+            volumes = list(base.volumes)
+        image_id = self._new_id(opts)
+        if opts.imageId and image_id in repo.images:
+            known = repo.images[image_id]
+            if not known.removed and known.kind == DISK and known.size == size and known.base == (base_id or "") \
+                    and known.userData == user_data:
+                return image_id  # the same disk asked for again: idempotent on the caller's id
+        optimize = bool(base_id) and opts.strategy == "performance"
+        image = Image(id=image_id, kind=DISK, size=size, volumes=[Volume(str(uuid.uuid4()), image_id), *volumes],
+                      base=base_id or "", userData=user_data, intent={"op": "create", "optimize": optimize},
+                      stage="0/1")
+        return self._commit(repo, image, "create", "createVirtualDisk", opts)
+
+    def create_snapshot(self, repo_id: str, disk_id: str, user_data: dict, opts: ImageOptions) -> str:
+        repo, disk = self.find(repo_id, disk_id)
+        if disk.kind == SNAPSHOT:
+            raise ImageIsSnapshot(f"{disk_id} is a snapshot: make a disk on it and snapshot that")
+        if not disk.usable():
+            raise PrepareIllegalVolumeError(f"disk {disk_id} is {disk.state}")
+        self._check_quiet(repo, disk)
+        image_id = self._new_id(opts)
+        volumes = [Volume(vol.id, image_id if vol.image == disk.id else vol.image, vol.format)
+                   for vol in disk.volumes]
+        image = Image(id=image_id, kind=SNAPSHOT, size=disk.size, volumes=volumes, base=disk.base,
+                      userData=user_data, intent={"op": "snapshot", "disk": disk.id, "top": str(uuid.uuid4())},
+                      stage="0/3")
+        return self._commit(repo, image, "snapshot", "createSnapshot", opts)
+
+    def copy(self, target_id: str, image_id: str, base_id: str | None, user_data: dict,
+             opts: ImageOptions) -> str:
+        target = self.repository(target_id)
+        source_repo, source = self.locate(image_id, opts)
+        if not source.usable():
+            raise PrepareIllegalVolumeError(f"{image_id} is {source.state}")
+        volumes: list[Volume] = []
+        if base_id:
+            base = target.get(check_id("baseImageId", base_id))
+            if base.kind != SNAPSHOT or not base.usable():
+                raise InvalidParameterException(f"baseImageId={base_id}: must be a usable snapshot in {target_id}")
+            if not self._descends(source_repo, source, base_id):
+                raise ImageIsNotLegalChain(f"{image_id} was not made on snapshot {base_id}")
+            volumes = list(base.volumes)
+        new_id = image_id if source.kind == SNAPSHOT else self._new_id(opts)
+        if source.kind == SNAPSHOT and opts.imageId not in (None, image_id):
+            raise InvalidParameterException("a copied snapshot keeps its id: options.imageId must be left out")
+        image = Image(id=new_id, kind=source.kind, size=source.size, volumes=[Volume(str(uuid.uuid4()), new_id),
+                      *volumes], base=base_id or "", userData=user_data or dict(source.userData),
+                      intent={"op": "copy", "sourceRepo": source_repo.uuid, "source": source.id,
+                              "base": base_id or ""}, stage="0/2")
+        return self._commit(target, image, "copy", "copyImage", opts)
+
+    @staticmethod
+    def _descends(repo: FileRepository, image: Image, ancestor: str) -> bool:
+        return any(vol.image == ancestor for vol in image.volumes)
+
+    def remove(self, repo_id: str, image_id: str, opts: ImageOptions) -> None:
+        repo, image = self.find(repo_id, image_id)
+        self._check_quiet(repo, image)
+        self.fixes.check_can_start(opts)
+        image.removed = True
+        image.hostId = self.host_id
+        repo.save(image)
+        log.info("removeImage committed: %s %s in %s", image.kind, image_id, repo.id)
+        if opts.autoFix:
+            fix = "merge" if repo.dependents(image) else "clean"
+            self.fixes.start_after_commit(repo, fix, image_id, "removeImage", opts)
+
+    def _check_quiet(self, repo: FileRepository, image: Image) -> None:
+        """Refuse to change an image a task, a VM, or a pending snapshot is using."""
+        tasks = self.fixes.active_on_image(repo, image.id)
+        if tasks:
+            raise VolumeIsBusy(f"{image.id}: task {tasks[0]} is working on it")
+        if (repo.uuid, image.id) in self.prepared:
+            raise VolumeIsBusy(f"{image.id} is prepared for use on this host; tear it down first")
+        if repo.snapshot_pending(image.id):
+            raise VolumeIsBusy(f"{image.id}: a snapshot of it is not complete yet")
+
+    # -- use on this host --------------------------------------------------
+
+    def prepare(self, repo_id: str, image_id: str) -> str:
+        repo, image = self.find(repo_id, image_id)
+        if not image.usable():
+            raise PrepareIllegalVolumeError(f"{image_id} is {image.state}: {image.lastError.get('message', '')}")
+        if repo.snapshot_pending(image_id):
+            raise VolumeIsBusy(f"{image_id}: a snapshot of it is not complete yet")
+        if image.state == DEGRADED and self.fixes.active_on_image(repo, image_id):
+            raise VolumeIsBusy(f"{image_id} is being optimized")
+        for vol in image.volumes:
+            try:
+                repo.io.stat(repo.volume_path(vol))
+            except FileNotFoundError:
+                raise VolumeDoesNotExist(f"{image_id}: volume {vol.id} is missing") from None
+        self.prepared.add((repo.uuid, image_id))
+        return repo.volume_path(image.top)
+
+    def teardown(self, repo_id: str, image_id: str) -> None:
+        repo, image = self.find(repo_id, image_id)
+        key = (repo.uuid, image.id)
+        if key not in self.prepared:
+            raise VolumeWasNotPreparedBeforeTeardown(image_id)
+        self.prepared.discard(key)
+
+    def is_prepared(self, repo: FileRepository, image_id: str) -> bool:
+        return (repo.uuid, image_id) in self.prepared
