@@ -7,6 +7,8 @@
     hsm-cli config dump --config /etc/hsm/hsm.conf   # what hsmd would run with
     hsm-cli errors
     hsm-cli task wait TASK_ID
+    hsm-cli image create 10G | snapshot ID | copy ID | list | info ID | remove ID
+    hsm-cli repo list | check [REPO] | fix [REPO]
 
 An argument that parses as JSON (a number, true, {"a": 1}, null) is sent as
 that value; anything else is sent as a string. Exit status: 0 when the answer's
@@ -24,8 +26,8 @@ import time
 import xmlrpc.client
 from typing import Any, TextIO
 
+from hsm import cli_images, errors
 from hsm import config as hsmconfig
-from hsm import errors
 from hsm.rpc.client import DEFAULT_ADDRESS, ServiceProxy, TlsFiles
 
 EXIT_OK, EXIT_FAILED, EXIT_UNREACHABLE = 0, 1, 2
@@ -143,7 +145,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--tls", nargs=3, metavar=("KEY", "CERT", "CA"),
                         help="connect with TLS using this client key and certificate, trusting CA")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for an answer")
-    parser.add_argument("verb", help="a verb, or one of: config, errors, task")
+    parser.add_argument("verb", help="a verb, or one of: config, errors, task, image, repo")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="the verb's arguments")
     return parser
 
@@ -178,6 +180,11 @@ def main(argv: list[str] | None = None) -> int:
             if args.verb == "errors":
                 return errors_command(sub)
             return task_wait(proxy(), sub.task_id, sub.interval, sys.stdout)
+        if args.verb in ("image", "repo"):
+            run = cli_images.image_command if args.verb == "image" else cli_images.repo_command
+            answer = run(args.args, proxy())
+            _print_json(answer, sys.stdout)
+            return _exit_for(answer)
         answer = proxy().call(args.verb, *map(parse_argument, args.args))
         _print_json(answer, sys.stdout)
         return _exit_for(answer)

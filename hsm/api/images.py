@@ -94,8 +94,11 @@ class ImagesAPI:
 
     @verb(mutating=True)
     def prepareImage(self, repoId: str, imageId: str, options: dict | None = None) -> dict:
-        options_of(options)
-        return {"path": self._engine.prepare(repoId, imageId)}
+        readonly = options_of(options).get("readonly")
+        if readonly is not None and not isinstance(readonly, bool):
+            raise InvalidParameterException(f"options.readonly={readonly!r}: expected a boolean")
+        path, readonly = self._engine.prepare(repoId, imageId, readonly)
+        return {"path": path, "readonly": readonly}
 
     @verb(mutating=True)
     def teardownImage(self, repoId: str, imageId: str, options: dict | None = None) -> dict:

@@ -223,17 +223,18 @@ class Engine:
     def _new_id(self, opts: ImageOptions) -> str:
         return opts.imageId or str(uuid.uuid4())
 
-    def _ensure_free(self, image_id: str) -> None:
-        for repo in list(self.repositories.values()):
-            if image_id in repo.images:
-                raise ImageExists(f"{image_id} in repository {repo.id}")
+    @staticmethod
+    def _ensure_free(repo: FileRepository, image_id: str) -> None:
+        """Ids are unique within a repository; copies of a snapshot share its id across repositories."""
+        if image_id in repo.images:
+            raise ImageExists(f"{image_id} in repository {repo.id}")
 
     def _commit(self, repo: FileRepository, image: Image, fix: str, verb: str, opts: ImageOptions) -> str:
         """Write the new record (the commit point), then start its fix unless autoFix is off."""
         self.fixes.check_can_start(opts)
         image.hostId = self.host_id
         with self._lock:
-            self._ensure_free(image.id)
+            self._ensure_free(repo, image.id)
             repo.save(image)
         log.info("%s committed %s %s in %s", verb, image.kind, image.id, repo.id)
         if opts.autoFix:
@@ -332,8 +333,11 @@ class Engine:
 
     # -- use on this host --------------------------------------------------
 
-    def prepare(self, repo_id: str, image_id: str) -> str:
+    def prepare(self, repo_id: str, image_id: str, readonly: bool | None = None) -> tuple[str, bool]:
+        """Make the chain usable here; returns the top volume's path and whether it is read-only."""
         repo, image = self.find(repo_id, image_id)
+        if image.kind == SNAPSHOT and readonly is False:
+            raise ImageIsSnapshot(f"{image_id} is a snapshot: prepare it read-only, or make a disk on it")
         if not image.usable():
             raise PrepareIllegalVolumeError(f"{image_id} is {image.state}: {image.lastError.get('message', '')}")
         if repo.snapshot_pending(image_id):
@@ -346,7 +350,7 @@ class Engine:
             except FileNotFoundError:
                 raise VolumeDoesNotExist(f"{image_id}: volume {vol.id} is missing") from None
         self.prepared.add((repo.uuid, image_id))
-        return repo.volume_path(image.top)
+        return repo.volume_path(image.top), image.kind == SNAPSHOT or bool(readonly)
 
     def teardown(self, repo_id: str, image_id: str) -> None:
         repo, image = self.find(repo_id, image_id)

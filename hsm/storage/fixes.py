@@ -74,23 +74,26 @@ class Fixes:
     def start(self, repo: FileRepository, fix: str, image_id: str, verb: str, task_id: str | None = None,
               extra: dict | None = None) -> str:
         """Start a fix; one already active for the same image and kind is returned instead."""
-        key = (repo.uuid, image_id)
         if image_id:
             for known in self.active_on_image(repo, image_id):
                 if self.tasks.get(known).kind == PREFIX + fix:
                     return known
         args = {"repo": repo.uuid, "image": image_id, **(extra or {})}
+        touched = [(repo.uuid, image_id)] if image_id else []
         intent = repo.images[image_id].intent if image_id in repo.images else {}
         if fix == "create" and intent.get("optimize"):
             args["optimize"] = True  # its steps then include the copy of the base
         if fix == "snapshot" and intent.get("op") == "snapshot":
             args["disk"] = intent["disk"]  # locked with the snapshot
+            touched.append((repo.uuid, intent["disk"]))
         if fix == "copy" and intent.get("op") == "copy":
             args.update(sourceRepo=intent["sourceRepo"], source=intent["source"])
-        tags = [f"repository:{repo.uuid}"] + ([f"image:{image_id}"] if image_id else [])
+            touched.append((intent["sourceRepo"], intent["source"]))
+        tags = [f"repository:{repo.uuid}"] + [f"image:{image}" for _, image in touched]
         task = self.tasks.start(PREFIX + fix, verb, args, tags=tags, task_id=task_id)
         with self._lock:
-            self._by_image.setdefault(key, set()).add(task.id)
+            for key in touched:
+                self._by_image.setdefault(key, set()).add(task.id)
         return task.id
 
     def start_after_commit(self, repo: FileRepository, fix: str, image_id: str, verb: str, opts) -> None:
@@ -129,8 +132,13 @@ class Fixes:
             return
         with self._lock:
             for task in self.tasks.all():
-                if task.kind.startswith(PREFIX) and task.args.get("image") and not task.state.done:
-                    self._by_image.setdefault((task.args["repo"], task.args["image"]), set()).add(task.id)
+                if not task.kind.startswith(PREFIX) or task.state.done:
+                    continue
+                args = task.args
+                for key in ((args["repo"], args["image"]), (args["repo"], args.get("disk")),
+                            (args.get("sourceRepo"), args.get("source"))):
+                    if key[0] and key[1]:
+                        self._by_image.setdefault(key, set()).add(task.id)
             self._indexed = True
 
     def resume(self, repo: FileRepository) -> int:
@@ -220,12 +228,13 @@ class Fixes:
             ctx.check_stop()
             whole = int(low + (high - low) * percent / 100)
             ctx.progress(whole)
-            image.percentComplete = whole
+            current = repo.images.get(image.id)  # the record in the index now (a save replaces it)
+            if current is None:
+                return
+            current.percentComplete = whole
             if time.monotonic() - last_saved[0] >= SAVE_PROGRESS_EVERY:
                 last_saved[0] = time.monotonic()
-                current = repo.images.get(image.id)
-                if current is not None:
-                    self._save(repo, current, percentComplete=whole, stage=ctx.task.stage)
+                self._save(repo, current, stage=ctx.task.stage)
         return report
 
     def _backing_name(self, image: Image, index: int) -> str | None:
