@@ -7,12 +7,15 @@ a task. Nothing here knows the transport it is called over.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from hsm.errors import (
     ImageDoesNotExistInSD,
@@ -38,6 +41,7 @@ log = logging.getLogger("hsm.storage")
 
 ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 STRATEGIES = ("space", "performance")
+T = TypeVar("T")
 
 
 def check_id(name: str, value: object) -> str:
@@ -90,6 +94,15 @@ def parse_image_size(value: object) -> int:
     return size
 
 
+def _serialized(method: Callable[..., T]) -> Callable[..., T]:
+    """Run a commit under the engine lock."""
+    @functools.wraps(method)
+    def locked(self: Engine, *args: object, **kwargs: object) -> T:
+        with self.commit_lock:
+            return method(self, *args, **kwargs)
+    return locked
+
+
 class Engine:
     def __init__(self, tasks: TaskManager, host_id: int = 1, io_timeout: float = 60.0, io_slots: int = 10,
                  monitor_interval: float = 10.0, qcow2_compat: str = "1.1") -> None:
@@ -101,7 +114,7 @@ class Engine:
         self.qcow2_compat = qcow2_compat
         self.repositories: dict[str, FileRepository] = {}
         self.prepared: set[tuple[str, str]] = set()
-        self._lock = threading.Lock()   # connects, and commits of caller-chosen ids
+        self.commit_lock = threading.RLock()  # connects, and every commit: check and write as one step
         self.fixes = Fixes(self)
         self.fixes.register(tasks)
 
@@ -121,7 +134,7 @@ class Engine:
     def connect(self, repo_id: str, repo_format: str, params: dict) -> FileRepository:
         check_id("repoId", repo_id)
         path = self._local_path(repo_format, params)
-        with self._lock:
+        with self.commit_lock:
             known = self.repositories.get(repo_id)
             if known is not None:
                 if known.path == path and known.format == repo_format:
@@ -147,7 +160,7 @@ class Engine:
         busy = self.fixes.active_on_repository(repo)
         if busy and not force:
             raise VolumeIsBusy(f"{len(busy)} tasks work on {repo_id}: {', '.join(busy[:5])}; options.force disconnects")
-        with self._lock:
+        with self.commit_lock:
             self.repositories.pop(repo_id, None)
             self.prepared = {key for key in self.prepared if key[0] != repo.uuid}
         repo.close()
@@ -230,17 +243,22 @@ class Engine:
             raise ImageExists(f"{image_id} in repository {repo.id}")
 
     def _commit(self, repo: FileRepository, image: Image, fix: str, verb: str, opts: ImageOptions) -> str:
-        """Write the new record (the commit point), then start its fix unless autoFix is off."""
+        """Write the new record (the commit point), then start its fix unless autoFix is off.
+
+        Called under the engine lock, with the checks that led here: a concurrent
+        commit cannot slip in between a check and the record it allows, nor
+        between the record and the start of its fix (which marks the images busy).
+        """
         self.fixes.check_can_start(opts)
         image.hostId = self.host_id
-        with self._lock:
-            self._ensure_free(repo, image.id)
-            repo.save(image)
+        self._ensure_free(repo, image.id)
+        repo.save(image)
         log.info("%s committed %s %s in %s", verb, image.kind, image.id, repo.id)
         if opts.autoFix:
             self.fixes.start_after_commit(repo, fix, image.id, verb, opts)
         return image.id
 
+    @_serialized
     def create_disk(self, repo_id: str, size: object, base_id: str | None, user_data: dict,
                     opts: ImageOptions) -> str:
         repo = self.repository(repo_id)
@@ -267,6 +285,7 @@ class Engine:
                       stage="0/1")
         return self._commit(repo, image, "create", "createVirtualDisk", opts)
 
+    @_serialized
     def create_snapshot(self, repo_id: str, disk_id: str, user_data: dict, opts: ImageOptions) -> str:
         repo, disk = self.find(repo_id, disk_id)
         if disk.kind == SNAPSHOT:
@@ -282,6 +301,7 @@ class Engine:
                       stage="0/3")
         return self._commit(repo, image, "snapshot", "createSnapshot", opts)
 
+    @_serialized
     def copy(self, target_id: str, image_id: str, base_id: str | None, user_data: dict,
              opts: ImageOptions) -> str:
         target = self.repository(target_id)
@@ -309,13 +329,15 @@ class Engine:
     def _descends(repo: FileRepository, image: Image, ancestor: str) -> bool:
         return any(vol.image == ancestor for vol in image.volumes)
 
+    @_serialized
     def remove(self, repo_id: str, image_id: str, opts: ImageOptions) -> None:
         repo, image = self.find(repo_id, image_id)
         self._check_quiet(repo, image)
         self.fixes.check_can_start(opts)
-        image.removed = True
-        image.hostId = self.host_id
-        repo.save(image)
+        record = image.copy()
+        record.removed = True
+        record.hostId = self.host_id
+        repo.save(record)
         log.info("removeImage committed: %s %s in %s", image.kind, image_id, repo.id)
         if opts.autoFix:
             fix = "merge" if repo.dependents(image) else "clean"

@@ -213,12 +213,17 @@ class Fixes:
         return step
 
     def _save(self, repo: FileRepository, image: Image, **changes: object) -> Image:
-        """Write a changed copy of the record; the index shows it once it is durable."""
-        record = image.copy()
-        for name, value in changes.items():
-            setattr(record, name, value)
-        record.hostId = self.engine.host_id
-        repo.save(record)
+        """Apply `changes` to the record as it is now and write it; the index shows it once durable.
+
+        Under the engine's commit lock: a removeImage committed meanwhile is
+        kept, never overwritten by a fix holding an older copy.
+        """
+        with self.engine.commit_lock:
+            record = repo.images.get(image.id, image).copy()
+            for name, value in changes.items():
+                setattr(record, name, value)
+            record.hostId = self.engine.host_id
+            repo.save(record)
         return record
 
     def _progress(self, ctx: StepContext, repo: FileRepository, image: Image, low: int, high: int):
@@ -343,11 +348,15 @@ class Fixes:
         for child in repo.dependents(snapshot):
             if self.engine.is_prepared(repo, child.id):
                 raise VolumeIsBusy(f"{child.id} reads through removed snapshot {snapshot.id} and is prepared")
+            if child.intent.get("op") == "copy":  # its data is being copied against this very chain
+                raise VolumeIsBusy(f"{child.id} is still being copied onto snapshot {snapshot.id}")
             index = next(i for i, vol in enumerate(child.volumes) if vol.id == snapshot.top.id)
             if index > 0:
                 above[child.volumes[index - 1].id] = child.volumes[index - 1]
         for vol in above.values():
             path = repo.volume_path(vol)
+            if not repo.io.exists(path):  # a pending create makes it later, on the backing its record names
+                continue
             current = qemuimg.info(path).get("backing-filename", "")
             wanted = below.filename if below else ""
             if current != wanted:

@@ -168,12 +168,16 @@ class FileRepository:
         return self._snapshotting.get(disk_id, "")
 
     def dependents(self, image: Image) -> list[Image]:
-        """Live images that read through one of `image`'s volumes."""
+        """Images that read through one of `image`'s volumes.
+
+        Removed ones count too: until their own clean or merge, their volumes
+        may still be read by others, through `image`'s.
+        """
         own = {vol.id for vol in image.own}
         if not own:
             return []
         return [other for other in list(self.images.values())
-                if other.id != image.id and not other.removed and any(vol.id in own for vol in other.volumes)]
+                if other.id != image.id and any(vol.id in own for vol in other.volumes)]
 
     def referenced_files(self) -> set[str]:
         """Every file a record owns or a committed operation will make, relative to the repository."""
