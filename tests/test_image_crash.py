@@ -19,7 +19,7 @@ from xml.parsers.expat import ExpatError
 
 import pytest
 
-from tests.images_helpers import MiB, local_path, ok, qemu_check
+from tests.images_helpers import MiB, backing_chain, local_path, ok, qemu_check
 
 MAX_IMAGES = 10
 ACCEPTED_REFUSALS = {203, 227, 268, 5010, 5011}  # busy, not ready, gone, a snapshot beside itself, of a snapshot
@@ -109,6 +109,8 @@ def verify(proxy, daemon, known: set[str], removed: set[str]) -> None:
             if volume["image"] == image_id:
                 owned.add(os.path.basename(volume["path"]))
         qemu_check(info["volumes"][0]["path"])
+        chain = [layer["filename"] for layer in backing_chain(info["volumes"][0]["path"])]
+        assert chain == [volume["path"] for volume in info["volumes"]], (image_id, chain, info["volumes"])
     on_disk = set(os.listdir(os.path.join(local_path(daemon), "volumes")))
     assert on_disk == owned, f"files no image owns: {on_disk - owned}; missing: {owned - on_disk}"
 
@@ -120,6 +122,7 @@ def crash_rounds(daemon, rounds: int, seed: int) -> None:
     for round_number in range(rounds):
         daemon.start()
         proxy = daemon.proxy()
+        print(f"seed {seed} round {round_number}")
         settle(proxy)
         verify(proxy, daemon, known, removed)
         known |= set(ok(proxy.getImageList("local"))["images"])  # committed but unanswered ones count too
@@ -135,7 +138,7 @@ def crash_rounds(daemon, rounds: int, seed: int) -> None:
         for thread in threads:
             thread.join(15)
         daemon.close_proxies()
-        assert not workload.unexpected, f"round {round_number}: {workload.unexpected}"
+        assert not workload.unexpected, f"seed {seed} round {round_number}: {workload.unexpected}"
     daemon.start()
     proxy = daemon.proxy()
     settle(proxy)

@@ -293,6 +293,9 @@ class Engine:
         if not disk.usable():
             raise PrepareIllegalVolumeError(f"disk {disk_id} is {disk.state}")
         self._check_quiet(repo, disk)
+        merging = [vol.image for vol in disk.volumes if repo.images.get(vol.image, disk).removed]
+        if merging:
+            raise VolumeIsBusy(f"{disk_id}: removed snapshot {merging[0]} below it is still being merged")
         image_id = self._new_id(opts)
         volumes = [Volume(vol.id, image_id if vol.image == disk.id else vol.image, vol.format)
                    for vol in disk.volumes]
@@ -333,6 +336,8 @@ class Engine:
     def remove(self, repo_id: str, image_id: str, opts: ImageOptions) -> None:
         repo, image = self.find(repo_id, image_id)
         self._check_quiet(repo, image)
+        if image.intent.get("op") == "snapshot":  # it still shares the disk's top volume
+            raise VolumeIsBusy(f"{image_id}: the snapshot is not complete; its fix must run first")
         self.fixes.check_can_start(opts)
         record = image.copy()
         record.removed = True

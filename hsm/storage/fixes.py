@@ -90,7 +90,10 @@ class Fixes:
             args.update(sourceRepo=intent["sourceRepo"], source=intent["source"])
             touched.append((intent["sourceRepo"], intent["source"]))
         tags = [f"repository:{repo.uuid}"] + [f"image:{image}" for _, image in touched]
-        task = self.tasks.start(PREFIX + fix, verb, args, tags=tags, task_id=task_id)
+        # Non-transparent: the intent in the repository is the durable record; after a
+        # crash, resume() starts the fix again from it, so the queued task need not be written.
+        task = self.tasks.start(PREFIX + fix, verb, args, tags=tags, task_id=task_id,
+                                persist=self.tasks.mode == TRANSPARENT or not image_id)
         with self._lock:
             for key in touched:
                 self._by_image.setdefault(key, set()).add(task.id)
@@ -199,6 +202,8 @@ class Fixes:
         def step(ctx: StepContext) -> None:
             repo = self.engine.by_uuid(ctx.args["repo"])
             image = repo.images.get(ctx.args["image"]) if ctx.args["image"] else None
+            if ctx.args["image"] and image is None:
+                return  # the record is gone: a clean already finished this image
             if image is not None:
                 image.stage = ctx.task.stage
             try:

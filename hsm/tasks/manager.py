@@ -114,8 +114,13 @@ class TaskManager:
     # -- verbs ----------------------------------------------------------
 
     def start(self, kind: str, verb: str, args: dict, tags: list[str] | None = None, owner: str = "",
-              task_id: str | None = None) -> Task:
-        """Create, persist and queue a task; raises at once when there is no room."""
+              task_id: str | None = None, persist: bool = True) -> Task:
+        """Create, persist and queue a task; raises at once when there is no room.
+
+        `persist=False` leaves the queued task unwritten until its first step
+        ends: only for callers that keep the intent durably elsewhere and start
+        the task again from it after a crash (the image engine's fixes).
+        """
         if task_id is None:
             if self.mode == TRANSPARENT:
                 raise TaskIdRequired(verb)
@@ -136,7 +141,7 @@ class TaskManager:
             self._stops[task_id] = threading.Event()
         try:
             self._move(task, State.PREPARING, persist=False)
-            self._move(task, State.QUEUED)
+            self._move(task, State.QUEUED, persist=persist)
         except HsmError:
             with self._lock:
                 self._active -= 1
