@@ -128,7 +128,7 @@ def fill(path: str, size: int, data: int) -> None:
 def timed_copy(proxy, source: str) -> float:
     begin = time.perf_counter()
     copy = proxy.copyImage("local", source, "", {}, {})["imageId"]
-    wait_image(proxy, "local", copy, timeout=600)
+    wait_image(proxy, "local", copy, timeout=600, poll=0.002)
     elapsed = time.perf_counter() - begin
     proxy.removeImage("local", copy, {})
     return elapsed

@@ -90,4 +90,6 @@ if __name__ == "__main__":
     source, mountpoint, flag = sys.argv[1:4]
     if not os.path.isdir(source):
         raise SystemExit(errno.ENOENT)
-    FUSE(HungFS(source, flag), mountpoint, foreground=True, nothreads=False, allow_other=True)
+    # No attribute or name caching: every stat must reach us, as every stat reaches a dead NFS server.
+    FUSE(HungFS(source, flag), mountpoint, foreground=True, nothreads=False, allow_other=True,
+         attr_timeout=0, entry_timeout=0, negative_timeout=0)

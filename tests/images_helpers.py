@@ -20,7 +20,8 @@ def code(answer: dict) -> int:
     return answer["status"]["code"]
 
 
-def wait_image(proxy, repo: str, image_id: str, timeout: float = 60.0, states=("optimized",)) -> dict:
+def wait_image(proxy, repo: str, image_id: str, timeout: float = 60.0, states=("optimized",),
+               poll: float = 0.02) -> dict:
     """Wait until no fix works on the image and it is in one of `states`; returns its info."""
     deadline = time.monotonic() + timeout
     while True:
@@ -31,7 +32,7 @@ def wait_image(proxy, repo: str, image_id: str, timeout: float = 60.0, states=("
             raise AssertionError(f"{image_id} failed: {image}")
         if time.monotonic() > deadline:
             raise AssertionError(f"{image_id} still {image} after {timeout} s")
-        time.sleep(0.02)
+        time.sleep(poll)
 
 
 def new_disk(proxy, repo: str = "local", size: int = GiB, base: str = "", **options) -> str:

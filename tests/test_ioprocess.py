@@ -6,8 +6,6 @@ state); teardown kills the FUSE process, which is the only way to free them.
 
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -15,28 +13,8 @@ import pytest
 from hsm.errors import StorageTimeout
 from hsm.storage.ioprocess import IOProcess
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse") or os.geteuid() != 0,
                                 reason="needs root and /dev/fuse")
-
-
-@pytest.fixture
-def hung_mount(tmp_path):
-    """(mountpoint, flag): touching the mount blocks while the flag file exists."""
-    source, mountpoint, flag = tmp_path / "source", tmp_path / "mnt", tmp_path / "hang"
-    source.mkdir()
-    mountpoint.mkdir()
-    (source / "meta").write_text("hello")
-    fuse = subprocess.Popen([sys.executable, os.path.join(HERE, "hungfs.py"), str(source), str(mountpoint),
-                             str(flag)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while not os.path.ismount(mountpoint):
-        assert time.monotonic() < deadline and fuse.poll() is None, "the FUSE filesystem did not mount"
-        time.sleep(0.05)
-    yield str(mountpoint), flag
-    fuse.send_signal(signal.SIGKILL)
-    fuse.wait()
-    subprocess.run(["umount", "-l", str(mountpoint)], check=False, capture_output=True)
 
 
 def test_healthy_storage_through_the_helper(tmp_path):

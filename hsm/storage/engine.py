@@ -7,6 +7,7 @@ a task. Nothing here knows the transport it is called over.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -95,11 +96,11 @@ def parse_image_size(value: object) -> int:
 
 
 def _serialized(method: Callable[..., T]) -> Callable[..., T]:
-    """Run a commit under the engine lock."""
+    """Run a commit under the lock of the repository it names first; other repositories go on."""
     @functools.wraps(method)
-    def locked(self: Engine, *args: object, **kwargs: object) -> T:
-        with self.commit_lock:
-            return method(self, *args, **kwargs)
+    def locked(self: Engine, repo_id: str, *args: object, **kwargs: object) -> T:
+        with self.repository(repo_id).lock:
+            return method(self, repo_id, *args, **kwargs)
     return locked
 
 
@@ -114,7 +115,7 @@ class Engine:
         self.qcow2_compat = qcow2_compat
         self.repositories: dict[str, FileRepository] = {}
         self.prepared: set[tuple[str, str]] = set()
-        self.commit_lock = threading.RLock()  # connects, and every commit: check and write as one step
+        self._lock = threading.Lock()  # the table of connected repositories
         self.fixes = Fixes(self)
         self.fixes.register(tasks)
 
@@ -134,7 +135,7 @@ class Engine:
     def connect(self, repo_id: str, repo_format: str, params: dict) -> FileRepository:
         check_id("repoId", repo_id)
         path = self._local_path(repo_format, params)
-        with self.commit_lock:
+        with self._lock:
             known = self.repositories.get(repo_id)
             if known is not None:
                 if known.path == path and known.format == repo_format:
@@ -160,7 +161,7 @@ class Engine:
         busy = self.fixes.active_on_repository(repo)
         if busy and not force:
             raise VolumeIsBusy(f"{len(busy)} tasks work on {repo_id}: {', '.join(busy[:5])}; options.force disconnects")
-        with self.commit_lock:
+        with self._lock:
             self.repositories.pop(repo_id, None)
             self.prepared = {key for key in self.prepared if key[0] != repo.uuid}
         repo.close()
@@ -304,11 +305,19 @@ class Engine:
                       stage="0/3")
         return self._commit(repo, image, "snapshot", "createSnapshot", opts)
 
-    @_serialized
     def copy(self, target_id: str, image_id: str, base_id: str | None, user_data: dict,
              opts: ImageOptions) -> str:
         target = self.repository(target_id)
-        source_repo, source = self.locate(image_id, opts)
+        source_repo, _ = self.locate(image_id, opts)
+        with contextlib.ExitStack() as held:
+            for _, repo in sorted({target.uuid: target, source_repo.uuid: source_repo}.items()):
+                held.enter_context(repo.lock)  # in uuid order: copies both ways cannot deadlock
+            return self._copy(target, source_repo, image_id, base_id, user_data, opts)
+
+    def _copy(self, target: FileRepository, source_repo: FileRepository, image_id: str, base_id: str | None,
+              user_data: dict, opts: ImageOptions) -> str:
+        target_id = target.id
+        source = source_repo.get(image_id)
         if not source.usable():
             raise PrepareIllegalVolumeError(f"{image_id} is {source.state}")
         volumes: list[Volume] = []

@@ -220,10 +220,10 @@ class Fixes:
     def _save(self, repo: FileRepository, image: Image, **changes: object) -> Image:
         """Apply `changes` to the record as it is now and write it; the index shows it once durable.
 
-        Under the engine's commit lock: a removeImage committed meanwhile is
-        kept, never overwritten by a fix holding an older copy.
+        Under the repository's commit lock: a removeImage committed meanwhile
+        is kept, never overwritten by a fix holding an older copy.
         """
-        with self.engine.commit_lock:
+        with repo.lock:
             record = repo.images.get(image.id, image).copy()
             for name, value in changes.items():
                 setattr(record, name, value)
