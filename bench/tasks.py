@@ -7,8 +7,10 @@
 2. Throughput of no-op tasks (one step that does nothing) created over
    XML-RPC by 8 client threads until all have finished, beside the ceilings
    it sits on: ping calls/s from the same clients, and atomic writes/s
-   (temp file, fsync, rename, fsync dir) on the same filesystem; a no-op task
-   costs one call and two written state moves (queued, finished). Target: 500 tasks/s or more.
+   (temp file, fsync, rename, fsync dir) on the same filesystem. A no-op task
+   costs one call and two state moves appended to the task journal, where
+   concurrent moves share one fdatasync (group commit). Target: 500 tasks/s
+   or more.
 
 Run: .venv/bin/python bench/tasks.py [--tasks 1000]
 """

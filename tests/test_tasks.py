@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from hsm.tasks.store import read_records
 from tests.tasks_helpers import diagnostics_config, journal, start_task, status, wait_state
 
 
@@ -94,7 +95,7 @@ def test_clear_forgets_a_finished_task(daemon):
     wait_state(proxy, task_id)
     assert proxy.clearTask(task_id)["status"]["code"] == 0
     assert proxy.getTaskStatus(task_id)["status"]["code"] == 401
-    assert not os.path.exists(os.path.join(daemon.state_dir, "tasks", task_id + ".task"))
+    assert task_id not in read_records(os.path.join(daemon.state_dir, "tasks"))[0]
     assert task_id not in proxy.getAllTasksStatuses()["allTasksStatus"]
 
 
@@ -115,7 +116,7 @@ def test_finished_tasks_expire_in_non_transparent_mode(make_hsmd):
     wait_state(proxy, task_id)
     time.sleep(1.3)
     assert proxy.getTaskStatus(task_id)["status"]["code"] == 401
-    assert not os.path.exists(os.path.join(daemon.state_dir, "tasks", task_id + ".task"))
+    assert task_id not in read_records(os.path.join(daemon.state_dir, "tasks"))[0]
 
 
 def test_full_queue_fails_at_once_with_405(make_hsmd):
