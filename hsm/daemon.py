@@ -14,6 +14,7 @@ import threading
 import hsm
 from hsm import config as hsmconfig
 from hsm import hooks, logsetup, sdnotify
+from hsm.api.connections import ConnectionsAPI
 from hsm.api.devices import DevicesAPI
 from hsm.api.diagnostics import DiagnosticsAPI
 from hsm.api.dispatch import Dispatcher
@@ -23,6 +24,8 @@ from hsm.api.requests import RequestLog
 from hsm.api.service import ServiceAPI
 from hsm.api.stats import CallStats
 from hsm.api.tasks import TasksAPI
+from hsm.connections.backends import Backends
+from hsm.connections.manager import ConnectionManager
 from hsm.errors import ConfigError, HookError, HsmError
 from hsm.rpc.metrics import Metrics
 from hsm.rpc.server import RpcServer, ServerSettings
@@ -92,20 +95,28 @@ class Service:
         self.engine = Engine(self.tasks, host_id=config.sanlock.host_id, io_timeout=irs.process_pool_timeout,
                              io_slots=irs.process_pool_max_slots_per_domain,
                              monitor_interval=irs.sd_health_check_delay, qcow2_compat=irs.qcow2_compat)
+        supervdsm = SupervdsmClient(config.supervdsm.socket, config.supervdsm.connect_timeout,
+                                    config.supervdsm.call_timeout)
+        conns = config.connections
+        self.connections = ConnectionManager(
+            state_dir, Backends(supervdsm, os.path.join(irs.repository, "mnt")), interval=conns.monitor_interval,
+            backoff_min=conns.reconnect_backoff_min, backoff_max=conns.reconnect_backoff_max)
+        self.engine.connections = self.connections
         groups: list[object] = [
             ServiceAPI(config, self.stats, task_mode=lambda: self.tasks.mode, task_counts=self.tasks.counts,
                        repositories=lambda: {r.id: r.health.valid for r in list(self.engine.repositories.values())},
-                       repo_formats=["localfs-1"]),
+                       repo_formats=["localfs-1", "nfs-1", "posixfs-1"]),
             TasksAPI(self.tasks),
             RepositoriesAPI(self.engine),
             ImagesAPI(self.engine),
-            DevicesAPI(SupervdsmClient(config.supervdsm.socket, config.supervdsm.connect_timeout,
-                                       config.supervdsm.call_timeout)),
+            DevicesAPI(supervdsm),
+            ConnectionsAPI(self.connections),
         ]
         if config.tasks.diagnostics:
             groups.append(DiagnosticsAPI(self.tasks, os.path.join(state_dir, "diagnostics")))
         requests = RequestLog(os.path.join(state_dir, "requests"), ttl=config.rpc.request_id_ttl)
         self.dispatcher = Dispatcher(groups, requests, self.stats)
+        self.connections.start()
         local = self._connect_default_repository()
         self.tasks.recover_all()
         if local is not None and self.tasks.mode == NON_TRANSPARENT:
@@ -132,6 +143,7 @@ class Service:
     def stop(self) -> None:
         self.server.stop()
         self.tasks.shutdown(self.config.rpc.shutdown_timeout)
+        self.connections.stop()
         self.engine.close()
         if self.dispatcher.requests is not None:
             self.dispatcher.requests.expire()

@@ -101,6 +101,7 @@ SupervdsmPeerRefused = _error("SupervdsmPeerRefused", 5009, "This user may not c
 ImageExists = _error("ImageExists", 5010, "An image with this id exists")
 ImageIsSnapshot = _error("ImageIsSnapshot", 5011, "A snapshot never changes")
 RepositoryIdInUse = _error("RepositoryIdInUse", 5012, "The repository id is connected to other storage")
+InvalidConnectionURI = _error("InvalidConnectionURI", 5014, "The storage URI is not valid")
 InvalidFix = _error("InvalidFix", 5013, "The fix is not one checkStorageRepository gave for this repository")
 
 

@@ -27,6 +27,7 @@ from hsm.errors import (
     PrepareIllegalVolumeError,
     RepositoryIdInUse,
     StorageDomainDoesNotExist,
+    StorageDomainFSNotMounted,
     VolumeDoesNotExist,
     VolumeIsBusy,
     VolumeWasNotPreparedBeforeTeardown,
@@ -114,6 +115,7 @@ class Engine:
         self.monitor_interval = monitor_interval
         self.qcow2_compat = qcow2_compat
         self.repositories: dict[str, FileRepository] = {}
+        self.connections = None  # hsm.connections.manager.ConnectionManager, for nfs-1 and posixfs-1
         self.prepared: set[tuple[str, str]] = set()
         self._lock = threading.Lock()  # the table of connected repositories
         self.fixes = Fixes(self)
@@ -171,17 +173,27 @@ class Engine:
         for repo in list(self.repositories.values()):
             repo.close()
 
-    @staticmethod
-    def _local_path(repo_format: str, params: dict) -> str:
+    def _local_path(self, repo_format: str, params: dict) -> str:
+        """Where a file repository's files are on this host, from its connectionParameters."""
         if repo_format not in repositories.FILE_FORMATS:
             raise InvalidParameterException(f"repoFormat={repo_format!r}: expected one of "
                                             f"{', '.join(repositories.FILE_FORMATS)}")
-        if repo_format != "localfs-1":
-            raise InvalidParameterException(f"{repo_format} needs a managed connection, not available yet")
-        if not isinstance(params, dict) or not isinstance(params.get("path"), str) \
-                or not os.path.isabs(params["path"]):
-            raise InvalidParameterException("connectionParameters: localfs-1 needs {path: an absolute path}")
-        return os.path.normpath(params["path"])
+        if not isinstance(params, dict):
+            raise InvalidParameterException("connectionParameters: expected a struct")
+        if repo_format == "localfs-1":
+            if not isinstance(params.get("path"), str) or not os.path.isabs(params["path"]):
+                raise InvalidParameterException("connectionParameters: localfs-1 needs {path: an absolute path}")
+            return os.path.normpath(params["path"])
+        if self.connections is None or not isinstance(params.get("connectionId"), str):
+            raise InvalidParameterException(f"connectionParameters: {repo_format} needs {{connectionId, subdir}}, "
+                                            "a connection managed with manageStorageServer")
+        root, connected = self.connections.path_of(params["connectionId"])
+        if not connected or not root:
+            raise StorageDomainFSNotMounted(f"connection {params['connectionId']} is not connected (yet)")
+        subdir = params.get("subdir", "")
+        if not isinstance(subdir, str) or subdir.startswith("/") or ".." in subdir.split("/"):
+            raise InvalidParameterException(f"subdir={subdir!r}: a relative path without '..'")
+        return os.path.normpath(os.path.join(root, subdir))
 
     def repository(self, repo_id: str) -> FileRepository:
         check_id("repoId", repo_id)

@@ -1,0 +1,1 @@
+"""Managed storage connections: CIDs over physical connections (NFS, POSIX mounts, iSCSI, local paths)."""

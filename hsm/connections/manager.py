@@ -1,0 +1,201 @@
+"""Managed storage connections (CIDs): registered at once, then kept connected by a monitor.
+
+manageStorageServer only records the CID (durably, in `<state_dir>/connections.json`,
+mode 0600 since a URI may carry a CHAP password) and wakes the monitor. Many CIDs
+may name one physical connection (the same normalized URI); it is made once and
+torn down when its last CID goes. The monitor checks every connection each
+`interval` and reconnects a lost one with a backoff that doubles from
+`backoff_min` to `backoff_max`; the last failure is kept as lastError.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+
+from hsm.atomicfile import atomic_write
+from hsm.connections import uri as uris
+from hsm.connections.backends import Backends
+from hsm.errors import (
+    HsmError,
+    InvalidParameterException,
+    StorageServerConnectionRefIdAlreadyInUse,
+    StorageServerConnectionRefIdDoesNotExist,
+)
+
+log = logging.getLogger("hsm.connections")
+
+CID = re.compile(r"^[^/\x00]{1,255}$")
+
+
+@dataclass
+class Physical:
+    storage: uris.StorageURI
+    cids: set[str] = field(default_factory=set)
+    connected: bool = False
+    last_error: dict = field(default_factory=dict)
+    backoff: float = 0.0
+    next_try: float = 0.0
+
+
+class ConnectionManager:
+    def __init__(self, state_dir: str, backends: Backends, interval: float = 10.0, backoff_min: float = 1.0,
+                 backoff_max: float = 300.0) -> None:
+        self._path = os.path.join(state_dir, "connections.json")
+        self.backends = backends
+        self._interval = interval
+        self._backoff = (backoff_min, backoff_max)
+        self._cids: dict[str, str] = {}          # cid -> the URI as given
+        self._physical: dict[str, Physical] = {}  # key -> physical connection
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._load()
+
+    # -- persistence --------------------------------------------------------
+
+    def _load(self) -> None:
+        try:
+            with open(self._path) as f:
+                stored = json.load(f)
+        except FileNotFoundError:
+            return
+        for cid, text in stored.items():
+            try:
+                self._add(cid, uris.parse(text))
+                self._cids[cid] = text
+            except HsmError as e:
+                log.error("Dropping stored connection %s: %s", cid, e)
+        log.info("Loaded %d managed connections on %d physical ones", len(self._cids), len(self._physical))
+
+    def _save(self) -> None:
+        atomic_write(self._path, json.dumps(self._cids, sort_keys=True).encode(), mode=0o600)
+
+    def _add(self, cid: str, storage: uris.StorageURI) -> None:
+        physical = self._physical.setdefault(storage.key, Physical(storage))
+        physical.cids.add(cid)
+
+    # -- verbs ----------------------------------------------------------------
+
+    def manage(self, text: str, cid: str) -> None:
+        if not isinstance(cid, str) or not CID.match(cid):
+            raise InvalidParameterException(f"connectionID={cid!r}: 1 to 255 characters, no '/'")
+        storage = uris.parse(text)
+        with self._lock:
+            known = self._cids.get(cid)
+            if known is not None:
+                if known == text or uris.parse(known).key == storage.key and uris.parse(known).password == \
+                        storage.password:
+                    return  # the same CID for the same storage again: nothing to do
+                raise StorageServerConnectionRefIdAlreadyInUse(f"{cid} manages {uris.parse(known).key}")
+            self._cids[cid] = text
+            try:
+                self._save()
+            except OSError:
+                del self._cids[cid]
+                raise
+            self._add(cid, storage)
+        log.info("Managing %s as %s", storage.key, cid)
+        self._wake.set()
+
+    def unmanage(self, cid: str) -> None:
+        if not isinstance(cid, str) or not CID.match(cid):
+            raise InvalidParameterException(f"connectionID={cid!r}: 1 to 255 characters, no '/'")
+        with self._lock:
+            text = self._cids.pop(cid, None)
+            if text is None:
+                raise StorageServerConnectionRefIdDoesNotExist(cid)
+            self._save()
+            storage = uris.parse(text)
+            physical = self._physical[storage.key]
+            physical.cids.discard(cid)
+            last = not physical.cids
+            if last:
+                del self._physical[storage.key]
+        log.info("No longer managing %s as %s", storage.key, cid)
+        if last:
+            try:
+                self.backends.disconnect(storage)
+            except HsmError as e:  # not the caller's problem: the CID is gone either way
+                log.warning("Disconnecting %s failed: %s", storage.key, e)
+
+    def servers(self) -> dict[str, dict]:
+        with self._lock:
+            entries = {cid: self._physical[uris.parse(text).key] for cid, text in self._cids.items()}
+            managed_paths = {self.backends.path(p.storage) for p in self._physical.values()}
+        answer = {cid: {"connected": p.connected, "managed": True, "lastError": dict(p.last_error),
+                        "connectionInfo": self._info(p.storage)} for cid, p in entries.items()}
+        for path, info in self.backends.unmanaged_mounts(managed_paths).items():
+            transient = "unmanaged-" + hashlib.sha1(path.encode()).hexdigest()[:12]
+            answer[transient] = {"connected": True, "managed": False, "lastError": {},
+                                 "connectionInfo": {**info, "path": path}}
+        return answer
+
+    def path_of(self, cid: str) -> tuple[str, bool]:
+        """(where the connection's files are seen here, whether it is connected) for a managed CID."""
+        with self._lock:
+            text = self._cids.get(cid)
+            if text is None:
+                raise StorageServerConnectionRefIdDoesNotExist(cid)
+            physical = self._physical[uris.parse(text).key]
+        return self.backends.path(physical.storage), physical.connected
+
+    def _info(self, storage: uris.StorageURI) -> dict:
+        info = dict(storage.info)
+        path = self.backends.path(storage)
+        if path:
+            info["path"] = path
+        return info
+
+    # -- the monitor ------------------------------------------------------------
+
+    def start(self) -> None:
+        threading.Thread(target=self._watch, name="connections", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                physicals = list(self._physical.values())
+            for physical in physicals:
+                if self._stop.is_set():
+                    return
+                self._tend(physical)
+            self._wake.wait(self._interval)
+            self._wake.clear()
+
+    def _tend(self, physical: Physical) -> None:
+        storage = physical.storage
+        try:
+            if self.backends.is_connected(storage):
+                if not physical.connected:
+                    log.info("%s is connected", storage.key)
+                physical.connected, physical.backoff, physical.last_error = True, 0.0, {}
+                return
+        except OSError as e:
+            log.warning("Cannot check %s: %s", storage.key, e)
+        if physical.connected:
+            log.warning("%s was lost; reconnecting", storage.key)
+        physical.connected = False
+        if time.monotonic() < physical.next_try:
+            return
+        try:
+            self.backends.connect(storage)
+            physical.connected = self.backends.is_connected(storage)
+            physical.backoff, physical.last_error = 0.0, {}
+            log.info("Connected %s", storage.key)
+        except HsmError as e:
+            low, high = self._backoff
+            physical.backoff = min(max(physical.backoff * 2, low), high)
+            physical.next_try = time.monotonic() + physical.backoff
+            physical.last_error = {"code": e.code, "message": str(e), "time": f"{time.time():.0f}"}
+            log.warning("Connecting %s failed (next try in %.0f s): %s", storage.key, physical.backoff, e)

@@ -1,0 +1,173 @@
+"""Managed storage connections through a real hsmd and a real supervdsmd doing real mounts.
+
+posixfs connections are real bind mounts made by supervdsmd. NFS cannot be
+mounted by this kernel: an NFS connection is checked for what hsmd reports
+when its mount fails, not for a mount.
+"""
+
+import json
+import os
+import stat
+import subprocess
+import time
+
+import pytest
+
+from tests.images_helpers import code, ok, wait_image
+from tests.supervdsmd import Supervdsmd
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounts need root")
+
+
+@pytest.fixture
+def setup(tmp_path, make_hsmd):
+    repository = tmp_path / "rhev"
+    supervdsmd = Supervdsmd(str(tmp_path / "sv"), config={"irs": {"repository": str(repository)}}).start()
+    config = {"supervdsm": {"socket": supervdsmd.socket}, "irs": {"repository": str(repository)},
+              "connections": {"monitor_interval": 0.2, "reconnect_backoff_min": 0.2, "reconnect_backoff_max": 1}}
+    daemon = make_hsmd(config=config).start()
+    yield daemon, str(repository / "mnt")
+    daemon.kill()
+    supervdsmd.kill()
+    subprocess.run(f"grep -o ' {repository}/mnt/[^ ]*' /proc/mounts | xargs -r -n1 umount -l", shell=True,
+                   check=False)
+
+
+def bind_uri(path) -> str:
+    return f"posixfs://?spec={path}&vfsType=none&options=bind"
+
+
+def servers(proxy) -> dict:
+    return ok(proxy.getStorageServerList())["servers"]
+
+
+def wait_for(predicate, timeout: float = 10.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"no {what} after {timeout} s"
+        time.sleep(0.05)
+
+
+def mounted(path: str) -> bool:
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == path for line in f)
+
+
+def test_bad_input_gets_clear_codes_and_changes_nothing(setup, tmp_path):
+    daemon, _ = setup
+    proxy = daemon.proxy()
+    ok(proxy.manageStorageServer(bind_uri(tmp_path), "keep"))
+    before = wait_for(lambda: servers(proxy)["keep"]["connected"] and servers(proxy), what="mount")
+    cases = [
+        ("ftp://host/x", "c1", 5014), ("nfs://", "c1", 5014), ("nfs://host/../etc", "c1", 5014),
+        ("nfs://host/export?version=4&bogus=1", "c1", 5014), ("posixfs://?spec=/x", "c1", 5014),
+        ("iscsi://127.0.0.1/not-an-iqn", "c1", 5014), ("localfs://relative", "c1", 5014), (42, "c1", 5014),
+        (bind_uri(tmp_path), "a/b", 1000), (bind_uri(tmp_path), "", 1000),
+        (bind_uri(tmp_path / "other"), "keep", 478),
+    ]
+    for uri, cid, expected in cases:
+        assert code(proxy.manageStorageServer(uri, cid)) == expected, (uri, cid)
+    assert code(proxy.unmanageStorageServer("no-such-cid")) == 479
+    assert servers(proxy) == before
+    ok(proxy.manageStorageServer(bind_uri(tmp_path), "keep"))  # the same again: success, nothing new
+    assert servers(proxy) == before
+
+
+def test_a_bind_mount_is_made_shared_watched_and_torn_down_with_its_last_cid(setup, tmp_path):
+    daemon, mount_root = setup
+    proxy = daemon.proxy()
+    exported = tmp_path / "exported"
+    exported.mkdir()
+    (exported / "hello").write_text("world")
+    ok(proxy.manageStorageServer(bind_uri(exported), "first"))
+    first = wait_for(lambda: servers(proxy)["first"]["connected"] and servers(proxy)["first"], what="mount")
+    path = first["connectionInfo"]["path"]
+    assert first["managed"] and first["lastError"] == {} and path.startswith(mount_root + "/")
+    with open(os.path.join(path, "hello")) as f:
+        assert f.read() == "world"
+    ok(proxy.manageStorageServer(bind_uri(exported).replace("&options=bind", "&options=bind,"), "second"))
+    second = wait_for(lambda: servers(proxy)["second"]["connected"] and servers(proxy)["second"])
+    assert second["connectionInfo"]["path"] == path  # one physical connection, two CIDs
+
+    subprocess.run(["umount", "-l", path], check=True)  # lost behind hsmd's back
+    wait_for(lambda: mounted(path) and servers(proxy)["first"]["connected"], what="reconnection")
+
+    ok(proxy.unmanageStorageServer("first"))
+    time.sleep(0.3)
+    assert mounted(path) and "first" not in servers(proxy)  # the second CID keeps it up
+    ok(proxy.unmanageStorageServer("second"))
+    assert not mounted(path) and servers(proxy) == {}
+
+
+def test_failures_are_reported_and_retried(setup, tmp_path):
+    daemon, _ = setup
+    proxy = daemon.proxy()
+    missing = tmp_path / "not-yet"
+    ok(proxy.manageStorageServer(bind_uri(missing), "late"))
+    ok(proxy.manageStorageServer("nfs://127.0.0.1/no/such/export?version=4.2", "nfs"))
+    late = wait_for(lambda: servers(proxy)["late"]["lastError"] and servers(proxy)["late"], what="error")
+    assert not late["connected"] and late["lastError"]["code"] == 477 and int(late["lastError"]["time"]) > 0
+    assert "not-yet" in late["lastError"]["message"]
+    nfs = wait_for(lambda: servers(proxy)["nfs"]["lastError"] and servers(proxy)["nfs"], what="NFS error")
+    assert not nfs["connected"] and nfs["lastError"]["code"] == 477
+    assert nfs["connectionInfo"]["server"] == "127.0.0.1" and "vers=4.2" in nfs["connectionInfo"]["options"]
+    missing.mkdir()  # the storage appears: the monitor's next try connects
+    wait_for(lambda: servers(proxy)["late"]["connected"], what="connection after the fix")
+    assert servers(proxy)["late"]["lastError"] == {}
+
+
+def test_managed_connections_survive_a_restart(setup, tmp_path):
+    daemon, _ = setup
+    proxy = daemon.proxy()
+    ok(proxy.manageStorageServer(bind_uri(tmp_path), "kept"))
+    path = wait_for(lambda: servers(proxy)["kept"]["connected"] and servers(proxy)["kept"])["connectionInfo"]["path"]
+    subprocess.run(["umount", "-l", path], check=True)
+    daemon.kill()
+    daemon.start()
+    proxy = daemon.proxy()
+    assert servers(proxy)["kept"]["managed"]
+    wait_for(lambda: servers(proxy)["kept"]["connected"], what="reconnection at start-up")
+    assert mounted(path)
+
+
+def test_mounts_hsmd_did_not_make_are_listed_as_unmanaged(setup, tmp_path):
+    daemon, mount_root = setup
+    proxy = daemon.proxy()
+    stray = os.path.join(mount_root, "by-hand")
+    os.makedirs(stray)
+    subprocess.run(["mount", "--bind", str(tmp_path), stray], check=True)
+    [(transient, entry)] = servers(proxy).items()
+    assert not entry["managed"] and entry["connected"] and entry["connectionInfo"]["path"] == stray
+    assert code(proxy.unmanageStorageServer(transient)) == 479
+
+
+def test_credentials_never_show(setup):
+    daemon, _ = setup
+    proxy = daemon.proxy()
+    ok(proxy.manageStorageServer("iscsi://admin:s3cr3t-pass@127.0.0.1:3260/iqn.2026-11.org.example:disk1", "lun"))
+    entry = wait_for(lambda: servers(proxy)["lun"]["lastError"] and servers(proxy)["lun"], what="login error")
+    assert entry["connectionInfo"]["user"] == "admin" and entry["connectionInfo"]["target"].endswith(":disk1")
+    assert "s3cr3t-pass" not in json.dumps(servers(proxy))
+    assert "s3cr3t-pass" not in daemon.log_text()
+    state = os.path.join(daemon.state_dir, "connections.json")
+    assert stat.S_IMODE(os.stat(state).st_mode) == 0o600
+
+
+def test_a_posixfs_repository_on_a_managed_connection(setup, tmp_path):
+    daemon, _ = setup
+    proxy = daemon.proxy()
+    storage = tmp_path / "shared"
+    storage.mkdir()
+    params = {"connectionId": "shared", "subdir": "repo"}
+    assert code(proxy.createStorageRepository("posixfs-1", params, {})) == 479
+    ok(proxy.manageStorageServer(bind_uri(storage), "shared"))
+    wait_for(lambda: servers(proxy)["shared"]["connected"])
+    (storage / "repo").mkdir()
+    ok(proxy.createStorageRepository("posixfs-1", params, {}))
+    ok(proxy.connectStorageRepository("shared", "posixfs-1", params, {}))
+    disk = ok(proxy.createVirtualDisk("shared", str(1 << 30), "", {}, {}))["imageId"]
+    info = wait_image(proxy, "shared", disk)
+    assert os.path.exists(storage / "repo" / "volumes" / os.path.basename(info["volumes"][0]["path"]))
