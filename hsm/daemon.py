@@ -19,6 +19,7 @@ from hsm.api.devices import DevicesAPI
 from hsm.api.diagnostics import DiagnosticsAPI
 from hsm.api.dispatch import Dispatcher
 from hsm.api.images import ImagesAPI
+from hsm.api.legacy_connections import LegacyConnectionsAPI
 from hsm.api.repositories import RepositoriesAPI
 from hsm.api.requests import RequestLog
 from hsm.api.service import ServiceAPI
@@ -111,6 +112,7 @@ class Service:
             ImagesAPI(self.engine),
             DevicesAPI(supervdsm),
             ConnectionsAPI(self.connections),
+            LegacyConnectionsAPI(self.connections),
         ]
         if config.tasks.diagnostics:
             groups.append(DiagnosticsAPI(self.tasks, os.path.join(state_dir, "diagnostics")))

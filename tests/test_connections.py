@@ -171,3 +171,23 @@ def test_a_posixfs_repository_on_a_managed_connection(setup, tmp_path):
     disk = ok(proxy.createVirtualDisk("shared", str(1 << 30), "", {}, {}))["imageId"]
     info = wait_image(proxy, "shared", disk)
     assert os.path.exists(storage / "repo" / "volumes" / os.path.basename(info["volumes"][0]["path"]))
+
+
+def test_vdsm_connect_and_disconnect_storage_server(setup, tmp_path):
+    daemon, _ = setup
+    proxy = daemon.proxy()
+    good = {"id": "11111111-2222-3333-4444-555555555555", "connection": str(tmp_path), "vfs_type": "none",
+            "mnt_options": "bind"}
+    bad = {"id": "66666666-2222-3333-4444-555555555555", "connection": str(tmp_path / "missing"), "vfs_type": "none",
+           "mnt_options": "bind"}
+    answer = ok(proxy.connectStorageServer(6, "00000000-0000-0000-0000-000000000000", [good, bad]))
+    assert answer["statuslist"] == [{"id": good["id"], "status": 0}, {"id": bad["id"], "status": 477}]
+    listed = {entry["id"]: entry for entry in ok(proxy.getStorageConnectionsList(""))["connectionslist"]}
+    assert listed[good["id"]]["connected"] and listed[good["id"]]["spec"] == str(tmp_path)
+    path = listed[good["id"]]["path"]
+    assert mounted(path)
+    assert ok(proxy.connectStorageServer(9, "", [good]))["statuslist"] == [{"id": good["id"], "status": 1000}]
+    assert code(proxy.connectStorageServer(6, "", "not a list")) == 1000
+    answer = ok(proxy.disconnectStorageServer(6, "", [good, bad, {"id": "never-connected"}]))
+    assert [entry["status"] for entry in answer["statuslist"]] == [0, 0, 479]
+    assert not mounted(path) and ok(proxy.getStorageConnectionsList(""))["connectionslist"] == []

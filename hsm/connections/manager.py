@@ -52,6 +52,7 @@ class ConnectionManager:
         self._interval = interval
         self._backoff = (backoff_min, backoff_max)
         self._cids: dict[str, str] = {}          # cid -> the URI as given
+        self._keys: dict[str, str] = {}          # cid -> its physical connection's key
         self._physical: dict[str, Physical] = {}  # key -> physical connection
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -80,6 +81,7 @@ class ConnectionManager:
     def _add(self, cid: str, storage: uris.StorageURI) -> None:
         physical = self._physical.setdefault(storage.key, Physical(storage))
         physical.cids.add(cid)
+        self._keys[cid] = storage.key
 
     # -- verbs ----------------------------------------------------------------
 
@@ -113,7 +115,7 @@ class ConnectionManager:
                 raise StorageServerConnectionRefIdDoesNotExist(cid)
             self._save()
             storage = uris.parse(text)
-            physical = self._physical[storage.key]
+            physical = self._physical[self._keys.pop(cid)]
             physical.cids.discard(cid)
             last = not physical.cids
             if last:
@@ -127,10 +129,11 @@ class ConnectionManager:
 
     def servers(self) -> dict[str, dict]:
         with self._lock:
-            entries = {cid: self._physical[uris.parse(text).key] for cid, text in self._cids.items()}
-            managed_paths = {self.backends.path(p.storage) for p in self._physical.values()}
+            entries = {cid: self._physical[key] for cid, key in self._keys.items()}
+            infos = {key: self._info(p.storage) for key, p in self._physical.items()}
+        managed_paths = {info.get("path", "") for info in infos.values()}
         answer = {cid: {"connected": p.connected, "managed": True, "lastError": dict(p.last_error),
-                        "connectionInfo": self._info(p.storage)} for cid, p in entries.items()}
+                        "connectionInfo": infos[p.storage.key]} for cid, p in entries.items()}
         for path, info in self.backends.unmanaged_mounts(managed_paths).items():
             transient = "unmanaged-" + hashlib.sha1(path.encode()).hexdigest()[:12]
             answer[transient] = {"connected": True, "managed": False, "lastError": {},
@@ -140,10 +143,10 @@ class ConnectionManager:
     def path_of(self, cid: str) -> tuple[str, bool]:
         """(where the connection's files are seen here, whether it is connected) for a managed CID."""
         with self._lock:
-            text = self._cids.get(cid)
-            if text is None:
+            key = self._keys.get(cid)
+            if key is None:
                 raise StorageServerConnectionRefIdDoesNotExist(cid)
-            physical = self._physical[uris.parse(text).key]
+            physical = self._physical[key]
         return self.backends.path(physical.storage), physical.connected
 
     def _info(self, storage: uris.StorageURI) -> dict:
