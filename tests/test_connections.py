@@ -191,3 +191,41 @@ def test_vdsm_connect_and_disconnect_storage_server(setup, tmp_path):
     answer = ok(proxy.disconnectStorageServer(6, "", [good, bad, {"id": "never-connected"}]))
     assert [entry["status"] for entry in answer["statuslist"]] == [0, 0, 479]
     assert not mounted(path) and ok(proxy.getStorageConnectionsList(""))["connectionslist"] == []
+
+
+def iscsi_nodes() -> str:
+    done = subprocess.run(["iscsiadm", "-m", "node"], capture_output=True, text=True)
+    return done.stdout
+
+
+def test_an_iscsi_connection_writes_real_node_records(setup, tmp_path):
+    """tgtd exports a real LUN behind CHAP; hsmd writes real open-iscsi node records through supervdsmd.
+
+    The login itself cannot happen on this machine (no iscsid, no iscsi_tcp): its failure is
+    what hsmd must report. That the target and credentials are right is shown with libiscsi
+    and qemu-img, which log in from user space.
+    """
+    from tests.tgtd import Tgtd
+    target = Tgtd(str(tmp_path), "iqn.2026-11.org.hsm.test:lun", user="hsmuser", password="hsm-chap-secret").start()
+    try:
+        assert subprocess.run(["qemu-img", "info", target.url()], capture_output=True).returncode == 0
+        assert subprocess.run(["qemu-img", "info", target.url(with_credentials=False)],
+                              capture_output=True).returncode != 0  # CHAP is really required
+        daemon, _ = setup
+        proxy = daemon.proxy()
+        uri = f"iscsi://hsmuser:hsm-chap-secret@127.0.0.1:{target.port}/{target.iqn}"
+        ok(proxy.manageStorageServer(uri, "lun"))
+        entry = wait_for(lambda: servers(proxy)["lun"]["lastError"] and servers(proxy)["lun"], what="login error")
+        assert not entry["connected"] and entry["lastError"]["code"] == 451
+        assert f"127.0.0.1:{target.port}" in iscsi_nodes() and target.iqn in iscsi_nodes()
+        record = subprocess.run(["iscsiadm", "-m", "node", "-T", target.iqn, "-p", f"127.0.0.1:{target.port}"],
+                                capture_output=True, text=True).stdout
+        assert "node.session.auth.authmethod = CHAP" in record
+        assert "node.session.auth.username = hsmuser" in record
+        assert "hsm-chap-secret" not in json.dumps(servers(proxy)) + daemon.log_text()
+        ok(proxy.unmanageStorageServer("lun"))
+        assert target.iqn not in iscsi_nodes()  # the record goes with the last CID
+    finally:
+        target.stop()
+        subprocess.run(["iscsiadm", "-m", "node", "-T", "iqn.2026-11.org.hsm.test:lun", "--op=delete"],
+                       capture_output=True)
