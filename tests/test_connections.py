@@ -229,3 +229,39 @@ def test_an_iscsi_connection_writes_real_node_records(setup, tmp_path):
         target.stop()
         subprocess.run(["iscsiadm", "-m", "node", "-T", "iqn.2026-11.org.hsm.test:lun", "--op=delete"],
                        capture_output=True)
+
+
+def test_an_ext4_image_on_a_loop_mount_holds_a_repository(setup, tmp_path):
+    daemon, _ = setup
+    proxy = daemon.proxy()
+    image = tmp_path / "fs.img"
+    with open(image, "wb") as f:
+        f.truncate(256 << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
+    ok(proxy.manageStorageServer(f"posixfs://?spec={image}&vfsType=ext4&options=loop", "ext4"))
+    entry = wait_for(lambda: servers(proxy)["ext4"]["connected"] and servers(proxy)["ext4"], what="loop mount")
+    path = entry["connectionInfo"]["path"]
+    params = {"connectionId": "ext4"}
+    ok(proxy.createStorageRepository("posixfs-1", params, {"force": True}))  # mkfs left lost+found
+    ok(proxy.connectStorageRepository("onloop", "posixfs-1", params, {}))
+    disk = ok(proxy.createVirtualDisk("onloop", str(64 << 20), "", {}, {}))["imageId"]
+    assert wait_image(proxy, "onloop", disk)["volumes"][0]["path"].startswith(path + "/")
+    ok(proxy.disconnectStorageRepository("onloop", {}))
+    ok(proxy.unmanageStorageServer("ext4"))
+    assert not mounted(path)
+
+
+def test_a_flapping_connection_reports_the_error_until_it_is_back(setup, tmp_path):
+    daemon, _ = setup
+    proxy = daemon.proxy()
+    storage = tmp_path / "flaps"
+    storage.mkdir()
+    ok(proxy.manageStorageServer(bind_uri(storage), "flap"))
+    path = wait_for(lambda: servers(proxy)["flap"]["connected"] and servers(proxy)["flap"])["connectionInfo"]["path"]
+    storage.rename(tmp_path / "away")  # the server goes away...
+    subprocess.run(["umount", "-l", path], check=True)  # ...and the mount with it
+    down = wait_for(lambda: servers(proxy)["flap"]["lastError"] and servers(proxy)["flap"], what="error")
+    assert not down["connected"] and down["lastError"]["code"] == 477
+    (tmp_path / "away").rename(storage)  # back: the monitor reconnects by itself
+    up = wait_for(lambda: servers(proxy)["flap"]["connected"] and servers(proxy)["flap"], what="reconnection")
+    assert up["lastError"] == {} and mounted(path)
