@@ -99,7 +99,7 @@ def test_a_bind_mount_is_made_shared_watched_and_torn_down_with_its_last_cid(set
     time.sleep(0.3)
     assert mounted(path) and "first" not in servers(proxy)  # the second CID keeps it up
     ok(proxy.unmanageStorageServer("second"))
-    assert not mounted(path) and servers(proxy) == {}
+    assert not mounted(path) and not any(entry["managed"] for entry in servers(proxy).values())
 
 
 def test_failures_are_reported_and_retried(setup, tmp_path):
@@ -139,9 +139,18 @@ def test_mounts_hsmd_did_not_make_are_listed_as_unmanaged(setup, tmp_path):
     stray = os.path.join(mount_root, "by-hand")
     os.makedirs(stray)
     subprocess.run(["mount", "--bind", str(tmp_path), stray], check=True)
-    [(transient, entry)] = servers(proxy).items()
-    assert not entry["managed"] and entry["connected"] and entry["connectionInfo"]["path"] == stray
+    [(transient, entry)] = [(cid, e) for cid, e in servers(proxy).items() if e["connectionInfo"].get("path") == stray]
+    assert not entry["managed"] and entry["connected"]
     assert code(proxy.unmanageStorageServer(transient)) == 479
+    node = ["iscsiadm", "-m", "node", "-T", "iqn.2026-11.org.hsm.test:by-hand", "-p", "127.0.0.1:3999"]
+    subprocess.run([*node, "--op=new"], check=True, capture_output=True)
+    try:
+        found = wait_for(lambda: [e for e in servers(proxy).values()
+                                  if e["connectionInfo"].get("target") == "iqn.2026-11.org.hsm.test:by-hand"],
+                         what="the node record in the list")
+        assert not found[0]["managed"] and found[0]["connectionInfo"]["portal"] == "127.0.0.1:3999"
+    finally:
+        subprocess.run([*node, "--op=delete"], capture_output=True)
 
 
 def test_credentials_never_show(setup):
@@ -190,7 +199,8 @@ def test_vdsm_connect_and_disconnect_storage_server(setup, tmp_path):
     assert code(proxy.connectStorageServer(6, "", "not a list")) == 1000
     answer = ok(proxy.disconnectStorageServer(6, "", [good, bad, {"id": "never-connected"}]))
     assert [entry["status"] for entry in answer["statuslist"]] == [0, 0, 479]
-    assert not mounted(path) and ok(proxy.getStorageConnectionsList(""))["connectionslist"] == []
+    assert not mounted(path)
+    assert not any(entry["managed"] for entry in ok(proxy.getStorageConnectionsList(""))["connectionslist"])
 
 
 def iscsi_nodes() -> str:
@@ -198,7 +208,8 @@ def iscsi_nodes() -> str:
     return done.stdout
 
 
-def test_an_iscsi_connection_writes_real_node_records(setup, tmp_path):
+@pytest.mark.parametrize("chap", [True, False], ids=["chap", "no-auth"])
+def test_an_iscsi_connection_writes_real_node_records(setup, tmp_path, chap):
     """tgtd exports a real LUN behind CHAP; hsmd writes real open-iscsi node records through supervdsmd.
 
     The login itself cannot happen on this machine (no iscsid, no iscsi_tcp): its failure is
@@ -206,23 +217,27 @@ def test_an_iscsi_connection_writes_real_node_records(setup, tmp_path):
     and qemu-img, which log in from user space.
     """
     from tests.tgtd import Tgtd
-    target = Tgtd(str(tmp_path), "iqn.2026-11.org.hsm.test:lun", user="hsmuser", password="hsm-chap-secret").start()
+    user, password = ("hsmuser", "hsm-chap-secret") if chap else ("", "")
+    target = Tgtd(str(tmp_path), "iqn.2026-11.org.hsm.test:lun", user=user, password=password).start()
     try:
         assert subprocess.run(["qemu-img", "info", target.url()], capture_output=True).returncode == 0
-        assert subprocess.run(["qemu-img", "info", target.url(with_credentials=False)],
-                              capture_output=True).returncode != 0  # CHAP is really required
+        if chap:
+            assert subprocess.run(["qemu-img", "info", target.url(with_credentials=False)],
+                                  capture_output=True).returncode != 0  # CHAP is really required
         daemon, _ = setup
         proxy = daemon.proxy()
-        uri = f"iscsi://hsmuser:hsm-chap-secret@127.0.0.1:{target.port}/{target.iqn}"
+        auth = f"{user}:{password}@" if chap else ""
+        uri = f"iscsi://{auth}127.0.0.1:{target.port}/{target.iqn}"
         ok(proxy.manageStorageServer(uri, "lun"))
         entry = wait_for(lambda: servers(proxy)["lun"]["lastError"] and servers(proxy)["lun"], what="login error")
         assert not entry["connected"] and entry["lastError"]["code"] == 451
         assert f"127.0.0.1:{target.port}" in iscsi_nodes() and target.iqn in iscsi_nodes()
         record = subprocess.run(["iscsiadm", "-m", "node", "-T", target.iqn, "-p", f"127.0.0.1:{target.port}"],
                                 capture_output=True, text=True).stdout
-        assert "node.session.auth.authmethod = CHAP" in record
-        assert "node.session.auth.username = hsmuser" in record
-        assert "hsm-chap-secret" not in json.dumps(servers(proxy)) + daemon.log_text()
+        assert ("node.session.auth.authmethod = CHAP" in record) is chap
+        if chap:
+            assert "node.session.auth.username = hsmuser" in record
+            assert "hsm-chap-secret" not in json.dumps(servers(proxy)) + daemon.log_text()
         ok(proxy.unmanageStorageServer("lun"))
         assert target.iqn not in iscsi_nodes()  # the record goes with the last CID
     finally:
@@ -265,3 +280,30 @@ def test_a_flapping_connection_reports_the_error_until_it_is_back(setup, tmp_pat
     (tmp_path / "away").rename(storage)  # back: the monitor reconnects by itself
     up = wait_for(lambda: servers(proxy)["flap"]["connected"] and servers(proxy)["flap"], what="reconnection")
     assert up["lastError"] == {} and mounted(path)
+
+
+def test_an_nfs_connection_to_a_real_ganesha_export(setup, tmp_path):
+    """nfs-ganesha really serves the export (libnfs lists it from user space); this kernel has no NFS
+    client, so the mount supervdsmd runs fails, and that failure is what hsmd must report."""
+    from tests.ganesha import Ganesha
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "probe").write_text("served")
+    server = Ganesha(str(tmp_path / "ganesha"), str(export)).start()
+    try:
+        deadline = time.monotonic() + 30  # ganesha takes a moment before its export answers
+        while "probe" not in subprocess.run(["nfs-ls", "nfs://127.0.0.1/export?version=4"], capture_output=True,
+                                            text=True).stdout:
+            assert time.monotonic() < deadline, "the ganesha export did not answer"
+            time.sleep(0.5)
+        daemon, _ = setup
+        proxy = daemon.proxy()
+        ok(proxy.manageStorageServer("nfs://127.0.0.1/export?version=4&timeo=600&retrans=3", "filer"))
+        entry = wait_for(lambda: servers(proxy)["filer"]["lastError"] and servers(proxy)["filer"], what="error")
+        info = entry["connectionInfo"]
+        assert info["spec"] == "127.0.0.1:/export" and info["vfsType"] == "nfs"
+        assert {"vers=4", "timeo=600", "retrans=3", "soft"} <= set(info["options"].split(","))
+        assert not entry["connected"] and entry["lastError"]["code"] == 477
+        assert entry["lastError"]["message"]
+    finally:
+        server.stop()

@@ -89,6 +89,19 @@ class Backends:
             self.supervdsm.call("iscsiNode", op="logout", **node)
             self.supervdsm.call("iscsiNode", op="delete", **node)
 
+    def iscsi_nodes(self) -> set[tuple[str, str]]:
+        """The open-iscsi node records of this host as (portal, target); empty when they cannot be read."""
+        try:
+            result = self.supervdsm.call("iscsiNodeList")
+        except HsmError:
+            return set()
+        nodes = set()
+        for line in result.get("out", "").splitlines() if result.get("rc") == 0 else ():
+            portal, _, target = line.strip().partition(" ")
+            if target:
+                nodes.add((portal.partition(",")[0], target))
+        return nodes
+
     def unmanaged_mounts(self, managed: set[str]) -> dict[str, dict]:
         """Mounts under the mount root that no managed connection made."""
         prefix = self.mount_root.rstrip("/") + "/"

@@ -44,6 +44,11 @@ class Physical:
     next_try: float = 0.0
 
 
+def _transient(what: str) -> str:
+    """A stable id for a connection found on the host but not managed."""
+    return "unmanaged-" + hashlib.sha1(what.encode()).hexdigest()[:12]
+
+
 class ConnectionManager:
     def __init__(self, state_dir: str, backends: Backends, interval: float = 10.0, backoff_min: float = 1.0,
                  backoff_max: float = 300.0) -> None:
@@ -57,6 +62,7 @@ class ConnectionManager:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._nodes: set[tuple[str, str]] = set()  # iSCSI node records seen by the monitor's last round
         self._load()
 
     # -- persistence --------------------------------------------------------
@@ -135,9 +141,13 @@ class ConnectionManager:
         answer = {cid: {"connected": p.connected, "managed": True, "lastError": dict(p.last_error),
                         "connectionInfo": infos[p.storage.key]} for cid, p in entries.items()}
         for path, info in self.backends.unmanaged_mounts(managed_paths).items():
-            transient = "unmanaged-" + hashlib.sha1(path.encode()).hexdigest()[:12]
-            answer[transient] = {"connected": True, "managed": False, "lastError": {},
-                                 "connectionInfo": {**info, "path": path}}
+            answer[_transient(path)] = {"connected": True, "managed": False, "lastError": {},
+                                        "connectionInfo": {**info, "path": path}}
+        managed_nodes = {(info.get("portal"), info.get("target")) for info in infos.values()}
+        for portal, target in sorted(self._nodes - managed_nodes):
+            answer[_transient(f"{portal}/{target}")] = {
+                "connected": False, "managed": False, "lastError": {},
+                "connectionInfo": {"scheme": "iscsi", "portal": portal, "target": target}}
         return answer
 
     def path_of(self, cid: str) -> tuple[str, bool]:
@@ -173,6 +183,7 @@ class ConnectionManager:
                 if self._stop.is_set():
                     return
                 self._tend(physical)
+            self._nodes = self.backends.iscsi_nodes()
             self._wake.wait(self._interval)
             self._wake.clear()
 
