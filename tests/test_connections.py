@@ -220,6 +220,9 @@ def test_an_iscsi_connection_writes_real_node_records(setup, tmp_path, chap):
     user, password = ("hsmuser", "hsm-chap-secret") if chap else ("", "")
     target = Tgtd(str(tmp_path), "iqn.2026-11.org.hsm.test:lun", user=user, password=password).start()
     try:
+        portal_url = target.url().rsplit("/", 2)[0] + "/"
+        listing = subprocess.run(["iscsi-ls", "-s", portal_url], capture_output=True, text=True).stdout
+        assert target.iqn in listing  # sendtargets discovery and a login, from user space
         assert subprocess.run(["qemu-img", "info", target.url()], capture_output=True).returncode == 0
         if chap:
             assert subprocess.run(["qemu-img", "info", target.url(with_credentials=False)],

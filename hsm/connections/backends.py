@@ -34,6 +34,18 @@ def _succeeded(result: dict, error: type[HsmError] = StorageServerConnectionErro
     return result
 
 
+def iscsi_sessions(root: str = "/sys/class/iscsi_session") -> set[str]:
+    """Targets this host has an iSCSI session with, from sysfs (readable without privileges)."""
+    targets = set()
+    for session in os.listdir(root) if os.path.isdir(root) else ():
+        try:
+            with open(os.path.join(root, session, "targetname")) as f:
+                targets.add(f.read().strip())
+        except OSError:
+            continue
+    return targets
+
+
 class Backends:
     def __init__(self, supervdsm: SupervdsmClient, mount_root: str) -> None:
         self.supervdsm = supervdsm
@@ -47,12 +59,12 @@ class Backends:
             return mountpoint(self.mount_root, storage)
         return ""
 
-    def is_connected(self, storage: StorageURI, sessions: set[str] | None = None) -> bool:
+    def is_connected(self, storage: StorageURI) -> bool:
         if storage.scheme == "localfs":
             return os.path.isdir(storage.info["path"])
         if storage.scheme in MOUNTED_SCHEMES:
             return self.path(storage) in mounted_paths()
-        return (sessions or set()) >= {storage.info["target"]}
+        return storage.info["target"] in iscsi_sessions()
 
     def connect(self, storage: StorageURI) -> None:
         try:
