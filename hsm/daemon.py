@@ -103,6 +103,7 @@ class Service:
             state_dir, Backends(supervdsm, os.path.join(irs.repository, "mnt")), interval=conns.monitor_interval,
             backoff_min=conns.reconnect_backoff_min, backoff_max=conns.reconnect_backoff_max)
         self.engine.connections = self.connections
+        self.connections.users = self.engine.users_of
         groups: list[object] = [
             ServiceAPI(config, self.stats, task_mode=lambda: self.tasks.mode, task_counts=self.tasks.counts,
                        repositories=lambda: {r.id: r.health.valid for r in list(self.engine.repositories.values())},

@@ -264,6 +264,8 @@ def test_an_ext4_image_on_a_loop_mount_holds_a_repository(setup, tmp_path):
     ok(proxy.connectStorageRepository("onloop", "posixfs-1", params, {}))
     disk = ok(proxy.createVirtualDisk("onloop", str(64 << 20), "", {}, {}))["imageId"]
     assert wait_image(proxy, "onloop", disk)["volumes"][0]["path"].startswith(path + "/")
+    assert code(proxy.unmanageStorageServer("ext4")) == 478  # a repository sits on it
+    assert mounted(path)
     ok(proxy.disconnectStorageRepository("onloop", {}))
     ok(proxy.unmanageStorageServer("ext4"))
     assert not mounted(path)

@@ -17,6 +17,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hsm.atomicfile import atomic_write
@@ -63,6 +64,7 @@ class ConnectionManager:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._nodes: set[tuple[str, str]] = set()  # iSCSI node records seen by the monitor's last round
+        self.users: Callable[[set[str]], list[str]] = lambda cids: []  # repositories connected through CIDs
         self._load()
 
     # -- persistence --------------------------------------------------------
@@ -116,9 +118,16 @@ class ConnectionManager:
         if not isinstance(cid, str) or not CID.match(cid):
             raise InvalidParameterException(f"connectionID={cid!r}: 1 to 255 characters, no '/'")
         with self._lock:
-            text = self._cids.pop(cid, None)
+            text = self._cids.get(cid)
             if text is None:
                 raise StorageServerConnectionRefIdDoesNotExist(cid)
+            key = self._keys[cid]
+            if self._physical[key].cids == {cid}:
+                using = self.users({cid})
+                if using:
+                    raise StorageServerConnectionRefIdAlreadyInUse(
+                        f"{cid}: repositories {', '.join(using)} are connected through it; disconnect them first")
+            del self._cids[cid]
             self._save()
             storage = uris.parse(text)
             physical = self._physical[self._keys.pop(cid)]

@@ -144,6 +144,7 @@ class Engine:
                     return known
                 raise RepositoryIdInUse(f"{repo_id} is {known.format} at {known.path}")
             repo = FileRepository(repo_id, path, repo_format, self._io(repo_id))
+            repo.connection_id = params.get("connectionId", "") if repo_format != "localfs-1" else ""
             try:
                 repo.load()
             except BaseException:
@@ -168,6 +169,10 @@ class Engine:
             self.prepared = {key for key in self.prepared if key[0] != repo.uuid}
         repo.close()
         log.info("Disconnected repository %s", repo_id)
+
+    def users_of(self, connection_ids: set[str]) -> list[str]:
+        """Connected repositories that sit on any of these managed connections."""
+        return sorted(repo.id for repo in list(self.repositories.values()) if repo.connection_id in connection_ids)
 
     def close(self) -> None:
         for repo in list(self.repositories.values()):

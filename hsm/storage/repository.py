@@ -96,6 +96,7 @@ class FileRepository:
         self.path = path
         self.format = repo_format
         self.io = io
+        self.connection_id = ""  # the managed connection it sits on (nfs-1, posixfs-1)
         self.uuid = ""
         self.images: dict[str, Image] = {}
         self._snapshotting: dict[str, str] = {}  # disk id -> the snapshot of it not yet complete
