@@ -246,3 +246,23 @@ def test_transparent_mode_fixes_carry_the_callers_task_id(proxy):
     task = ok(proxy.fixStorageRepository("local", fix["fix"], {"taskId": "engine-task-2"}))["taskId"]
     assert task == "engine-task-2"
     wait_image(proxy, "local", later)
+
+
+def test_transparent_mode_leaves_an_interrupted_fix_to_the_caller(make_hsmd):
+    daemon = make_hsmd(config={"tasks": {"mode": "transparent"}}).start()
+    proxy = daemon.proxy()
+    disk = ok(proxy.createVirtualDisk("local", str(GiB), "", {}, {"taskId": "engine-create"}))["imageId"]
+    wait_image(proxy, "local", disk)
+    qemu_write(top_path(proxy, "local", disk), 0x5C, 0, 512 * MiB)
+    copy = ok(proxy.copyImage("local", disk, "", {}, {"taskId": "engine-copy"}))["imageId"]
+    daemon.kill()  # in the middle of the copy
+    daemon.start()
+    proxy = daemon.proxy()
+    status = ok(proxy.getTaskStatus("engine-copy"))["taskStatus"]
+    assert status["state"] == "waitrecover" and status["taskState"] == "cleaning"
+    time.sleep(0.5)
+    assert ok(proxy.getImageStatus("local", copy))["image"]["state"] == "broken"  # hsmd did nothing alone
+    ok(proxy.recoverTask("engine-copy"))
+    info = wait_image(proxy, "local", copy)
+    assert qemu_reads(info["volumes"][0]["path"], 0x5C, 0, 512 * MiB)
+    assert ok(proxy.getTaskStatus("engine-copy"))["taskStatus"]["taskResult"] == "success"
