@@ -7,7 +7,8 @@ import json
 from hsm.api.dispatch import options_of
 from hsm.api.verbs import format_size, verb
 from hsm.errors import InvalidParameterException
-from hsm.storage.engine import Engine, ImageOptions, check_id
+from hsm.storage.engine import Engine
+from hsm.storage.options import ImageOptions, check_id
 
 MAX_USER_DATA = 64 * 1024
 

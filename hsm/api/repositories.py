@@ -6,7 +6,8 @@ from hsm.api.dispatch import options_of
 from hsm.api.verbs import require_str, verb
 from hsm.errors import InvalidParameterException
 from hsm.storage import check
-from hsm.storage.engine import Engine, ImageOptions
+from hsm.storage.engine import Engine
+from hsm.storage.options import ImageOptions
 from hsm.tasks.manager import NON_TRANSPARENT
 
 

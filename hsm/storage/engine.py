@@ -11,11 +11,9 @@ import contextlib
 import functools
 import logging
 import os
-import re
 import threading
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TypeVar
 
 from hsm.errors import (
@@ -34,66 +32,15 @@ from hsm.errors import (
 )
 from hsm.storage import repository as repositories
 from hsm.storage.fixes import Fixes
-from hsm.storage.image import DEGRADED, DISK, KINDS, SNAPSHOT, Image, Volume
+from hsm.storage.image import DEGRADED, DISK, SNAPSHOT, Image, Volume
 from hsm.storage.ioprocess import IOProcess
+from hsm.storage.options import ImageOptions, check_id, parse_image_size
 from hsm.storage.repository import FileRepository
 from hsm.tasks import TaskManager
 
 log = logging.getLogger("hsm.storage")
 
-ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
-STRATEGIES = ("space", "performance")
 T = TypeVar("T")
-
-
-def check_id(name: str, value: object) -> str:
-    """Ids become file names: letters, digits, '-' and '_' only, so never '/' or '..'."""
-    if not isinstance(value, str) or not ID.match(value):
-        raise InvalidParameterException(f"{name}={value!r}: letters, digits, '-' and '_' only (at most 128)")
-    return value
-
-
-@dataclass
-class ImageOptions:
-    autoFix: bool = True
-    strategy: str = "space"
-    participatingRepositories: list[str] = field(default_factory=list)
-    imageHints: dict[str, str] = field(default_factory=dict)
-    offload: bool = True
-    taskId: str | None = None
-    imageId: str | None = None
-    force: bool = False
-    kind: str | None = None
-
-    @classmethod
-    def parse(cls, options: dict) -> ImageOptions:
-        known = set(cls.__dataclass_fields__) | {"requestId"}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise InvalidParameterException(f"options: unknown {', '.join(unknown)}")
-        opts = cls(**{k: v for k, v in options.items() if k != "requestId"})
-        for name in ("autoFix", "offload", "force"):
-            if not isinstance(getattr(opts, name), bool):
-                raise InvalidParameterException(f"options.{name}={getattr(opts, name)!r}: expected a boolean")
-        if opts.strategy not in STRATEGIES:
-            raise InvalidParameterException(f"options.strategy={opts.strategy!r}: expected space or performance")
-        if not isinstance(opts.participatingRepositories, list):
-            raise InvalidParameterException("options.participatingRepositories: expected a list of repository ids")
-        if not isinstance(opts.imageHints, dict):
-            raise InvalidParameterException("options.imageHints: expected a struct {imageId: repoId}")
-        if opts.imageId is not None:
-            check_id("options.imageId", opts.imageId)
-        if opts.kind is not None and opts.kind not in KINDS:
-            raise InvalidParameterException(f"options.kind={opts.kind!r}: expected disk or snapshot")
-        return opts
-
-
-def parse_image_size(value: object) -> int:
-    from hsm.api.verbs import parse_size
-    size = parse_size("size", value)
-    if size <= 0 or size % 512:
-        raise InvalidParameterException(f"size={value!r}: must be a positive multiple of 512 bytes")
-    return size
 
 
 def _serialized(method: Callable[..., T]) -> Callable[..., T]:
