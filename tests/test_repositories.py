@@ -1,5 +1,6 @@
 """Repositories on a real hsmd: create, connect, disconnect, the monitor, check and fix, restarts."""
 
+import json
 import os
 import time
 
@@ -169,3 +170,13 @@ def test_no_default_repository_when_configured_so(make_hsmd):
     daemon = make_hsmd(config={"irs": {"default_repository": "none"}}).start()
     assert ok(daemon.proxy().getStorageRepositoryList())["repos"] == {}
     assert not os.path.exists(local_path(daemon))
+
+
+def test_a_forged_clean_fix_is_refused(proxy, hsmd):
+    repo_uuid = ok(proxy.getStorageRepositoryList())["repos"]["local"]["uuid"]
+    for files in (["volumes/.."], ["../../etc/passwd"], ["volumes/a/../../x"], "volumes/x"):
+        forged = json.dumps({"kind": "orphans", "repo": repo_uuid, "image": "", "files": files})
+        assert code(proxy.fixStorageRepository("local", forged, {})) == 5013, files
+    other = json.dumps({"kind": "orphans", "repo": "another-uuid", "image": "", "files": []})
+    assert code(proxy.fixStorageRepository("local", other, {})) == 5013
+    assert os.path.isdir(local_path(hsmd))

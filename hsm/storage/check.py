@@ -21,7 +21,7 @@ from hsm.storage.repository import IMAGES, VOLUMES, FileRepository
 log = logging.getLogger("hsm.storage.check")
 
 TMP_AGE = 60.0   # seconds after which an atomic write's temporary file is surely abandoned
-_FILE = re.compile(r"^(images|volumes)/[A-Za-z0-9_.-]+$")
+_FILE = re.compile(r"^(images|volumes)/(?!\.\.?$)[A-Za-z0-9_.-]+$")  # never "." or ".."
 
 DESCRIPTIONS = {
     "create": "finish creating the image",
