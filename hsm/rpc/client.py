@@ -31,7 +31,11 @@ class _WholeBody:
     which does half the work per element of the stdlib's, fed 1 KiB at a time."""
 
     def parse_response(self, response: http.client.HTTPResponse) -> tuple:
-        return (load_answer(response.read()),)
+        try:
+            body = response.read()
+        except http.client.IncompleteRead as e:  # hsmd went away mid-answer: for callers, a lost connection
+            raise ConnectionResetError(f"the answer was cut off after {len(e.partial)} bytes") from None
+        return (load_answer(body),)
 
 
 class _Transport(_WholeBody, xmlrpc.client.Transport):
