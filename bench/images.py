@@ -72,14 +72,6 @@ def seed(repo_path: str, count: int) -> None:
     os.sync()
 
 
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def create_latency(proxy) -> list[float]:
     times = []
     for _ in range(PACED_CALLS):
@@ -107,7 +99,7 @@ def with_images(root: str, count: int) -> dict:
             listed = proxy.getImageList("local")["images"]
             list_times.append(1000 * (time.perf_counter() - begin))
         assert len(listed) >= count
-        rss = rss_mb(daemon.process.pid)
+        rss = daemon.rss_mb()
         latency = create_latency(proxy)
         baseline = atomic_write_ms(repo_path)
         return {"latency": latency, "baseline": baseline, "list_ms": statistics.median(list_times), "rss": rss}

@@ -76,14 +76,6 @@ def measure(address: str, verb: str, level: int, calls: int) -> dict:
             "errors": sum(e for _, e, _ in done)}
 
 
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=300, help="calls per client")
@@ -95,7 +87,7 @@ def main() -> None:
         for verb in ("ping", "getStats", "getCapabilities"):
             hsmd.proxy().call(verb)
         time.sleep(0.5)
-        idle = rss_mb(hsmd.process.pid)
+        idle = hsmd.rss_mb()
         bare_port = free_port()
         bare = multiprocessing.Process(target=bare_server, args=(bare_port, hsmd.proxy().getStats()),
                                        daemon=True)
@@ -108,7 +100,7 @@ def main() -> None:
                 base = measure(f"127.0.0.1:{bare_port}", verb, level, calls)
                 ours = measure(hsmd.address, verb, level, calls)
                 rows.append((verb, level, base, ours))
-        loaded = rss_mb(hsmd.process.pid)
+        loaded = hsmd.rss_mb()
         hsmd.stop()
     os.kill(bare.pid, signal.SIGTERM)
     print(f"{'verb':<9}{'clients':>8}  {'server':<6}{'calls/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"

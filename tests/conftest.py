@@ -18,6 +18,12 @@ def hsmd(tmp_path):
 
 
 @pytest.fixture
+def proxy(hsmd):
+    """A client of the `hsmd` fixture's daemon."""
+    return hsmd.proxy()
+
+
+@pytest.fixture
 def make_hsmd(tmp_path):
     """Build hsmd processes with extra config; each is killed at the end if still running."""
     made = []

@@ -104,6 +104,14 @@ class Hsmd:
             self.process.kill()
             self.process.wait()
 
+    def rss_mb(self) -> float:
+        """hsmd's resident memory in MB (its I/O helpers not counted)."""
+        with open(f"/proc/{self.process.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        return 0.0
+
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 

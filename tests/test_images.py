@@ -7,8 +7,6 @@ its state dir, connected as 'local'.
 import os
 import time
 
-import pytest
-
 from tests.images_helpers import (
     GiB,
     MiB,
@@ -25,11 +23,6 @@ from tests.images_helpers import (
     volume_files,
     wait_image,
 )
-
-
-@pytest.fixture
-def proxy(hsmd):
-    return hsmd.proxy()
 
 
 def second_repository(proxy, tmp_path, name: str = "second") -> str:

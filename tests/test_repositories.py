@@ -4,8 +4,6 @@ import json
 import os
 import time
 
-import pytest
-
 from tests.images_helpers import (
     GiB,
     MiB,
@@ -20,11 +18,6 @@ from tests.images_helpers import (
     volume_files,
     wait_image,
 )
-
-
-@pytest.fixture
-def proxy(hsmd):
-    return hsmd.proxy()
 
 
 def test_create_formats_only_empty_storage_unless_forced(proxy, tmp_path):

@@ -71,10 +71,10 @@ def _verify_files(repo: FileRepository, fixes: Fixes, image: Image, on_storage: 
     if missing and image.state != BROKEN:
         error = VolumeDoesNotExist(f"{image.id}: volume {missing[0]} is missing from storage")
         log.error("%s", error)
-        fixes._save(repo, image, state=BROKEN,
+        fixes.update(repo, image, state=BROKEN,
                     lastError={"code": error.code, "message": str(error), "time": f"{time.time():.0f}"})
     elif not missing and image.state == BROKEN and image.lastError.get("code") == VolumeDoesNotExist.code:
-        fixes._save(repo, image, state=OPTIMIZED, lastError={})
+        fixes.update(repo, image, state=OPTIMIZED, lastError={})
 
 
 def _entry(repo: FileRepository, fix_type: str, image_id: str, description: str, data: dict) -> dict:

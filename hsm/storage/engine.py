@@ -289,7 +289,7 @@ class Engine:
             base = target.get(check_id("baseImageId", base_id))
             if base.kind != SNAPSHOT or not base.usable():
                 raise InvalidParameterException(f"baseImageId={base_id}: must be a usable snapshot in {target_id}")
-            if not self._descends(source_repo, source, base_id):
+            if not any(vol.image == base_id for vol in source.volumes):
                 raise ImageIsNotLegalChain(f"{image_id} was not made on snapshot {base_id}")
             volumes = list(base.volumes)
         new_id = image_id if source.kind == SNAPSHOT else self._new_id(opts)
@@ -300,10 +300,6 @@ class Engine:
                       intent={"op": "copy", "sourceRepo": source_repo.uuid, "source": source.id,
                               "base": base_id or ""}, stage="0/2")
         return self._commit(target, image, "copy", "copyImage", opts)
-
-    @staticmethod
-    def _descends(repo: FileRepository, image: Image, ancestor: str) -> bool:
-        return any(vol.image == ancestor for vol in image.volumes)
 
     @_serialized
     def remove(self, repo_id: str, image_id: str, opts: ImageOptions) -> None:

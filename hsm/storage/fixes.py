@@ -212,12 +212,12 @@ class Fixes:
                 error = e if isinstance(e, HsmError) else _data_error(ctx.task.kind)(str(e))
                 current = repo.images.get(ctx.args["image"]) if image is not None else None
                 if current is not None:
-                    self._save(repo, current, lastError={"code": error.code, "message": str(error),
+                    self.update(repo, current, lastError={"code": error.code, "message": str(error),
                                                          "time": f"{time.time():.0f}"})
                 raise error from None
         return step
 
-    def _save(self, repo: FileRepository, image: Image, **changes: object) -> Image:
+    def update(self, repo: FileRepository, image: Image, **changes: object) -> Image:
         """Apply `changes` to the record as it is now and write it; the index shows it once durable.
 
         Under the repository's commit lock: a removeImage committed meanwhile
@@ -244,7 +244,7 @@ class Fixes:
             current.percentComplete = whole
             if time.monotonic() - last_saved[0] >= SAVE_PROGRESS_EVERY:
                 last_saved[0] = time.monotonic()
-                self._save(repo, current, stage=ctx.task.stage)
+                self.update(repo, current, stage=ctx.task.stage)
         return report
 
     def _backing_name(self, image: Image, index: int) -> str | None:
@@ -263,7 +263,7 @@ class Fixes:
         if image.intent.get("op") != "create":
             return
         optimize = image.intent.get("optimize")
-        self._save(repo, image, state=DEGRADED if optimize else OPTIMIZED, intent={"op": "optimize"} if optimize
+        self.update(repo, image, state=DEGRADED if optimize else OPTIMIZED, intent={"op": "optimize"} if optimize
                    else {}, percentComplete=-1 if optimize else 100, lastError={}, stage=ctx.task.stage)
 
     def _optimize(self, ctx: StepContext, repo: FileRepository, image: Image) -> None:
@@ -272,7 +272,7 @@ class Fixes:
         if self.engine.is_prepared(repo, image.id):
             raise VolumeIsBusy(f"{image.id} is prepared; it is optimized after teardownImage")
         qemuimg.rebase(repo.volume_path(image.top), None, progress=self._progress(ctx, repo, image, 0, 99))
-        self._save(repo, image, state=OPTIMIZED, intent={}, volumes=[image.top], percentComplete=100,
+        self.update(repo, image, state=OPTIMIZED, intent={}, volumes=[image.top], percentComplete=100,
                    lastError={})
 
     # snapshot ---------------------------------------------------------------
@@ -295,11 +295,11 @@ class Fixes:
         if parts is None or parts[0].top.id == parts[1]:
             return
         disk, top = parts
-        self._save(repo, disk, volumes=[Volume(top, disk.id), *snapshot.volumes], base=snapshot.id)
+        self.update(repo, disk, volumes=[Volume(top, disk.id), *snapshot.volumes], base=snapshot.id)
 
     def _snapshot_done(self, ctx: StepContext, repo: FileRepository, snapshot: Image) -> None:
         if snapshot.intent.get("op") == "snapshot":
-            self._save(repo, snapshot, state=OPTIMIZED, intent={}, percentComplete=100, lastError={},
+            self.update(repo, snapshot, state=OPTIMIZED, intent={}, percentComplete=100, lastError={},
                        stage=ctx.task.stage)
 
     # copy ---------------------------------------------------------------------
@@ -328,7 +328,7 @@ class Fixes:
 
     def _copy_done(self, ctx: StepContext, repo: FileRepository, image: Image) -> None:
         if image.intent.get("op") == "copy":
-            self._save(repo, image, state=OPTIMIZED, intent={}, percentComplete=100, lastError={},
+            self.update(repo, image, state=OPTIMIZED, intent={}, percentComplete=100, lastError={},
                        stage=ctx.task.stage)
 
     # clean and merge ------------------------------------------------------------
@@ -373,7 +373,7 @@ class Fixes:
             return
         for child in repo.dependents(snapshot):
             volumes = [vol for vol in child.volumes if vol.image != snapshot.id]
-            self._save(repo, child, volumes=volumes, base=snapshot.base if child.base == snapshot.id else child.base)
+            self.update(repo, child, volumes=volumes, base=snapshot.base if child.base == snapshot.id else child.base)
 
     def _clean_files(self, ctx: StepContext, repo: FileRepository, image: None) -> None:
         keep = repo.referenced_files()

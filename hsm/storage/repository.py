@@ -100,7 +100,7 @@ class FileRepository:
         self.uuid = ""
         self.images: dict[str, Image] = {}
         self._snapshotting: dict[str, str] = {}  # disk id -> the snapshot of it not yet complete
-        self.lock = threading.RLock()       # guards the index; never held across storage I/O of a fix
+        self.lock = threading.RLock()  # the commit lock: a check and the record write it allows, as one step
         self.health = Health()
         self._monitor_stop = threading.Event()
 
