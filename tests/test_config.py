@@ -111,14 +111,14 @@ def test_cli_config_dump_of_a_bad_file(tmp_path):
 @pytest.mark.parametrize("value, size", [("1073741824", 2**30), (512, 512), ("0", 0),
                                          ("107374182400", 100 * 2**30)])
 def test_sizes_read_from_strings_or_ints(value, size):
-    from hsm.api.verbs import format_size, parse_size
+    from hsm.sizes import format_size, parse_size
     assert parse_size("size", value) == size
     assert format_size(size) == str(size)
 
 
 @pytest.mark.parametrize("value", ["-1", -1, "1.5", "1e9", "", True, None, "0x10"])
 def test_bad_sizes_are_invalid_parameters(value):
-    from hsm.api.verbs import parse_size
     from hsm.errors import InvalidParameterException
+    from hsm.sizes import parse_size
     with pytest.raises(InvalidParameterException):
         parse_size("size", value)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 from hsm.api.dispatch import options_of
-from hsm.api.verbs import format_size, verb
+from hsm.api.verbs import verb
 from hsm.errors import InvalidParameterException
+from hsm.sizes import format_size
 from hsm.storage.engine import Engine
 from hsm.storage.options import ImageOptions, check_id
 

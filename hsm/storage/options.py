@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, field
 
 from hsm.errors import InvalidParameterException
+from hsm.sizes import parse_size
 from hsm.storage.image import KINDS
 
 ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
@@ -55,11 +56,8 @@ class ImageOptions:
 
 
 def parse_image_size(value: object) -> int:
-    """An image size from the wire: a decimal string (or an int), a positive multiple of 512."""
-    if isinstance(value, bool) or not isinstance(value, (int, str)) \
-            or (isinstance(value, str) and not value.strip().isdigit()):
-        raise InvalidParameterException(f"size={value!r}: expected a decimal string of bytes")
-    size = int(value)
+    """An image size from the wire: a positive multiple of 512 bytes."""
+    size = parse_size("size", value)
     if size <= 0 or size % 512:
         raise InvalidParameterException(f"size={value!r}: must be a positive multiple of 512 bytes")
     return size
