@@ -210,7 +210,7 @@ class Engine:
     def _commit(self, repo: FileRepository, image: Image, fix: str, verb: str, opts: ImageOptions) -> str:
         """Write the new record (the commit point), then start its fix unless autoFix is off.
 
-        Called under the engine lock, with the checks that led here: a concurrent
+        Called under the repository's commit lock, with the checks that led here: a concurrent
         commit cannot slip in between a check and the record it allows, nor
         between the record and the start of its fix (which marks the images busy).
         """
