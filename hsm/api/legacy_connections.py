@@ -66,12 +66,12 @@ class LegacyConnectionsAPI:
     def _wait(self, cid: str) -> None:
         deadline = time.monotonic() + CONNECT_WAIT
         while True:
-            entry = self._connections.servers()[cid]
-            if entry["connected"]:
+            connected, last_error = self._connections.status(cid)
+            if connected:
                 return
-            if entry["lastError"] or time.monotonic() > deadline:
-                error = HsmError(entry["lastError"].get("message", "not connected yet"))
-                error.code = entry["lastError"].get("code", 451)
+            if last_error or time.monotonic() > deadline:
+                error = HsmError(last_error.get("message", "not connected yet"))
+                error.code = last_error.get("code", 451)
                 raise error
             time.sleep(0.05)
 

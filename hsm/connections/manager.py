@@ -100,10 +100,10 @@ class ConnectionManager:
         with self._lock:
             known = self._cids.get(cid)
             if known is not None:
-                if known == text or uris.parse(known).key == storage.key and uris.parse(known).password == \
-                        storage.password:
+                known_storage = uris.parse(known)
+                if known_storage.key == storage.key and known_storage.password == storage.password:
                     return  # the same CID for the same storage again: nothing to do
-                raise StorageServerConnectionRefIdAlreadyInUse(f"{cid} manages {uris.parse(known).key}")
+                raise StorageServerConnectionRefIdAlreadyInUse(f"{cid} manages {known_storage.key}")
             self._cids[cid] = text
             try:
                 self._save()
@@ -158,6 +158,15 @@ class ConnectionManager:
                 "connected": False, "managed": False, "lastError": {},
                 "connectionInfo": {"scheme": "iscsi", "portal": portal, "target": target}}
         return answer
+
+    def status(self, cid: str) -> tuple[bool, dict]:
+        """(connected, lastError) of one managed CID."""
+        with self._lock:
+            key = self._keys.get(cid)
+            if key is None:
+                raise StorageServerConnectionRefIdDoesNotExist(cid)
+            physical = self._physical[key]
+            return physical.connected, dict(physical.last_error)
 
     def path_of(self, cid: str) -> tuple[str, bool]:
         """(where the connection's files are seen here, whether it is connected) for a managed CID."""

@@ -79,16 +79,14 @@ class Fixes:
                 if self.tasks.get(known).kind == PREFIX + fix:
                     return known
         args = {"repo": repo.uuid, "image": image_id, **(extra or {})}
-        touched = [(repo.uuid, image_id)] if image_id else []
         intent = repo.images[image_id].intent if image_id in repo.images else {}
         if fix == "create" and intent.get("optimize"):
             args["optimize"] = True  # its steps then include the copy of the base
         if fix == "snapshot" and intent.get("op") == "snapshot":
             args["disk"] = intent["disk"]  # locked with the snapshot
-            touched.append((repo.uuid, intent["disk"]))
         if fix == "copy" and intent.get("op") == "copy":
             args.update(sourceRepo=intent["sourceRepo"], source=intent["source"])
-            touched.append((intent["sourceRepo"], intent["source"]))
+        touched = _images_touched(args)
         tags = [f"repository:{repo.uuid}"] + [f"image:{image}" for _, image in touched]
         # Non-transparent: the intent in the repository is the durable record; after a
         # crash, resume() starts the fix again from it, so the queued task need not be written.
@@ -137,11 +135,8 @@ class Fixes:
             for task in self.tasks.all():
                 if not task.kind.startswith(PREFIX) or task.state.done:
                     continue
-                args = task.args
-                for key in ((args["repo"], args["image"]), (args["repo"], args.get("disk")),
-                            (args.get("sourceRepo"), args.get("source"))):
-                    if key[0] and key[1]:
-                        self._by_image.setdefault(key, set()).add(task.id)
+                for key in _images_touched(task.args):
+                    self._by_image.setdefault(key, set()).add(task.id)
             self._indexed = True
 
     def resume(self, repo: FileRepository) -> int:
@@ -380,6 +375,14 @@ class Fixes:
         for name in ctx.args.get("files", []):
             if name not in keep:
                 repo.io.remove(os.path.join(repo.path, name))
+
+
+def _images_touched(args: dict) -> list[tuple[str, str]]:
+    """(repository uuid, image id) of every image a fix's arguments name: its own, the disk it
+    snapshots, the source it copies."""
+    keys = [(args["repo"], args["image"]), (args["repo"], args.get("disk")),
+            (args.get("sourceRepo"), args.get("source"))]
+    return [key for key in keys if key[0] and key[1]]
 
 
 def _data_error(kind: str) -> type[HsmError]:
