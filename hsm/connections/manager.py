@@ -159,22 +159,21 @@ class ConnectionManager:
                 "connectionInfo": {"scheme": "iscsi", "portal": portal, "target": target}}
         return answer
 
-    def status(self, cid: str) -> tuple[bool, dict]:
-        """(connected, lastError) of one managed CID."""
+    def _managed(self, cid: str) -> Physical:
         with self._lock:
             key = self._keys.get(cid)
             if key is None:
                 raise StorageServerConnectionRefIdDoesNotExist(cid)
-            physical = self._physical[key]
-            return physical.connected, dict(physical.last_error)
+            return self._physical[key]
+
+    def status(self, cid: str) -> tuple[bool, dict]:
+        """(connected, lastError) of one managed CID."""
+        physical = self._managed(cid)
+        return physical.connected, dict(physical.last_error)
 
     def path_of(self, cid: str) -> tuple[str, bool]:
         """(where the connection's files are seen here, whether it is connected) for a managed CID."""
-        with self._lock:
-            key = self._keys.get(cid)
-            if key is None:
-                raise StorageServerConnectionRefIdDoesNotExist(cid)
-            physical = self._physical[key]
+        physical = self._managed(cid)
         return self.backends.path(physical.storage), physical.connected
 
     def _info(self, storage: uris.StorageURI) -> dict:

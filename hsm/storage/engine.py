@@ -314,8 +314,7 @@ class Engine:
         repo.save(record)
         log.info("removeImage committed: %s %s in %s", image.kind, image_id, repo.id)
         if opts.autoFix:
-            fix = "merge" if repo.dependents(image) else "clean"
-            self.fixes.start_after_commit(repo, fix, image_id, "removeImage", opts)
+            self.fixes.start_after_commit(repo, self.fixes.needed(repo, record), image_id, "removeImage", opts)
 
     def _check_quiet(self, repo: FileRepository, image: Image) -> None:
         """Refuse to change an image a task, a VM, or a pending snapshot is using."""
