@@ -95,7 +95,8 @@ class Service:
         irs = config.irs
         self.engine = Engine(self.tasks, host_id=config.sanlock.host_id, io_timeout=irs.process_pool_timeout,
                              io_slots=irs.process_pool_max_slots_per_domain,
-                             monitor_interval=irs.sd_health_check_delay, qcow2_compat=irs.qcow2_compat)
+                             monitor_interval=irs.sd_health_check_delay, qcow2_compat=irs.qcow2_compat,
+                             state_dir=state_dir)
         supervdsm = SupervdsmClient(config.supervdsm.socket, config.supervdsm.connect_timeout,
                                     config.supervdsm.call_timeout)
         conns = config.connections

@@ -127,7 +127,7 @@ def test_copies_whole_and_by_difference_across_repositories(proxy, tmp_path):
     assert code(proxy.copyImage("second", unrelated, first, {}, {})) == 262  # not made on that snapshot
 
 
-def test_copy_reports_progress_and_a_snapshot_cannot_be_copied_beside_itself(proxy):
+def test_copy_reports_progress_and_a_snapshot_copied_beside_itself_is_itself(proxy, hsmd):
     disk = new_disk(proxy)
     qemu_write(top_path(proxy, "local", disk), 0x51, 0, 256 * MiB)
     copy = ok(proxy.copyImage("local", disk, "", {}, {}))["imageId"]
@@ -141,7 +141,11 @@ def test_copy_reports_progress_and_a_snapshot_cannot_be_copied_beside_itself(pro
     assert seen & set(range(1, 100)), seen
     assert ok(proxy.getImageTasks(copy))["tasks"] == []
     snapshot = new_snapshot(proxy, disk)
-    assert code(proxy.copyImage("local", snapshot, "", {}, {})) == 5010
+    files = volume_files(local_path(hsmd))
+    again = ok(proxy.copyImage("local", snapshot, "", {}, {}))
+    assert again["imageId"] == snapshot  # idempotent: the repository holds that snapshot already
+    assert ok(proxy.getImageStatus("local", snapshot))["image"]["tasks"] == []
+    assert volume_files(local_path(hsmd)) == files
 
 
 def test_removing_a_disk_gives_its_space_back(proxy, hsmd):

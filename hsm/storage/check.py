@@ -13,7 +13,7 @@ import os
 import re
 import time
 
-from hsm.errors import InvalidFix, VolumeDoesNotExist
+from hsm.errors import HsmError, ImageDoesNotExistInSD, InvalidFix, VolumeDoesNotExist, VolumeMetadataReadError
 from hsm.storage.fixes import FIX_TYPES, Fixes
 from hsm.storage.image import BROKEN, OPTIMIZED, Image
 from hsm.storage.repository import IMAGES, VOLUMES, FileRepository
@@ -39,21 +39,62 @@ def _listing(repo: FileRepository) -> set[str]:
 
 
 def check(repo: FileRepository, fixes: Fixes) -> list[dict]:
+    """Every fix the repository needs now, and every broken image no fix can repair (`fixable: false`).
+
+    A fix that must wait for another (the merge of a snapshot that a pending
+    create still reads through) is left out until that one has run.
+    """
+    repo.reread()
     on_storage = _listing(repo)
-    found = []
+    found = [_unfixable(image_id, f"the image record cannot be read: {reason}", VolumeMetadataReadError.code)
+             for image_id, reason in sorted(repo.unreadable.items())]
     for image in list(repo.images.values()):
         fix = fixes.needed(repo, image)
-        if fix:
-            found.append(_entry(repo, FIX_TYPES[fix], image.id, f"{image.id}: {DESCRIPTIONS[fix]}",
-                                {"kind": fix}))
-        else:
+        if not fix:
             _verify_files(repo, fixes, image, on_storage)
-    leftovers = sorted(name for name in on_storage - repo.referenced_files() if _abandoned(repo, name))
+            image = repo.images.get(image.id, image)
+            if image.state == BROKEN:
+                found.append(_unfixable(image.id, image.lastError.get("message", "the image is broken"),
+                                        image.lastError.get("code", VolumeDoesNotExist.code)))
+            continue
+        if image.removed and (fixes.engine.needed_by(repo, image) or fixes.engine.is_prepared(repo, image.id)):
+            continue  # its space comes back once what reads it is done
+        missing = _missing_input(repo, fixes, image)
+        if missing:
+            found.append(_unfixable(image.id, missing, ImageDoesNotExistInSD.code))
+            continue
+        entry = _entry(repo, FIX_TYPES[fix], image.id, f"{image.id}: {DESCRIPTIONS[fix]}", {"kind": fix})
+        if image.lastError:
+            entry["reason"] = image.lastError.get("message", "")
+        found.append(entry)
+    leftovers = sorted(name for name in repo.unowned(on_storage) if _abandoned(repo, name))
     if leftovers:
         found.append(_entry(repo, "clean", "", f"remove {len(leftovers)} files no image owns",
                             {"kind": "orphans", "files": leftovers}))
-    log.info("Checked repository %s: %d fixes", repo.id, len(found))
+    log.info("Checked repository %s: %d entries", repo.id, len(found))
     return found
+
+
+def _missing_input(repo: FileRepository, fixes: Fixes, image: Image) -> str:
+    """Why the fix of a pending intent cannot run at all (what it reads is gone), or ''."""
+    intent = image.intent
+    if image.removed or not intent:
+        return ""
+    if intent["op"] == "snapshot" and intent["disk"] not in repo.images:
+        return f"the disk {intent['disk']} it snapshots is gone"
+    if intent["op"] == "copy":
+        try:
+            source_repo = fixes.engine.by_uuid(intent["sourceRepo"])
+        except HsmError:
+            return f"the repository {intent['sourceRepo']} of its source is not connected"
+        if intent["source"] not in source_repo.images:
+            return f"its source {intent['source']} is gone from {source_repo.id}"
+    return ""
+
+
+def _unfixable(image_id: str, reason: str, code: int) -> dict:
+    return {"type": "mend", "imageId": image_id, "description": f"{image_id}: broken, and no fix can repair it",
+            "fixable": False, "reason": reason, "code": code}
 
 
 def _abandoned(repo: FileRepository, name: str) -> bool:
@@ -79,7 +120,7 @@ def _verify_files(repo: FileRepository, fixes: Fixes, image: Image, on_storage: 
 
 def _entry(repo: FileRepository, fix_type: str, image_id: str, description: str, data: dict) -> dict:
     opaque = json.dumps({"repo": repo.uuid, "image": image_id, **data}, sort_keys=True)
-    return {"type": fix_type, "imageId": image_id, "description": description, "fix": opaque}
+    return {"type": fix_type, "imageId": image_id, "description": description, "fix": opaque, "fixable": True}
 
 
 def run(repo: FileRepository, fixes: Fixes, opaque: object, task_id: str | None) -> str:

@@ -22,8 +22,10 @@ from hsm.errors import (
     ImageIsNotLegalChain,
     ImageIsSnapshot,
     InvalidParameterException,
+    MiscFileWriteException,
     PrepareIllegalVolumeError,
     RepositoryIdInUse,
+    StorageDomainCreationError,
     StorageDomainDoesNotExist,
     StorageDomainFSNotMounted,
     VolumeDoesNotExist,
@@ -35,6 +37,7 @@ from hsm.storage.fixes import Fixes
 from hsm.storage.image import DEGRADED, DISK, SNAPSHOT, Image, Volume
 from hsm.storage.ioprocess import IOProcess
 from hsm.storage.options import ImageOptions, check_id, parse_image_size
+from hsm.storage.prepared import PreparedImages
 from hsm.storage.repository import FileRepository
 from hsm.tasks import TaskManager
 
@@ -54,7 +57,7 @@ def _serialized(method: Callable[..., T]) -> Callable[..., T]:
 
 class Engine:
     def __init__(self, tasks: TaskManager, host_id: int = 1, io_timeout: float = 60.0, io_slots: int = 10,
-                 monitor_interval: float = 10.0, qcow2_compat: str = "1.1") -> None:
+                 monitor_interval: float = 10.0, qcow2_compat: str = "1.1", state_dir: str | None = None) -> None:
         self.tasks = tasks
         self.host_id = host_id
         self.io_timeout = io_timeout
@@ -63,7 +66,7 @@ class Engine:
         self.qcow2_compat = qcow2_compat
         self.repositories: dict[str, FileRepository] = {}
         self.connections = None  # hsm.connections.manager.ConnectionManager, for nfs-1 and posixfs-1
-        self.prepared: set[tuple[str, str]] = set()
+        self.prepared = PreparedImages(os.path.join(state_dir, "prepared.json") if state_dir else None)
         self._lock = threading.Lock()  # the table of connected repositories
         self.fixes = Fixes(self)
         self.fixes.register(tasks)
@@ -77,6 +80,11 @@ class Engine:
         path = self._local_path(repo_format, params)
         io = self._io("create")
         try:
+            if params.get("subdir"):  # a folder of the connection's storage, made on first use
+                try:
+                    io.makedirs(path)
+                except OSError as e:
+                    raise StorageDomainCreationError(f"{path}: {e}") from None
             return repositories.create(path, repo_format, io, force)
         finally:
             io.close()
@@ -102,6 +110,7 @@ class Engine:
                 repo.close()
                 raise RepositoryIdInUse(f"repository {repo.uuid} is already connected as {twin.id}")
             self.repositories[repo_id] = repo
+        repo.keep_reserve()
         repo.start_monitor(self.monitor_interval)
         log.info("Connected repository %s (%s, %s)", repo_id, repo_format, path)
         return repo
@@ -111,9 +120,12 @@ class Engine:
         busy = self.fixes.active_on_repository(repo)
         if busy and not force:
             raise VolumeIsBusy(f"{len(busy)} tasks work on {repo_id}: {', '.join(busy[:5])}; options.force disconnects")
+        prepared = self.prepared.of_repository(repo.uuid)
+        if prepared and not force:
+            raise VolumeIsBusy(f"{len(prepared)} images of {repo_id} are prepared on this host "
+                               f"({', '.join(prepared[:5])}); tear them down, or options.force disconnects")
         with self._lock:
             self.repositories.pop(repo_id, None)
-            self.prepared = {key for key in self.prepared if key[0] != repo.uuid}
         repo.close()
         log.info("Disconnected repository %s", repo_id)
 
@@ -214,13 +226,13 @@ class Engine:
         commit cannot slip in between a check and the record it allows, nor
         between the record and the start of its fix (which marks the images busy).
         """
-        self.fixes.check_can_start(opts)
-        image.hostId = self.host_id
         self._ensure_free(repo, image.id)
-        repo.save(image)
-        log.info("%s committed %s %s in %s", verb, image.kind, image.id, repo.id)
-        if opts.autoFix:
-            self.fixes.start_after_commit(repo, fix, image.id, verb, opts)
+        with self.fixes.task_for(opts) as task_id:
+            image.hostId, image.task, image.verb = self.host_id, task_id, verb
+            repo.save(image)
+            log.info("%s committed %s %s in %s", verb, image.kind, image.id, repo.id)
+            if task_id:
+                self.fixes.start_after_commit(repo, fix, image.id, verb, task_id)
         return image.id
 
     @_serialized
@@ -295,6 +307,9 @@ class Engine:
         new_id = image_id if source.kind == SNAPSHOT else self._new_id(opts)
         if source.kind == SNAPSHOT and opts.imageId not in (None, image_id):
             raise InvalidParameterException("a copied snapshot keeps its id: options.imageId must be left out")
+        known = target.images.get(new_id)
+        if source.kind == SNAPSHOT and known is not None and not known.removed and known.kind == SNAPSHOT:
+            return new_id  # the target holds this snapshot already (its copy, or itself): nothing to do
         image = Image(id=new_id, kind=source.kind, size=source.size, volumes=[Volume(str(uuid.uuid4()), new_id),
                       *volumes], base=base_id or "", userData=user_data or dict(source.userData),
                       intent={"op": "copy", "sourceRepo": source_repo.uuid, "source": source.id,
@@ -307,29 +322,48 @@ class Engine:
         self._check_quiet(repo, image)
         if image.intent.get("op") == "snapshot":  # it still shares the disk's top volume
             raise VolumeIsBusy(f"{image_id}: the snapshot is not complete; its fix must run first")
-        self.fixes.check_can_start(opts)
-        record = image.copy()
-        record.removed = True
-        record.hostId = self.host_id
-        repo.save(record)
-        log.info("removeImage committed: %s %s in %s", image.kind, image_id, repo.id)
-        if opts.autoFix:
-            self.fixes.start_after_commit(repo, self.fixes.needed(repo, record), image_id, "removeImage", opts)
+        waiting = self.needed_by(repo, image)
+        if waiting:
+            raise VolumeIsBusy(f"{image_id}: the unfinished {waiting[0]} needs it; run that image's fix first")
+        with self.fixes.task_for(opts) as task_id:
+            record = image.copy()
+            record.removed, record.hostId, record.task, record.verb = True, self.host_id, task_id, "removeImage"
+            repo.save(record, freeing=True)
+            log.info("removeImage committed: %s %s in %s", image.kind, image_id, repo.id)
+            if task_id:
+                self.fixes.start_after_commit(repo, self.fixes.needed(repo, record), image_id, "removeImage",
+                                              task_id)
+
+    def needed_by(self, repo: FileRepository, image: Image) -> list[str]:
+        """Unfinished operations that will read `image`: creates and copies on its volumes, copies of it.
+
+        Removing it first would lose data they need, so its removal waits for them.
+        """
+        waiting = [f"{other.intent['op']} of {other.id}" for other in repo.dependents(image)
+                   if not other.removed and other.intent.get("op") in ("create", "copy")]
+        for target in list(self.repositories.values()):
+            waiting += [f"copy {copy} in {target.id}" for copy in target.copies_pending(repo.uuid, image.id)]
+        return waiting
 
     def _check_quiet(self, repo: FileRepository, image: Image) -> None:
         """Refuse to change an image a task, a VM, or a pending snapshot is using."""
         tasks = self.fixes.active_on_image(repo, image.id)
         if tasks:
             raise VolumeIsBusy(f"{image.id}: task {tasks[0]} is working on it")
-        if (repo.uuid, image.id) in self.prepared:
+        if self.is_prepared(repo, image.id):
             raise VolumeIsBusy(f"{image.id} is prepared for use on this host; tear it down first")
         if repo.snapshot_pending(image.id):
             raise VolumeIsBusy(f"{image.id}: a snapshot of it is not complete yet")
 
     # -- use on this host --------------------------------------------------
 
+    @_serialized
     def prepare(self, repo_id: str, image_id: str, readonly: bool | None = None) -> tuple[str, bool]:
-        """Make the chain usable here; returns the top volume's path and whether it is read-only."""
+        """Make the chain usable here; returns the top volume's path and whether it is read-only.
+
+        Under the repository's commit lock, as removeImage: an image is never
+        removed between its checks here and the durable mark that it is prepared.
+        """
         repo, image = self.find(repo_id, image_id)
         if image.kind == SNAPSHOT and readonly is False:
             raise ImageIsSnapshot(f"{image_id} is a snapshot: prepare it read-only, or make a disk on it")
@@ -344,15 +378,23 @@ class Engine:
                 repo.io.stat(repo.volume_path(vol))
             except FileNotFoundError:
                 raise VolumeDoesNotExist(f"{image_id}: volume {vol.id} is missing") from None
-        self.prepared.add((repo.uuid, image_id))
+        try:
+            self.prepared.add((repo.uuid, image_id))
+        except OSError as e:
+            raise MiscFileWriteException(f"the prepared state of {image_id}: {e}") from None
         return repo.volume_path(image.top), image.kind == SNAPSHOT or bool(readonly)
 
+    @_serialized
     def teardown(self, repo_id: str, image_id: str) -> None:
-        repo, image = self.find(repo_id, image_id)
-        key = (repo.uuid, image.id)
+        repo = self.repository(repo_id)
+        key = (repo.uuid, check_id("imageId", image_id))
         if key not in self.prepared:
+            repo.get(image_id)  # an unknown image says so first
             raise VolumeWasNotPreparedBeforeTeardown(image_id)
-        self.prepared.discard(key)
+        try:
+            self.prepared.discard(key)
+        except OSError as e:
+            raise MiscFileWriteException(f"the prepared state of {image_id}: {e}") from None
 
     def is_prepared(self, repo: FileRepository, image_id: str) -> bool:
         return (repo.uuid, image_id) in self.prepared

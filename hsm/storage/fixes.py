@@ -17,18 +17,22 @@ idempotent: it first looks whether its work is already done.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 
 from hsm.errors import (
     AddTaskError,
     CopyImageError,
     HsmError,
     MergeSnapshotsError,
+    TaskIdExists,
     TaskIdRequired,
+    UnknownTask,
     VolumeCreationError,
     VolumeImageHasChildren,
     VolumeIsBusy,
@@ -54,6 +58,7 @@ class Fixes:
         self._by_image: dict[tuple[str, str], set[str]] = {}
         self._lock = threading.Lock()
         self._indexed = False
+        self._reserved: set[str] = set()  # task ids handed to commits in flight
 
     # -- tasks ------------------------------------------------------------
 
@@ -71,9 +76,43 @@ class Fixes:
         if not self.tasks.has_room():
             raise AddTaskError("the task queue is full; try again, or commit with options.autoFix=false")
 
+    @contextlib.contextmanager
+    def task_for(self, opts) -> Iterator[str]:
+        """The id of the task a commit will start ('' with autoFix off), checked and held while it commits.
+
+        The id goes into the image record with the intent, so that the task the
+        client was told of is the one that runs, after a restart too. A caller's
+        id already in use is refused before anything is written.
+        """
+        self.check_can_start(opts)
+        if not opts.autoFix:
+            yield ""
+            return
+        task_id = opts.taskId or str(uuid.uuid4())
+        with self._lock:
+            if task_id in self._reserved or self._known(task_id):
+                raise TaskIdExists(task_id)
+            self._reserved.add(task_id)
+        try:
+            yield task_id
+        finally:
+            with self._lock:
+                self._reserved.discard(task_id)
+
+    def _known(self, task_id: str) -> bool:
+        try:
+            self.tasks.get(task_id)
+        except UnknownTask:
+            return False
+        return True
+
     def start(self, repo: FileRepository, fix: str, image_id: str, verb: str, task_id: str | None = None,
-              extra: dict | None = None) -> str:
-        """Start a fix; one already active for the same image and kind is returned instead."""
+              extra: dict | None = None, persist: bool = True) -> str:
+        """Start a fix; one already active for the same image and kind is returned instead.
+
+        `persist=False`: the task's id is in the image record with its intent, and
+        resume() starts it again under that id after a crash (non-transparent mode).
+        """
         if image_id:
             for known in self.active_on_image(repo, image_id):
                 if self.tasks.get(known).kind == PREFIX + fix:
@@ -86,20 +125,20 @@ class Fixes:
             args["disk"] = intent["disk"]  # locked with the snapshot
         if fix == "copy" and intent.get("op") == "copy":
             args.update(sourceRepo=intent["sourceRepo"], source=intent["source"])
+        if fix == "merge" and image_id in repo.images:  # the images whose volumes it rewrites
+            args["children"] = sorted(child.id for child in repo.dependents(repo.images[image_id]))
         touched = _images_touched(args)
         tags = [f"repository:{repo.uuid}"] + [f"image:{image}" for _, image in touched]
-        # Non-transparent: the intent in the repository is the durable record; after a
-        # crash, resume() starts the fix again from it, so the queued task need not be written.
         task = self.tasks.start(PREFIX + fix, verb, args, tags=tags, task_id=task_id,
-                                persist=self.tasks.mode == TRANSPARENT or not image_id)
+                                persist=persist or self.tasks.mode == TRANSPARENT)
         with self._lock:
             for key in touched:
                 self._by_image.setdefault(key, set()).add(task.id)
         return task.id
 
-    def start_after_commit(self, repo: FileRepository, fix: str, image_id: str, verb: str, opts) -> None:
+    def start_after_commit(self, repo: FileRepository, fix: str, image_id: str, verb: str, task_id: str) -> None:
         try:
-            self.start(repo, fix, image_id, verb, task_id=opts.taskId)
+            self.start(repo, fix, image_id, verb, task_id=task_id, persist=False)
         except HsmError as e:  # the intent is durable: checkStorageRepository offers the fix again
             log.error("%s: committed %s but could not start its %s fix: %s", verb, image_id, fix, e)
 
@@ -145,8 +184,11 @@ class Fixes:
         for image in list(repo.images.values()):
             fix = self.needed(repo, image)
             if fix and not self.active_on_image(repo, image.id):
+                # The id the commit handed out, unless a task ran under it already (and failed).
+                task_id = image.task if image.task and not self._known(image.task) else None
                 try:
-                    self.start(repo, fix, image.id, "connectStorageRepository")
+                    self.start(repo, fix, image.id, image.verb or "connectStorageRepository", task_id=task_id,
+                               persist=task_id is None)
                     started += 1
                 except HsmError as e:
                     log.warning("Cannot resume the %s fix of %s: %s", fix, image.id, e)
@@ -333,23 +375,32 @@ class Fixes:
             return
         if repo.dependents(image):
             raise VolumeImageHasChildren(f"{image.id}: images read through it; it needs a merge fix")
+        self._check_unused(repo, image)
         for vol in image.own:
             repo.io.remove(repo.volume_path(vol))
+
+    def _check_unused(self, repo: FileRepository, image: Image) -> None:
+        """A removed image's volumes go only once no VM and no pending copy reads them."""
+        if self.engine.is_prepared(repo, image.id):
+            raise VolumeIsBusy(f"{image.id} is prepared on this host; its space comes back after teardownImage")
+        waiting = self.engine.needed_by(repo, image)
+        if waiting:
+            raise VolumeIsBusy(f"{image.id}: the unfinished {waiting[0]} still reads it")
 
     def _clean_record(self, ctx: StepContext, repo: FileRepository, image: Image | None) -> None:
         if image is not None and image.removed:
             repo.forget(image.id)
+            repo.keep_reserve()
 
     def _merge_rebase(self, ctx: StepContext, repo: FileRepository, snapshot: Image | None) -> None:
         if snapshot is None or not snapshot.removed:
             return
         below = snapshot.volumes[len(snapshot.own)] if len(snapshot.volumes) > len(snapshot.own) else None
         above: dict[str, Volume] = {}
+        self._check_unused(repo, snapshot)
         for child in repo.dependents(snapshot):
             if self.engine.is_prepared(repo, child.id):
                 raise VolumeIsBusy(f"{child.id} reads through removed snapshot {snapshot.id} and is prepared")
-            if child.intent.get("op") == "copy":  # its data is being copied against this very chain
-                raise VolumeIsBusy(f"{child.id} is still being copied onto snapshot {snapshot.id}")
             index = next(i for i, vol in enumerate(child.volumes) if vol.id == snapshot.top.id)
             if index > 0:
                 above[child.volumes[index - 1].id] = child.volumes[index - 1]
@@ -371,10 +422,8 @@ class Fixes:
             self.update(repo, child, volumes=volumes, base=snapshot.base if child.base == snapshot.id else child.base)
 
     def _clean_files(self, ctx: StepContext, repo: FileRepository, image: None) -> None:
-        keep = repo.referenced_files()
-        for name in ctx.args.get("files", []):
-            if name not in keep:
-                repo.io.remove(os.path.join(repo.path, name))
+        for name in sorted(repo.unowned(set(ctx.args.get("files", [])))):
+            repo.io.remove(os.path.join(repo.path, name))
 
 
 def _images_touched(args: dict) -> list[tuple[str, str]]:
@@ -382,6 +431,7 @@ def _images_touched(args: dict) -> list[tuple[str, str]]:
     snapshots, the source it copies."""
     keys = [(args["repo"], args["image"]), (args["repo"], args.get("disk")),
             (args.get("sourceRepo"), args.get("source"))]
+    keys += [(args["repo"], child) for child in args.get("children", [])]
     return [key for key in keys if key[0] and key[1]]
 
 

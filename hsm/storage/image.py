@@ -4,14 +4,23 @@ An image is a chain of volumes, top first. A volume belongs to the image that
 made it (`image`); a disk on a snapshot reads through the snapshot's volumes,
 which the snapshot owns. `intent` is the operation committed but not yet
 complete (the fix that finishes it reads it); `removed` marks an image whose
-space a clean or merge fix still has to give back.
+space a clean or merge fix still has to give back. `task` is the id of the
+task the commit handed out for that work, so the same id answers after a
+restart of hsmd.
+
+Records come from storage that other hosts write and that can be damaged:
+`from_json` checks every field (ids as plain names, never path parts) and
+raises ValueError for anything else.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+
+from hsm.ids import is_id
 
 DISK = "disk"
 SNAPSHOT = "snapshot"
@@ -20,6 +29,9 @@ KINDS = (DISK, SNAPSHOT)
 OPTIMIZED = "optimized"
 DEGRADED = "degraded"
 BROKEN = "broken"
+STATES = (OPTIMIZED, DEGRADED, BROKEN)
+FORMATS = ("qcow2", "raw")
+OPS = ("create", "snapshot", "copy", "optimize")
 
 
 @dataclass
@@ -30,6 +42,8 @@ class Volume:
 
     @property
     def filename(self) -> str:
+        if not is_id(self.id) or self.format not in FORMATS:  # never a path part, whatever a record said
+            raise ValueError(f"volume {self.id!r} ({self.format!r}) is not a plain volume name")
         return f"{self.id}.{self.format}"
 
 
@@ -50,6 +64,8 @@ class Image:
     lastError: dict = field(default_factory=dict)
     created: float = field(default_factory=time.time)
     generation: int = 0
+    task: str = ""                  # the task handed out for the pending intent or removal
+    verb: str = ""                  # the verb that committed it
 
     # -- the chain ------------------------------------------------------
 
@@ -75,9 +91,43 @@ class Image:
 
     @classmethod
     def from_json(cls, data: bytes) -> Image:
-        fields = json.loads(data)
-        fields["volumes"] = [Volume(**vol) for vol in fields["volumes"]]
-        return cls(**fields)
+        """The record in `data`, every field checked; ValueError says what is wrong."""
+        try:
+            record = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"not JSON: {e}") from None
+        if not isinstance(record, dict):
+            raise ValueError("not a JSON object")
+        known = {f.name for f in fields(cls)}
+        values = {name: value for name, value in record.items() if name in known}  # newer fields: ignored
+        for name in ("id", "kind", "size", "volumes"):
+            if name not in values:
+                raise ValueError(f"no {name}")
+        volumes = values["volumes"]
+        if not isinstance(volumes, list) or not volumes:
+            raise ValueError("volumes: not a list of volumes")
+        values["volumes"] = [_volume(vol) for vol in volumes]
+        image = cls(**values)
+        image._check()
+        return image
+
+    def _check(self) -> None:
+        _require(is_id(self.id), "id", self.id)
+        _require(self.kind in KINDS, "kind", self.kind)
+        _require(_integer(self.size) and 0 < self.size < 1 << 64, "size", self.size)
+        _require(self.base == "" or is_id(self.base), "base", self.base)
+        _require(self.state in STATES, "state", self.state)
+        _require(isinstance(self.removed, bool), "removed", self.removed)
+        for name in ("userData", "intent", "lastError"):
+            _require(isinstance(getattr(self, name), dict), name, getattr(self, name))
+        for name in ("hostId", "percentComplete", "generation"):
+            _require(_integer(getattr(self, name)), name, getattr(self, name))
+        _require(isinstance(self.created, (int, float)) and math.isfinite(self.created), "created", self.created)
+        for name in ("stage", "verb"):
+            _require(isinstance(getattr(self, name), str) and len(getattr(self, name)) < 256, name,
+                     getattr(self, name))
+        _require(self.task == "" or is_id(self.task), "task", self.task)
+        _check_intent(self.intent)
 
     # -- the wire -------------------------------------------------------
 
@@ -85,3 +135,42 @@ class Image:
         return {"state": self.state, "kind": self.kind, "size": str(self.size), "hostId": self.hostId,
                 "stage": self.stage, "percentComplete": self.percentComplete, "lastError": self.lastError,
                 "tasks": tasks}
+
+
+def _integer(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _require(ok: bool, name: str, value: object) -> None:
+    if not ok:
+        raise ValueError(f"{name}={str(value)[:80]!r} is not valid")
+
+
+def _volume(data: object) -> Volume:
+    _require(isinstance(data, dict), "volume", data)
+    _require(is_id(data.get("id")), "volume id", data.get("id"))
+    _require(is_id(data.get("image")), "volume owner", data.get("image"))
+    _require(data.get("format", "qcow2") in FORMATS, "volume format", data.get("format"))
+    return Volume(data["id"], data["image"], data.get("format", "qcow2"))
+
+
+# Each intent's fields: the names a fix reads, and whether each must be an id (else a bool).
+_INTENT_FIELDS = {
+    "create": {"optimize": bool},
+    "snapshot": {"disk": "id", "top": "id"},
+    "copy": {"sourceRepo": "id", "source": "id", "base": "id?"},
+    "optimize": {},
+}
+
+
+def _check_intent(intent: dict) -> None:
+    if not intent:
+        return
+    op = intent.get("op")
+    _require(op in OPS, "intent op", op)
+    for name, kind in _INTENT_FIELDS[op].items():
+        value = intent.get(name)
+        if kind is bool:
+            _require(isinstance(value, bool), f"intent {name}", value)
+        else:
+            _require(is_id(value) or (kind == "id?" and value == ""), f"intent {name}", value)

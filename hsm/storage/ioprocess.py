@@ -152,3 +152,6 @@ class IOProcess:
 
     def statvfs(self, path: str) -> dict:
         return self.call("statvfs", path)
+
+    def reserve(self, path: str, size: int) -> bool:
+        return self.call("reserve", path, size)

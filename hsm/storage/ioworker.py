@@ -14,7 +14,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 
-from hsm.atomicfile import atomic_remove, atomic_write
+from hsm.atomicfile import atomic_remove, atomic_write, fsync_dir
 
 
 def _stat(path: str) -> dict:
@@ -45,6 +45,26 @@ def _statvfs(path: str) -> dict:
     return {"free": st.f_bavail * st.f_frsize, "total": st.f_blocks * st.f_frsize}
 
 
+def _reserve(path: str, size: int) -> bool:
+    """Hold `size` bytes of real blocks in `path`, so that a full filesystem can still take a few records."""
+    try:
+        if os.stat(path).st_blocks * 512 >= size:
+            return False
+    except FileNotFoundError:
+        pass
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        os.posix_fallocate(fd, 0, size)
+        os.fsync(fd)
+    except OSError:
+        os.close(fd)
+        atomic_remove(path)
+        raise
+    os.close(fd)
+    fsync_dir(os.path.dirname(path))
+    return True
+
+
 OPS = {
     "stat": _stat,
     "exists": os.path.exists,
@@ -56,6 +76,7 @@ OPS = {
     "makedirs": lambda path: os.makedirs(path, exist_ok=True),
     "rename": os.rename,
     "statvfs": _statvfs,
+    "reserve": _reserve,
 }
 
 

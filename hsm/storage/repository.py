@@ -14,6 +14,7 @@ images, and the index changes only after the record is durable on storage.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from hsm.errors import (
     HsmError,
     ImageDoesNotExistInSD,
+    NoSpaceLeftOnDomain,
     StorageDomainAccessError,
     StorageDomainAlreadyExists,
     StorageDomainCreationError,
@@ -34,6 +36,7 @@ from hsm.errors import (
     VolumeMetadataReadError,
     VolumeMetadataWriteError,
 )
+from hsm.ids import is_id
 from hsm.storage.image import Image, Volume
 from hsm.storage.ioprocess import IOProcess
 
@@ -45,6 +48,8 @@ RECORD = "repository.json"
 IMAGES = "images"
 VOLUMES = "volumes"
 META_SUFFIX = ".json"
+RESERVE = "reserve"         # real blocks kept free so that removeImage works on a full filesystem
+RESERVE_BYTES = 1 << 20     # some hundreds of record writes
 
 
 def create(path: str, repo_format: str, io: IOProcess, force: bool = False) -> str:
@@ -99,7 +104,9 @@ class FileRepository:
         self.connection_id = ""  # the managed connection it sits on (nfs-1, posixfs-1)
         self.uuid = ""
         self.images: dict[str, Image] = {}
+        self.unreadable: dict[str, str] = {}  # image id -> why its record cannot be read; never cleaned
         self._snapshotting: dict[str, str] = {}  # disk id -> the snapshot of it not yet complete
+        self._copying: dict[tuple[str, str], set[str]] = {}  # (repo uuid, image) -> pending copies of it here
         self.lock = threading.RLock()  # the commit lock: a check and the record write it allows, as one step
         self.health = Health()
         self._monitor_stop = threading.Event()
@@ -116,25 +123,60 @@ class FileRepository:
             raise StorageDomainAccessError(f"{self.path}: {e}") from None
         if record.get("format") != self.format:
             raise StorageDomainTypeError(f"{self.path} is a {record.get('format')} repository, not {self.format}")
+        if not is_id(record.get("uuid")):
+            raise StorageDomainAccessError(f"{self.path}: {RECORD} holds no valid uuid")
         self.uuid = record["uuid"]
         try:
             found = self.io.read_all(os.path.join(self.path, IMAGES), META_SUFFIX)
         except OSError as e:
             raise StorageDomainAccessError(f"{self.path}: {e}") from None
-        images = {}
+        images, unreadable = {}, {}
         for name, data in found.items():
+            image_id = name[:-len(META_SUFFIX)]
             try:
-                image = Image.from_json(data)
-            except (ValueError, TypeError, KeyError) as e:
-                log.error("Skipping unreadable image record %s: %s", name, e)
-                continue
-            images[image.id] = image
+                images[image_id] = self._parse(image_id, data)
+            except ValueError as e:
+                log.error("Image record %s in %s is unreadable: %s", name, self.id, e)
+                unreadable[image_id] = str(e)
         with self.lock:
             self.images = images
-            self._snapshotting = {}
+            self.unreadable = unreadable
+            self._snapshotting, self._copying = {}, {}
             for image in images.values():
                 self._note_intent(image)
-        log.info("Repository %s (%s) loaded: %d images", self.id, self.uuid, len(images))
+        log.info("Repository %s (%s) loaded: %d images, %d unreadable records", self.id, self.uuid, len(images),
+                 len(unreadable))
+
+    @staticmethod
+    def _parse(image_id: str, data: bytes) -> Image:
+        """The record stored as images/<image_id>.json; ValueError when damaged or naming another image."""
+        if not is_id(image_id):
+            raise ValueError("the file name is not an image id")
+        image = Image.from_json(data)
+        if image.id != image_id:
+            raise ValueError(f"the record names image {image.id}, not the {image_id} its file name says")
+        return image
+
+    def reread(self) -> list[str]:
+        """Read the unreadable records again (an admin may have repaired them); returns the ids now readable."""
+        repaired = []
+        for image_id in list(self.unreadable):
+            try:
+                image = self._parse(image_id, self.io.read(self.meta_path(image_id), 1 << 20))
+            except FileNotFoundError:
+                with self.lock:
+                    self.unreadable.pop(image_id, None)
+                continue
+            except ValueError as e:
+                self.unreadable[image_id] = str(e)
+                continue
+            with self.lock:
+                if image_id in self.unreadable:
+                    del self.unreadable[image_id]
+                    self.images[image_id] = image
+                    self._note_intent(image)
+                    repaired.append(image_id)
+        return repaired
 
     # -- paths ------------------------------------------------------------
 
@@ -147,22 +189,38 @@ class FileRepository:
     # -- the index --------------------------------------------------------
 
     def get(self, image_id: str, removed: bool = False) -> Image:
+        if image_id in self.unreadable:
+            raise VolumeMetadataReadError(f"{image_id}: {self.unreadable[image_id]}")
         image = self.images.get(image_id)
         if image is None or (image.removed and not removed):
             raise ImageDoesNotExistInSD(f"{image_id} in repository {self.id}")
         return image
 
     def live_ids(self, kind: str | None = None) -> list[str]:
-        return [image.id for image in list(self.images.values())
-                if not image.removed and (kind is None or image.kind == kind)]
+        """Live images; with no kind asked, unreadable records too (they may hold a live image)."""
+        ids = [image.id for image in list(self.images.values())
+               if not image.removed and (kind is None or image.kind == kind)]
+        return ids + (sorted(self.unreadable) if kind is None else [])
 
     def _note_intent(self, image: Image) -> None:
-        if image.intent.get("op") == "snapshot" and not image.removed:
+        """Keep the indexes of pending intents (snapshots of a disk, copies of a source) up to date."""
+        for disk, snapshot in list(self._snapshotting.items()):
+            if snapshot == image.id:
+                del self._snapshotting[disk]
+        for source, copies in list(self._copying.items()):
+            copies.discard(image.id)
+            if not copies:
+                del self._copying[source]
+        if image.removed:
+            return
+        if image.intent.get("op") == "snapshot":
             self._snapshotting[image.intent["disk"]] = image.id
-        else:
-            for disk, snapshot in list(self._snapshotting.items()):
-                if snapshot == image.id:
-                    del self._snapshotting[disk]
+        elif image.intent.get("op") == "copy":
+            self._copying.setdefault((image.intent["sourceRepo"], image.intent["source"]), set()).add(image.id)
+
+    def copies_pending(self, repo_uuid: str, image_id: str) -> list[str]:
+        """Images here whose pending copy reads image `image_id` of repository `repo_uuid`."""
+        return sorted(self._copying.get((repo_uuid, image_id), ()))
 
     def snapshot_pending(self, disk_id: str) -> str:
         """The snapshot of `disk_id` committed but not complete, or ''."""
@@ -180,9 +238,18 @@ class FileRepository:
         return [other for other in list(self.images.values())
                 if other.id != image.id and any(vol.id in own for vol in other.volumes)]
 
+    def unowned(self, names: set[str]) -> set[str]:
+        """Those of `names` (relative to the repository) that no image owns or may own.
+
+        While any record is unreadable, every volume file counts as owned: the
+        damaged record may own any of them.
+        """
+        left = names - self.referenced_files()
+        return {name for name in left if not name.startswith(VOLUMES + "/")} if self.unreadable else left
+
     def referenced_files(self) -> set[str]:
         """Every file a record owns or a committed operation will make, relative to the repository."""
-        keep = {RECORD}
+        keep = {RECORD} | {f"{IMAGES}/{image_id}{META_SUFFIX}" for image_id in list(self.unreadable)}
         for image in list(self.images.values()):
             keep.add(f"{IMAGES}/{image.id}{META_SUFFIX}")
             keep.update(f"{VOLUMES}/{vol.filename}" for vol in image.own)
@@ -190,17 +257,39 @@ class FileRepository:
                 keep.add(f"{VOLUMES}/{image.intent['top']}.qcow2")
         return keep
 
-    def save(self, image: Image) -> None:
-        """Write the record durably, then show it in the index."""
+    def save(self, image: Image, freeing: bool = False) -> None:
+        """Write the record durably, then show it in the index.
+
+        `freeing`: the write leads to space given back (a removal), so on a full
+        filesystem the reserve is let go to make room for it.
+        """
         image.generation += 1
         try:
-            self.io.write(self.meta_path(image.id), image.to_json())
+            try:
+                self.io.write(self.meta_path(image.id), image.to_json())
+            except OSError as e:
+                if e.errno != errno.ENOSPC or not freeing:
+                    raise
+                log.warning("Repository %s is full: releasing its reserve to record the removal of %s",
+                            self.id, image.id)
+                self.io.remove(os.path.join(self.path, RESERVE))
+                self.io.write(self.meta_path(image.id), image.to_json())
         except OSError as e:
             image.generation -= 1
+            if e.errno == errno.ENOSPC:
+                raise NoSpaceLeftOnDomain(f"{self.id}: no room for the record of {image.id}") from None
             raise VolumeMetadataWriteError(f"{image.id}: {e}") from None
         with self.lock:
             self.images[image.id] = image
             self._note_intent(image)
+
+    def keep_reserve(self) -> None:
+        """Make the reserve whole again once there is room (after a clean gave space back)."""
+        try:
+            if self.io.reserve(os.path.join(self.path, RESERVE), RESERVE_BYTES):
+                log.info("Repository %s: reserve of %d bytes in place", self.id, RESERVE_BYTES)
+        except OSError as e:
+            log.warning("Repository %s: no room for its reserve yet: %s", self.id, e)
 
     def forget(self, image_id: str) -> None:
         try:
@@ -209,8 +298,9 @@ class FileRepository:
             raise VolumeMetadataWriteError(f"{image_id}: {e}") from None
         with self.lock:
             image = self.images.pop(image_id, None)
-            if image is not None and image.intent.get("op") == "snapshot":
-                self._snapshotting.pop(image.intent["disk"], None)
+            if image is not None:
+                image.removed = True
+                self._note_intent(image)
 
     def read_record(self, image_id: str) -> Image:
         """The record as it is on storage now (the index may be older after an outside change)."""
