@@ -23,7 +23,8 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounts need root")
 def setup(tmp_path, make_hsmd):
     repository = tmp_path / "rhev"
     supervdsmd = Supervdsmd(str(tmp_path / "sv"), config={"irs": {"repository": str(repository)}}).start()
-    config = {"supervdsm": {"socket": supervdsmd.socket}, "irs": {"repository": str(repository)},
+    config = {"supervdsm": {"socket": supervdsmd.socket},
+              "irs": {"repository": str(repository), "sd_health_check_delay": 0.2},
               "connections": {"monitor_interval": 0.2, "reconnect_backoff_min": 0.2, "reconnect_backoff_max": 1}}
     daemon = make_hsmd(config=config).start()
     yield daemon, str(repository / "mnt")
@@ -268,6 +269,38 @@ def test_an_ext4_image_on_a_loop_mount_holds_a_repository(setup, tmp_path):
     assert mounted(path)
     ok(proxy.disconnectStorageRepository("onloop", {}))
     ok(proxy.unmanageStorageServer("ext4"))
+    assert not mounted(path)
+
+
+def repository_checked_after(proxy, repo_id: str, moment: float) -> dict:
+    """The repository as listed once its monitor has checked it after `moment` (time.time())."""
+    def fresh():
+        repo = ok(proxy.getStorageRepositoryList({}))["repos"][repo_id]
+        return repo["lastCheck"] and time.time() - float(repo["lastCheck"]) > moment + 0.1 and repo
+    return wait_for(fresh, what=f"a check of {repo_id}")
+
+
+def test_the_last_cid_under_a_repository_is_refused_whichever_cid_the_repository_used(setup, tmp_path):
+    daemon, _ = setup
+    proxy = daemon.proxy()
+    storage = tmp_path / "shared"
+    (storage / "repo").mkdir(parents=True)
+    ok(proxy.manageStorageServer(bind_uri(storage), "a"))
+    ok(proxy.manageStorageServer(bind_uri(storage), "b"))
+    path = wait_for(lambda: servers(proxy)["a"]["connected"] and servers(proxy)["a"])["connectionInfo"]["path"]
+    params = {"connectionId": "a", "subdir": "repo"}
+    ok(proxy.createStorageRepository("posixfs-1", params, {}))
+    ok(proxy.connectStorageRepository("R", "posixfs-1", params, {}))
+
+    ok(proxy.unmanageStorageServer("a"))  # b still holds the storage R sits on
+    assert code(proxy.unmanageStorageServer("b")) == 478
+    refused = time.time()
+    assert mounted(path) and servers(proxy)["b"]["connected"]
+    repo = repository_checked_after(proxy, "R", refused)
+    assert repo["connected"] and repo["valid"] and repo["lastError"] == ""
+
+    ok(proxy.disconnectStorageRepository("R", {}))
+    ok(proxy.unmanageStorageServer("b"))
     assert not mounted(path)
 
 

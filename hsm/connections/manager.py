@@ -6,6 +6,9 @@ may name one physical connection (the same normalized URI); it is made once and
 torn down when its last CID goes. The monitor checks every connection each
 `interval` and reconnects a lost one with a backoff that doubles from
 `backoff_min` to `backoff_max`; the last failure is kept as lastError.
+The last CID of a physical connection is not unmanaged while a connected
+repository sits on it, whichever of its CIDs (managed or since unmanaged) the
+repository was connected through.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ class Physical:
     last_error: dict = field(default_factory=dict)
     backoff: float = 0.0
     next_try: float = 0.0
+    retired: set[str] = field(default_factory=set)  # unmanaged CIDs a connected repository still sits here through
 
 
 def _transient(what: str) -> str:
@@ -70,17 +74,31 @@ class ConnectionManager:
     # -- persistence --------------------------------------------------------
 
     def _load(self) -> None:
+        """The CIDs of connections.json; a damaged file or entry is logged and skipped, never fatal."""
         try:
-            with open(self._path) as f:
+            with open(self._path, encoding="utf-8") as f:
                 stored = json.load(f)
+            if not isinstance(stored, dict):
+                raise ValueError(f"expected a JSON object, found {type(stored).__name__}")
         except FileNotFoundError:
+            return
+        except (OSError, ValueError, RecursionError) as e:  # RecursionError: JSON nested too deep
+            aside = self._path + ".damaged"
+            log.error("Ignoring damaged %s (%s); no stored connection is managed. Kept as %s",
+                      self._path, e, aside)
+            try:
+                os.replace(self._path, aside)  # the next save would overwrite what may still be read by hand
+            except OSError as err:
+                log.error("Cannot move %s aside: %s", self._path, err)
             return
         for cid, text in stored.items():
             try:
+                if not CID.match(cid):
+                    raise InvalidParameterException(f"connectionID={cid!r}: 1 to 255 characters, no '/'")
                 self._add(cid, uris.parse(text))
                 self._cids[cid] = text
             except HsmError as e:
-                log.error("Dropping stored connection %s: %s", cid, e)
+                log.error("Dropping stored connection %r of %s: %s", cid, self._path, e)
         log.info("Loaded %d managed connections on %d physical ones", len(self._cids), len(self._physical))
 
     def _save(self) -> None:
@@ -110,6 +128,9 @@ class ConnectionManager:
             except OSError:
                 del self._cids[cid]
                 raise
+            if not self.users({cid}):
+                for physical in self._physical.values():  # no repository sits anywhere through the old meaning
+                    physical.retired.discard(cid)
             self._add(cid, storage)
         log.info("Managing %s as %s", storage.key, cid)
         self._wake.set()
@@ -121,20 +142,23 @@ class ConnectionManager:
             text = self._cids.get(cid)
             if text is None:
                 raise StorageServerConnectionRefIdDoesNotExist(cid)
-            key = self._keys[cid]
-            if self._physical[key].cids == {cid}:
-                using = self.users({cid})
+            physical = self._physical[self._keys[cid]]
+            if physical.cids == {cid}:
+                using = self.users(physical.cids | physical.retired)
                 if using:
                     raise StorageServerConnectionRefIdAlreadyInUse(
-                        f"{cid}: repositories {', '.join(using)} are connected through it; disconnect them first")
+                        f"{cid} is the last connection to the storage of repositories {', '.join(using)}; "
+                        "disconnect them first")
             del self._cids[cid]
             self._save()
             storage = uris.parse(text)
-            physical = self._physical[self._keys.pop(cid)]
+            del self._keys[cid]
             physical.cids.discard(cid)
             last = not physical.cids
             if last:
                 del self._physical[storage.key]
+            elif self.users({cid}):
+                physical.retired.add(cid)  # the guard must still see those repositories when the last CID goes
         log.info("No longer managing %s as %s", storage.key, cid)
         if last:
             try:
