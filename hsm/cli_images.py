@@ -122,9 +122,12 @@ def repo_command(argv: list[str], proxy: Any) -> dict:
     answer = proxy.checkStorageRepository(args.repo)
     if args.action == "check" or answer["status"]["code"] != 0:
         return answer
-    started = []
+    started, unfixable = [], []
     for fix in answer["fixes"]:
+        if not fix.get("fixable", True):
+            unfixable.append(fix)  # a broken image no fix repairs: shown, for the admin to act on
+            continue
         result = proxy.fixStorageRepository(args.repo, fix["fix"], {})
         started.append({"type": fix["type"], "imageId": fix["imageId"], "taskId": result.get("taskId", ""),
                         "status": result["status"]})
-    return {"status": {"code": 0, "message": "OK"}, "started": started}
+    return {"status": {"code": 0, "message": "OK"}, "started": started, "unfixable": unfixable}

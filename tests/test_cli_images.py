@@ -1,6 +1,7 @@
 """hsm-cli's image and repo commands against a real hsmd and its embedded 'local' repository."""
 
 import json
+import os
 import subprocess
 
 from tests.hsmd import HSM_CLI
@@ -52,3 +53,15 @@ def test_copy_shows_a_progress_bar_on_a_terminal(hsmd):
     assert done.returncode == 0
     frames = [line for line in done.stdout.replace("\r", "\n").splitlines() if line.startswith("[")]
     assert any("%" in frame and "stage 1/2" in frame for frame in frames), frames
+
+
+def test_repo_fix_runs_what_it_can_and_shows_what_it_cannot(hsmd):
+    _, broken = cli(hsmd, "image", "create", "1G")
+    _, pending = cli(hsmd, "image", "create", "1G", "--no-wait")
+    _, info = cli(hsmd, "image", "info", broken["imageId"])
+    os.unlink(info["image"]["volumes"][0]["path"])
+    rc, fixed = cli(hsmd, "repo", "fix")
+    assert rc == 0 and [entry["imageId"] for entry in fixed["unfixable"]] == [broken["imageId"]]
+    assert "missing" in fixed["unfixable"][0]["reason"]
+    assert all(entry["status"]["code"] == 0 for entry in fixed["started"])
+    assert cli(hsmd, "image", "info", pending["imageId"])[0] == 0
