@@ -73,7 +73,7 @@ def config_command(args: argparse.Namespace, proxy_factory) -> int:
         sys.stdout.write(hsmconfig.sample())
         return EXIT_OK
     if args.config:
-        values = hsmconfig.load(args.config).as_dict()
+        values = hsmconfig.load(args.config).as_wire()  # what a running hsmd would answer
     else:
         answer = proxy_factory().getHsmConfig()
         if _exit_for(answer) != EXIT_OK:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hsm.errors import ConfigError
+from hsm.sizes import format_size
 
 DEFAULT_PATH = "/etc/hsm/hsm.conf"
 
@@ -38,6 +39,14 @@ def _int(text: str) -> int:
     return int(text.strip(), 0)
 
 
+def _size(text: str) -> int:
+    """A byte count; getHsmConfig sends it as a decimal string, as every size on the wire."""
+    value = _int(text)
+    if value < 0:
+        raise ValueError(f"{text.strip()!r} is negative")
+    return value
+
+
 def _octal(text: str) -> int:
     return int(text.strip(), 8)
 
@@ -57,7 +66,7 @@ def _choice(*allowed: str) -> Callable[[str], str]:
 
 
 _TYPE_NAMES = {str: "string", _int: "integer", float: "number", _bool: "boolean",
-               _octal: "octal", _list: "list"}
+               _octal: "octal", _list: "list", _size: "bytes"}
 
 
 @dataclass(frozen=True)
@@ -72,6 +81,10 @@ class Option:
     @property
     def type_name(self) -> str:
         return _TYPE_NAMES.get(self.parse, self.parse.__name__)
+
+    def wire(self, value: Any) -> Any:
+        """The value as getHsmConfig sends it: a size as a decimal string (api.md), others as they are."""
+        return format_size(value) if self.parse is _size else value
 
 
 def _options() -> list[Option]:
@@ -107,7 +120,7 @@ def _options() -> list[Option]:
         o("rpc", "threads", _int, "16", "worker threads answering calls"),
         o("rpc", "listen_backlog", _int, "1024", "pending connections the kernel keeps before refusing"),
         o("rpc", "keepalive_connections", _int, "256", "idle keep-alive connections kept open at once"),
-        o("rpc", "max_request_bytes", _int, "10485760", "largest request body accepted"),
+        o("rpc", "max_request_bytes", _size, "10485760", "largest request body accepted"),
         o("rpc", "socket_timeout", float, "60", "seconds a connection may stay silent before it is closed"),
         o("rpc", "shutdown_timeout", float, "30", "seconds in-flight calls get to finish on SIGTERM"),
         o("rpc", "request_id_ttl", _int, "86400", "seconds an answer is kept for a repeated options.requestId"),
@@ -185,6 +198,11 @@ class Config:
                    if secrets or not OPTIONS[(name, key)].secret}
             for name in names
         }
+
+    def as_wire(self, section: str | None = None) -> dict[str, dict[str, Any]]:
+        """as_dict() as getHsmConfig answers it: secrets left out, sizes as decimal strings."""
+        return {name: {key: OPTIONS[(name, key)].wire(value) for key, value in options.items()}
+                for name, options in self.as_dict(section).items()}
 
 
 def _parse(opt: Option, text: str) -> Any:

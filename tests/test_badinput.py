@@ -1,6 +1,11 @@
-"""Bad requests get a clear fault or status; none kills or hangs hsmd; the next call works."""
+"""Bad requests get a clear fault or status; none kills or hangs hsmd; the next call works.
+
+Damaged state files are bad input too: hsmd reports them and starts.
+"""
 
 import http.client
+import json
+import os
 import socket
 import time
 import xmlrpc.client
@@ -164,3 +169,50 @@ def test_garbage_instead_of_http(healthy_after):
         sock.sendall(b"\x16\x03\x01 this is not http\r\n\r\n")
         answer = sock.recv(4096)
     assert answer.startswith(b"HTTP/1.1 400")
+
+
+def _managed(proxy) -> list[str]:
+    return sorted(cid for cid, server in proxy.getStorageServerList()["servers"].items() if server["managed"])
+
+
+def _start_over_connections(make_hsmd, write) -> tuple:
+    """An hsmd started over a connections.json that `write(path)` made; (daemon, path)."""
+    daemon = make_hsmd()
+    os.makedirs(daemon.state_dir)
+    path = os.path.join(daemon.state_dir, "connections.json")
+    write(path)
+    return daemon.start(), path
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe garbage \x00", b"", b'["a list"]', b'"a string"', b"[" * 100000,
+                                     None])
+def test_damaged_connections_file_is_set_aside_and_hsmd_starts(make_hsmd, content):
+    def write(path):
+        if content is None:
+            os.mkdir(path)  # not even a file
+        else:
+            with open(path, "wb") as f:
+                f.write(content)
+
+    daemon, path = _start_over_connections(make_hsmd, write)
+    proxy = daemon.proxy()
+    assert proxy.ping()["status"]["code"] == 0
+    assert path in daemon.log_text()
+    assert os.path.exists(path + ".damaged") and not os.path.exists(path)
+    assert _managed(proxy) == []
+    assert proxy.manageStorageServer(f"localfs://{daemon.root}", "after")["status"]["code"] == 0
+
+
+def test_damaged_connection_entries_are_dropped_and_the_others_kept(make_hsmd):
+    def write(path):
+        with open(path, "w") as f:
+            json.dump({"kept": f"localfs://{os.path.dirname(path)}", "a/b": "localfs:///tmp", "number": 5,
+                       "a-list": ["localfs:///tmp"], "bad-uri": "gopher://x"}, f)
+
+    daemon, path = _start_over_connections(make_hsmd, write)
+    proxy = daemon.proxy()
+    assert proxy.ping()["status"]["code"] == 0
+    assert _managed(proxy) == ["kept"]
+    log = daemon.log_text()
+    for cid in ("a/b", "number", "a-list", "bad-uri"):
+        assert f"Dropping stored connection {cid!r} of {path}" in log

@@ -109,16 +109,29 @@ def test_cli_config_dump_of_a_bad_file(tmp_path):
 
 
 @pytest.mark.parametrize("value, size", [("1073741824", 2**30), (512, 512), ("0", 0),
-                                         ("107374182400", 100 * 2**30)])
+                                         ("107374182400", 100 * 2**30), (" 512 ", 512), ("0" * 30 + "512", 512),
+                                         ("18446744073709551616", 2**64)])
 def test_sizes_read_from_strings_or_ints(value, size):
     from hsm.sizes import format_size, parse_size
     assert parse_size("size", value) == size
     assert format_size(size) == str(size)
 
 
-@pytest.mark.parametrize("value", ["-1", -1, "1.5", "1e9", "", True, None, "0x10"])
+@pytest.mark.parametrize("value", ["-1", -1, "1.5", "1e9", "", True, None, "0x10", "²", "١٢", "5\u0663", "+5",
+                                   "1_000", "9" * 5000, "1" + "0" * 20], ids=lambda value: repr(value)[:24])
 def test_bad_sizes_are_invalid_parameters(value):
     from hsm.errors import InvalidParameterException
     from hsm.sizes import parse_size
     with pytest.raises(InvalidParameterException):
         parse_size("size", value)
+
+
+def test_size_options_are_byte_counts_sent_as_strings(tmp_path):
+    path = write_config(str(tmp_path / "hsm.conf"), {"rpc": {"max_request_bytes": "4096"}})
+    config = hsmconfig.load(path)
+    assert config.rpc.max_request_bytes == 4096  # hsmd itself works with an int
+    assert hsmconfig.OPTIONS[("rpc", "max_request_bytes")].type_name == "bytes"
+    assert config.as_wire("rpc")["rpc"]["max_request_bytes"] == "4096"
+    assert config.as_wire("rpc")["rpc"]["port"] == 54324
+    with pytest.raises(ConfigError, match=r"\[rpc\] max_request_bytes = '-1': expected bytes"):
+        hsmconfig.load(None, {("rpc", "max_request_bytes"): "-1"})

@@ -1,10 +1,25 @@
 """Bad input to the image verbs: each gets a clear code, and nothing in the repository changes."""
 
 import os
+import subprocess
 
 import pytest
 
-from tests.images_helpers import GiB, MiB, code, local_path, new_disk, new_snapshot, ok, qemu_write, top_path
+from tests.images_helpers import (
+    GiB,
+    MiB,
+    backing_chain,
+    code,
+    local_path,
+    new_disk,
+    new_snapshot,
+    ok,
+    qemu_write,
+    top_path,
+    wait_image,
+)
+
+LARGEST = 2**51  # the largest qcow2 image qemu-img makes with its 64 KiB clusters (checked below)
 
 
 def repository_state(proxy, daemon) -> tuple:
@@ -30,6 +45,51 @@ def test_sizes_must_be_positive_multiples_of_512(setup, size):
     answer = proxy.createVirtualDisk("local", size, "", {}, {})
     assert code(answer) == 1000 and "size" in answer["status"]["message"]
     assert repository_state(proxy, daemon) == before
+
+
+@pytest.mark.parametrize("size", ["\u00b2", "\u0665\u0661\u0662", "9" * 5000, str(512 * 10**18)],
+                         ids=["superscript-two", "arabic-indic-512", "5000-digits", "21-digits"])
+def test_sizes_are_ascii_decimal_strings(setup, size):
+    daemon, proxy, _, _ = setup
+    before = repository_state(proxy, daemon)
+    answer = proxy.createVirtualDisk("local", size, "", {}, {})
+    assert code(answer) == 1000 and "size" in answer["status"]["message"], answer
+    assert len(answer["status"]["message"]) < 200  # a huge size is not echoed whole
+    assert repository_state(proxy, daemon) == before
+
+
+@pytest.mark.parametrize("size", [LARGEST + 512, 2**60, 2**63 - 512, 2**63, 2**64],
+                         ids=["max+512", "1EiB", "2**63-512", "2**63", "2**64"])
+def test_sizes_qemu_img_cannot_make_are_refused_at_commit(setup, size):
+    daemon, proxy, _, _ = setup
+    before = repository_state(proxy, daemon)
+    answer = proxy.createVirtualDisk("local", str(size), "", {}, {"autoFix": True})
+    assert code(answer) == 1000, answer
+    assert str(LARGEST) in answer["status"]["message"]
+    assert repository_state(proxy, daemon) == before
+
+
+def test_largest_is_the_limit_of_this_qemu_img(tmp_path):
+    def create(size, *backing):
+        return subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", *backing, str(tmp_path / f"{size}.qcow2"),
+                               str(size)], capture_output=True, text=True, timeout=60)
+
+    assert create(LARGEST).returncode == 0
+    assert "too large" in create(LARGEST + 512).stderr
+    backing = ["-b", str(tmp_path / f"{LARGEST}.qcow2"), "-F", "qcow2"]
+    assert "too large" in create(LARGEST + 512, *backing).stderr
+
+
+def test_the_largest_size_makes_a_disk_and_a_disk_on_its_snapshot(setup):
+    """LARGEST is accepted and made by qemu-img, alone and over a backing file."""
+    daemon, proxy, _, _ = setup
+    disk = ok(proxy.createVirtualDisk("local", str(LARGEST), "", {}, {"autoFix": True}))["imageId"]
+    assert wait_image(proxy, "local", disk)["size"] == str(LARGEST)
+    snapshot = new_snapshot(proxy, disk)
+    child = ok(proxy.createVirtualDisk("local", str(LARGEST), snapshot, {}, {"autoFix": True}))["imageId"]
+    wait_image(proxy, "local", child)
+    chain = backing_chain(top_path(proxy, "local", child))
+    assert [layer["virtual-size"] for layer in chain] == [LARGEST] * len(chain) and len(chain) >= 2
 
 
 def test_a_disk_on_a_snapshot_is_not_smaller_than_it(setup):

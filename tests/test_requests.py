@@ -1,10 +1,13 @@
 """options.requestId: the idempotency plumbing every mutating verb goes through.
 
-These tests drive hsm.api's Dispatcher in-process with a small verb group made
-here, since the foundation has no mutating storage verb yet; the records are
-real files under a real state folder.
+Most tests drive hsm.api's Dispatcher in-process with a small verb group made
+here; the records are real files under a real state folder. What hsmd does
+with damaged records at start-up is tested on a real hsmd.
 """
 
+import hashlib
+import json
+import os
 import threading
 import time
 
@@ -118,3 +121,53 @@ def test_no_lock_is_kept_for_finished_calls(tmp_path):
     d.call("createThing", ["", {"requestId": "failed"}])
     d.call("createThing", ["a", {"requestId": "worked"}])
     assert d.requests._busy == {}
+
+
+def _record_path(folder, request_id):
+    return os.path.join(folder, hashlib.sha256(request_id.encode()).hexdigest() + ".json")
+
+
+def test_damaged_records_are_logged_and_dropped_at_start(make_hsmd):
+    """A real hsmd starts over damaged request records, names each in its log, and still honours good ones."""
+    daemon = make_hsmd().start()
+    first = daemon.proxy().createVirtualDisk("local", "1048576", "", {}, {"requestId": "good", "autoFix": False})
+    assert first["status"]["code"] == 0
+    assert daemon.stop() == 0
+    folder = os.path.join(daemon.state_dir, "requests")
+    answer = {"status": {"code": 0, "message": "OK"}, "imageId": "x"}
+    whole = {"verb": "createVirtualDisk", "fingerprint": "f" * 64, "answer": answer, "time": time.time()}
+    damaged = {
+        "no-time": {k: v for k, v in whole.items() if k != "time"},
+        "time-a-string": {**whole, "time": "yesterday"},
+        "time-null": {**whole, "time": None},
+        "time-nan": {**whole, "time": float("nan")},
+        "answer-a-list": {**whole, "answer": [1, 2]},
+        "answer-a-failure": {**whole, "answer": {"status": {"code": 100, "message": "x"}}},
+        "fingerprint-an-int": {**whole, "fingerprint": 7},
+        "verb-missing": {k: v for k, v in whole.items() if k != "verb"},
+    }
+    paths = []
+    for request_id, record in damaged.items():
+        paths.append(_record_path(folder, request_id))
+        with open(paths[-1], "w") as f:
+            json.dump({"requestId": request_id, **record}, f)
+    for name, data in [("list", b"[1, 2, 3]"), ("string", b'"just a string"'), ("garbage", b"\xff\xfe\x00\x01"),
+                       ("deep", b"[" * 100000), ("empty", b""),
+                       ("id-an-int", json.dumps({**whole, "requestId": 5}).encode()),
+                       ("other-file", json.dumps({**whole, "requestId": "elsewhere"}).encode())]:
+        paths.append(os.path.join(folder, f"{name}.json"))
+        with open(paths[-1], "wb") as f:
+            f.write(data)
+    os.mkdir(os.path.join(folder, "folder.json"))
+
+    proxy = daemon.start().proxy()
+    assert proxy.ping()["status"]["code"] == 0
+    log = daemon.log_text()
+    for path in paths + [os.path.join(folder, "folder.json")]:
+        assert path in log, path
+    assert not any(os.path.exists(path) for path in paths)
+    again = proxy.createVirtualDisk("local", "1048576", "", {}, {"requestId": "good", "autoFix": False})
+    assert again == first
+    for request_id in damaged:  # a dropped record leaves its requestId free: the call runs
+        answer = proxy.createVirtualDisk("local", "1048576", "", {}, {"requestId": request_id, "autoFix": False})
+        assert answer["status"]["code"] == 0 and answer["imageId"] != "x", answer

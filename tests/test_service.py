@@ -10,6 +10,7 @@ import xmlrpc.client
 import pytest
 
 import hsm
+from hsm import config as hsmconfig
 from tests.hsmd import HSMD, free_port
 
 
@@ -41,6 +42,20 @@ def test_config_whole_and_one_section(make_hsmd):
         "status": {"code": 0, "message": "OK"},
         "config": {"tasks": {"mode": "non-transparent", "thread_pool_size": 10, "max_tasks": 500,
                              "finished_ttl": 3600, "diagnostics": False}}}
+
+
+def test_config_sizes_travel_as_decimal_strings(make_hsmd):
+    """Every option of the size type answers as a decimal string (api.md), even past XML-RPC's int range."""
+    daemon = make_hsmd(config={"rpc": {"max_request_bytes": 3 * 2**30}}).start()
+    config = daemon.proxy().getHsmConfig()["config"]
+    assert config["rpc"]["max_request_bytes"] == str(3 * 2**30)
+    sizes = [opt for opt in hsmconfig.OPTIONS.values() if opt.type_name == "bytes"]
+    assert sizes
+    for opt in sizes:
+        value = config[opt.section][opt.name]
+        assert isinstance(value, str) and value.isascii() and value.isdigit(), (opt, value)
+    assert daemon.proxy().getHsmConfig("rpc")["config"]["rpc"]["max_request_bytes"] == str(3 * 2**30)
+    assert config["rpc"]["threads"] == 16  # counts that are not sizes stay ints
 
 
 def test_config_unknown_section_is_invalid_parameter(hsmd):

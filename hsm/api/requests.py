@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -29,6 +30,28 @@ def fingerprint(verb: str, args: list) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+_FIELDS = {"requestId": (str, "a string"), "verb": (str, "a string"), "fingerprint": (str, "a string"),
+           "answer": (dict, "a struct"), "time": ((int, float), "a number")}
+
+
+def _checked(record: object) -> dict:
+    """A stored record whose every field has the type run() relies on, else ValueError naming what is wrong."""
+    if not isinstance(record, dict):
+        raise ValueError(f"expected a JSON object, found {type(record).__name__}")
+    for name, (kind, what) in _FIELDS.items():
+        value = record.get(name)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ValueError(f"field {name!r} is {value!r:.60}, expected {what}")
+    if not math.isfinite(record["time"]):
+        raise ValueError(f"field 'time' is {record['time']!r}, expected a finite number")
+    if not 0 < len(record["requestId"]) <= MAX_REQUEST_ID:
+        raise ValueError(f"field 'requestId' is not 1 to {MAX_REQUEST_ID} characters")
+    status = record["answer"].get("status")
+    if not isinstance(status, dict) or status.get("code") != 0:
+        raise ValueError("field 'answer' is not a successful answer (only those are kept)")
+    return record
+
+
 class RequestLog:
     def __init__(self, folder: str | None, ttl: float) -> None:
         self._folder = folder
@@ -45,21 +68,33 @@ class RequestLog:
         return os.path.join(self._folder or "", name + ".json")
 
     def _load(self) -> None:
+        """Read the kept answers; a damaged record is logged with its path and removed, never fatal."""
         now = time.time()
         for entry in os.scandir(self._folder):
             if not entry.name.endswith(".json"):
                 continue
             try:
                 with open(entry.path, encoding="utf-8") as f:
-                    record = json.load(f)
-            except (OSError, ValueError) as e:
-                log.warning("Dropping unreadable request record %s: %s", entry.path, e)
-                atomic_remove(entry.path)
+                    record = _checked(json.load(f))
+            except (OSError, ValueError, RecursionError) as e:  # RecursionError: JSON nested too deep
+                log.warning("Dropping damaged request record %s: %s", entry.path, e)
+                self._drop(entry.path)
                 continue
-            if now - record["time"] > self._ttl:
-                atomic_remove(entry.path)
+            if entry.name != os.path.basename(self._path(record["requestId"])):
+                log.warning("Dropping request record %s: it holds requestId %r of another file",
+                            entry.path, record["requestId"])
+                self._drop(entry.path)
+            elif now - record["time"] > self._ttl:
+                self._drop(entry.path)
             else:
                 self._answers[record["requestId"]] = record
+
+    @staticmethod
+    def _drop(path: str) -> None:
+        try:
+            atomic_remove(path)
+        except OSError as e:  # a folder named *.json, a read-only state dir: skip it, start anyway
+            log.warning("Cannot remove request record %s: %s", path, e)
 
     def run(self, request_id: object, verb: str, args: list, call: Callable[[], dict]) -> dict:
         """Answer from the log if this requestId is known, else call and remember a success."""

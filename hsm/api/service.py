@@ -48,7 +48,7 @@ class ServiceAPI:
         if section is not None and not isinstance(section, str):
             raise InvalidParameterException(f"section={section!r}: expected a string")
         try:
-            return {"config": self._config.as_dict(section or None)}
+            return {"config": self._config.as_wire(section or None)}
         except ConfigError as e:
             raise InvalidParameterException(e.detail) from None
 
