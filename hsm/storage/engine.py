@@ -335,12 +335,12 @@ class Engine:
                                               task_id)
 
     def needed_by(self, repo: FileRepository, image: Image) -> list[str]:
-        """Unfinished operations that will read `image`: creates and copies on its volumes, copies of it.
+        """Unfinished operations that will read `image`: any intent of an image on its volumes, copies of it.
 
-        Removing it first would lose data they need, so its removal waits for them.
+        Removing it first could lose data they need, so its removal waits for them.
         """
         waiting = [f"{other.intent['op']} of {other.id}" for other in repo.dependents(image)
-                   if not other.removed and other.intent.get("op") in ("create", "copy")]
+                   if not other.removed and other.intent]
         for target in list(self.repositories.values()):
             waiting += [f"copy {copy} in {target.id}" for copy in target.copies_pending(repo.uuid, image.id)]
         return waiting

@@ -138,6 +138,10 @@ class FileRepository:
             except ValueError as e:
                 log.error("Image record %s in %s is unreadable: %s", name, self.id, e)
                 unreadable[image_id] = str(e)
+        for image_id, reason in _conflicts(images).items():
+            log.error("Image record %s in %s conflicts with another: %s", image_id, self.id, reason)
+            unreadable[image_id] = reason
+            del images[image_id]
         with self.lock:
             self.images = images
             self.unreadable = unreadable
@@ -169,6 +173,10 @@ class FileRepository:
                 continue
             except ValueError as e:
                 self.unreadable[image_id] = str(e)
+                continue
+            conflict = _conflicts({**self.images, image_id: image}).get(image_id)
+            if conflict:
+                self.unreadable[image_id] = conflict
                 continue
             with self.lock:
                 if image_id in self.unreadable:
@@ -344,3 +352,30 @@ class FileRepository:
                 "readDelay": f"{health.read_delay:.6f}", "freeBytes": str(health.free),
                 "totalBytes": str(health.total), "path": self.path, "lastError": health.error,
                 "capabilities": {"offload": [], "leases": False}}
+
+
+def _conflicts(images: dict[str, Image]) -> dict[str, str]:
+    """Records that claim to own a volume another record owns: {image id: why}.
+
+    A volume has one owner; the only double claim that is right is a snapshot
+    not yet complete and the disk it snapshots. Of other claimants, the removed
+    ones are set aside (a clean would delete what a live image reads), or all
+    of them when none or several are live: none is changed.
+    """
+    owners: dict[str, list[Image]] = {}
+    for image in images.values():
+        for vol in image.own:
+            owners.setdefault(vol.id, []).append(image)
+    found = {}
+    for vol_id, claims in owners.items():
+        if len(claims) < 2:
+            continue
+        snapshots = {c.intent.get("disk") for c in claims if c.intent.get("op") == "snapshot" and not c.removed}
+        if len(claims) == 2 and any(c.id in snapshots for c in claims):
+            continue
+        live = [c for c in claims if not c.removed]
+        suspects = [c for c in claims if c.removed] if len(live) == 1 else claims
+        for image in suspects:
+            others = ", ".join(c.id for c in claims if c is not image)
+            found[image.id] = f"it claims volume {vol_id}, which {others} owns as well"
+    return found

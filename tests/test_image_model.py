@@ -1,0 +1,1031 @@
+"""A model of the image engine, walked at random against a real hsmd with real qemu-img volumes.
+
+A plain Python model holds every image the test was told exists and what it
+must read (a pattern per slot). Each step applies one rule: create a disk
+(empty or on a snapshot), snapshot, copy (whole or on a base snapshot, within
+a repository or to the other one), remove, each with autoFix true or false
+and strategy space or performance; check a repository and run some of its
+fixes in any order; write a pattern into a disk through prepareImage; keep an
+image prepared and tear it down; kill -9 hsmd (at rest, or in the middle of
+a call) and start it again; write a damaged image record. After every step:
+
+- every acknowledged image not removed is listed, and once usable and idle
+  reads exactly what the model says; no optimized or degraded image lacks a
+  volume, and none that was usable turns broken;
+- a refusal or a success is the one the model predicts (203 while an
+  unfinished intent or a VM needs the image, 227 while it is not usable);
+- no task id a client was given answers 401;
+- nothing outside the repositories changes (sentinel folders beside them);
+- a prepared image keeps its chain (never optimized or merged under the VM);
+- damaged records are reported (broken with 207, or fixable: false) and
+  never make hsmd touch files they name;
+- `settle` (some steps, and the end): check plus fixes converge, then every
+  image is optimized, passes qemu-img check, its chain is what getImageInfo
+  says, and no volume file or record is left that no image owns.
+
+The walk is seeded: HSM_MODEL_SEED picks the seed (CI uses a fixed one) and
+HSM_MODEL_STEPS the length; each step draws from its own Random(seed/step), so
+a step does the same thing on a replay whatever timing did to the steps
+before. A failure prints the seed, the replay command and the step log.
+HSM_MODEL_KEEP_GOING=1 records violations and walks on, failing at the end
+with all of them (the model adopts what hsmd did).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import uuid
+import xmlrpc.client
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from xml.parsers.expat import ExpatError
+
+import pytest
+
+from hsm.rpc.client import ServiceProxy
+from tests.images_helpers import MiB, backing_chain, code, local_path, ok, qemu_check, qemu_write
+
+KiB = 1024
+SLOT = 64 * KiB
+SLOTS = (0, 320 * KiB, 832 * KiB, 1600 * KiB)  # all below the smallest size
+SIZES = (2 * MiB, 3 * MiB, 4 * MiB)
+MAX_LIVE = 12
+MAX_DAMAGED = 3
+REPOS = ("local", "second")
+DISK, SNAPSHOT = "disk", "snapshot"
+PENDING, INFLIGHT, DONE = "pending", "inflight", "done"  # an intent: not started, maybe running, complete
+BUSY, NOT_READY, UNREADABLE, UNKNOWN_TASK = 203, 227, 207, 401
+IMAGE_EXISTS, BAD_PARAMETER, NOT_A_CHAIN, INVALID_FIX = 5010, 1000, 262, 5013
+CRASHED = (OSError, http.client.HTTPException, xmlrpc.client.ProtocolError, ExpatError)
+CI_SEED = 20261201
+CI_STEPS = 250
+WAIT = 180.0  # seconds any one wait may take on a busy machine
+
+
+class Violation(AssertionError):
+    pass
+
+
+@dataclass
+class Img:
+    name: str                   # short, for the step log: d3, s4, c5
+    id: str
+    repo: str
+    kind: str
+    size: int
+    data: list[int]             # the pattern each slot reads (0: zeros)
+    chain: list[str]            # snapshots in the same repository it reads through, nearest first
+    op: str                     # the intent it was committed with: create, snapshot, copy
+    phase: str
+    performance: bool = False   # a disk on a snapshot, to be copied out of it
+    source: tuple[str, str] | None = None  # a copy's source
+    base: str = ""              # a copy's base snapshot
+    disk: str = ""              # a snapshot's disk
+    seen_usable: bool = False
+    tainted: bool = False       # read wrong once (keep-going mode): its data is not checked again
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.repo, self.id
+
+    @property
+    def label(self) -> str:
+        return f"{self.repo}/{self.name}"
+
+
+@dataclass
+class Op:
+    """One verb call with the answers the model allows and what a success changes."""
+    text: str
+    verb: str
+    args: tuple
+    must: set[int] = field(default_factory=set)   # refusals the model requires (any one of them)
+    maybe: set[int] = field(default_factory=set)  # refusals timing allows
+    apply: Callable[[dict], None] | None = None
+    new: Img | None = None        # the image a success makes
+    removes: Img | None = None    # the image a success removes
+    why: list[str] = field(default_factory=list)  # what the model expects a refusal for
+
+    def allowed(self) -> set[int]:
+        return self.must | self.maybe if self.must else {0} | self.maybe
+
+
+@dataclass
+class Prepared:
+    path: str
+    chain: list[str]
+
+
+def need(img: Img, must: set[int], maybe: set[int], refusal: int) -> None:
+    """`refusal` is required while img's intent has not started, possible while it may run."""
+    if img.phase == PENDING:
+        must.add(refusal)
+    elif img.phase == INFLIGHT:
+        maybe.add(refusal)
+
+
+def contents(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def tree(folder: str) -> dict[str, bytes]:
+    found = {}
+    for top, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            path = os.path.join(top, name)
+            found[os.path.relpath(path, folder)] = b"" if os.path.isdir(path) else contents(path)
+    return found
+
+
+def qemu_slots(path: str, data: list[int]) -> str:
+    """'' when the image reads `data` (a pattern per slot); else what qemu-io said."""
+    argv = ["qemu-io", "-r", "-U", "-f", "qcow2"]
+    for offset, pattern in zip(SLOTS, data, strict=True):
+        argv += ["-c", f"read -P {pattern} {offset} {SLOT}"]
+    done = subprocess.run(argv + [path], capture_output=True, text=True)
+    if done.returncode != 0 or "fail" in done.stdout.lower():
+        return (done.stdout + done.stderr).strip()
+    return ""
+
+
+class Walk:
+    def __init__(self, daemon, root: str, seed: int, steps: int, keep_going: bool = False) -> None:
+        self.daemon, self.root, self.seed, self.steps, self.keep_going = daemon, root, seed, steps, keep_going
+        self.paths = {"local": local_path(daemon), "second": os.path.join(root, "repos", "second")}
+        self.sentinels = [os.path.join(daemon.state_dir, "sentinel"), os.path.join(root, "repos", "sentinel")]
+        self.images: dict[tuple[str, str], Img] = {}
+        self.removed: dict[tuple[str, str], Img] = {}    # acknowledged removes whose record may still be there
+        self.prepared: dict[tuple[str, str], Prepared] = {}
+        self.damaged: dict[tuple[str, str], str] = {}   # record file id -> what was wrong with it
+        self.protected: dict[str, bytes] = {}           # files a damaged record names: they must survive
+        self.strays: set[tuple[str, str]] = set()        # listed without the model knowing them (reported once)
+        self.unreported: set[tuple[str, str]] = set()    # damaged records found not reported (reported once)
+        self.tasks: dict[str, int] = {}                  # every task id a client saw -> the step it was seen
+        self.log: list[str] = []
+        self.violations: list[str] = []
+        self.stats: Counter[str] = Counter()            # what the walk did: verb -> code, reads, restarts
+        self.step = -1
+        self.names = 0
+        self.patterns = 0
+        self.proxy = None
+
+    # -- the walk ------------------------------------------------------------
+
+    def run(self) -> None:
+        started = time.monotonic()
+        print(f"image model: seed {self.seed}, {self.steps} steps")
+        try:
+            self.setup()
+            rules = [(self.rule_create, 14), (self.rule_snapshot, 12), (self.rule_copy, 10), (self.rule_remove, 10),
+                     (self.rule_remove_prepared, 3), (self.rule_fix_some, 7), (self.rule_settle, 2),
+                     (self.rule_write, 12), (self.rule_prepare, 4), (self.rule_teardown, 5),
+                     (self.rule_restart, 4), (self.rule_kill_mid_call, 5), (self.rule_damage, 2)]
+            for step in range(self.steps):
+                self.step = step
+                rng = random.Random(f"{self.seed}/{self.step}")
+                rule = rng.choices([r for r, _ in rules], [w for _, w in rules])[0]
+                rule(rng)
+                self.check_step()
+            self.step = self.steps
+            self.note("final settle")
+            self.settle(random.Random(f"{self.seed}/end"), teardown=True)
+        except Exception as e:
+            raise AssertionError(self.report(f"{type(e).__name__}: {e}")) from e
+        print("\n".join(self.log))
+        print(", ".join(f"{what}: {n}" for what, n in sorted(self.stats.items())))
+        print(f"image model: seed {self.seed} walked {self.steps} steps in {time.monotonic() - started:.0f} s")
+        if self.violations:
+            raise AssertionError(self.report(f"{len(self.violations)} violations"))
+
+    def report(self, what: str) -> str:
+        names = ", ".join(f"{img.name}={img.id}" for img in [*self.images.values(), *self.removed.values()])
+        return "\n".join([
+            f"image model failed at step {self.step}: {what}",
+            f"replay: HSM_MODEL_SEED={self.seed} HSM_MODEL_STEPS={self.steps} "
+            ".venv/bin/python -m pytest tests/test_image_model.py -k test_image_model_walk",
+            f"hsmd log: {self.daemon.log_path}", "violations:", *self.violations, "steps:", *self.log,
+            f"ids: {names}", f"damaged records: {self.damaged}"])
+
+    def note(self, line: str) -> None:
+        self.log.append(f"{self.step:4d} {line}")
+
+    def violate(self, what: str, detail: str) -> None:
+        line = f"step {self.step}: {what}: {detail}"
+        self.log.append(f"     !! {what}: {detail}")
+        if not self.keep_going:
+            raise Violation(line)
+        self.violations.append(line)
+
+    def setup(self) -> None:
+        for folder in self.sentinels:
+            os.makedirs(os.path.join(folder, "nested"), exist_ok=True)
+            for name in ("victim.qcow2", "victim-abs.qcow2", "nested/keep"):
+                with open(os.path.join(folder, name), "wb") as f:
+                    f.write(f"{name}: outside every repository\n".encode())
+        os.makedirs(self.paths["second"])
+        self.outside = {folder: tree(folder) for folder in self.sentinels}
+        self.daemon.start()
+        self.proxy = self.daemon.proxy(timeout=60)
+        params = {"path": self.paths["second"]}
+        ok(self.proxy.createStorageRepository("localfs-1", params, {}))
+        ok(self.proxy.connectStorageRepository("second", "localfs-1", params, {}))
+
+    # -- the model -------------------------------------------------------------
+
+    def live(self, repo: str | None = None, kind: str | None = None) -> list[Img]:
+        return [img for img in self.images.values() if (repo is None or img.repo == repo)
+                and (kind is None or img.kind == kind)]
+
+    @staticmethod
+    def new_id(rng: random.Random) -> str:
+        return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+
+    def name(self, prefix: str) -> str:
+        self.names += 1
+        return f"{prefix}{self.names}"
+
+    def add(self, img: Img) -> None:
+        self.removed.pop(img.key, None)
+        self.images[img.key] = img
+        self.learn_tasks(img)
+
+    def learn_tasks(self, img: Img) -> None:
+        answer = self.proxy.getImageStatus(img.repo, img.id)
+        if code(answer) == 0:
+            for task_id in answer["image"]["tasks"]:
+                self.tasks.setdefault(task_id, self.step)
+
+    def chosen(self, rng: random.Random, options: list):
+        return rng.choice(options) if options else None
+
+    def options(self, rng: random.Random) -> dict:
+        return {"autoFix": rng.random() < 0.7, "strategy": rng.choice(["space", "performance"])}
+
+    # -- planning a verb ---------------------------------------------------------
+
+    def plan_create(self, rng: random.Random, caller_id: bool = False) -> Op | None:
+        repo = rng.choice(REPOS)
+        snapshots = self.live(repo, SNAPSHOT)
+        base = self.chosen(rng, snapshots) if rng.random() < 0.6 else None
+        size = max(rng.choice(SIZES), base.size if base else 0)
+        opts = self.options(rng)
+        new_id = self.new_id(rng) if caller_id else ""
+        if new_id:
+            opts["imageId"] = new_id
+        op = Op(f"createVirtualDisk {repo} {size // MiB}M base={base.label if base else '-'} {opts}",
+                "createVirtualDisk", (repo, str(size), base.id if base else "", {}, opts))
+        if base:
+            need(base, op.must, op.maybe, NOT_READY)
+        disk = Img(self.name("d"), new_id, repo, DISK, size, list(base.data) if base else [0] * len(SLOTS),
+                   [base.id, *base.chain] if base else [], "create", INFLIGHT if opts["autoFix"] else PENDING,
+                   performance=bool(base) and opts["strategy"] == "performance")
+
+        def apply(answer: dict) -> None:
+            disk.id = answer["imageId"]
+            self.add(disk)
+        op.apply, op.new = apply, disk
+        return op
+
+    def plan_snapshot(self, rng: random.Random, caller_id: bool = False) -> Op | None:
+        disk = self.chosen(rng, [d for d in self.live(kind=DISK) if d.key not in self.prepared])
+        if disk is None:
+            return None
+        opts = self.options(rng)
+        new_id = self.new_id(rng) if caller_id else ""
+        if new_id:
+            opts["imageId"] = new_id
+        op = Op(f"createSnapshot {disk.label} {opts}", "createSnapshot", (disk.repo, disk.id, {}, opts))
+        need(disk, op.must, op.maybe, NOT_READY)
+        if disk.phase == INFLIGHT or disk.performance and disk.phase != DONE:
+            op.maybe.add(BUSY)  # its own fix may be running
+        for other in self.images.values():
+            if other.op == SNAPSHOT and other.key != disk.key and (other.repo, other.disk) == disk.key:
+                need(other, op.must, op.maybe, BUSY)  # a snapshot of it not complete
+            if other.source == disk.key and other.phase == INFLIGHT:
+                op.maybe.add(BUSY)  # a copy may be reading it
+        for below in disk.chain:
+            if (disk.repo, below) in self.removed:
+                need(self.removed[(disk.repo, below)], op.must, op.maybe, BUSY)  # not merged yet
+        snapshot = Img(self.name("s"), new_id, disk.repo, SNAPSHOT, disk.size, list(disk.data), list(disk.chain),
+                       SNAPSHOT, INFLIGHT if opts["autoFix"] else PENDING, disk=disk.id)
+
+        def apply(answer: dict) -> None:
+            snapshot.id = answer["imageId"]
+            disk.chain = [snapshot.id, *disk.chain]
+            self.add(snapshot)
+        op.apply, op.new = apply, snapshot
+        return op
+
+    def plan_copy(self, rng: random.Random, caller_id: bool = False) -> Op | None:
+        source = self.chosen(rng, self.live())
+        if source is None:
+            return None
+        target = rng.choice(REPOS)
+        bases = [b for b in source.chain if (source.repo, b) in self.images and (target, b) in self.images]
+        base = self.images[(target, rng.choice(bases))] if bases and rng.random() < 0.6 else None
+        opts = {**self.options(rng), "imageHints": {source.id: source.repo}}
+        new_id = source.id if source.kind == SNAPSHOT else self.new_id(rng) if caller_id else ""
+        if new_id and source.kind == DISK:
+            opts["imageId"] = new_id
+        op = Op(f"copyImage {source.label} -> {target} base={base.label if base else '-'} {opts}", "copyImage",
+                (target, source.id, base.id if base else "", {}, opts))
+        need(source, op.must, op.maybe, NOT_READY)
+        if base:
+            need(base, op.must, op.maybe, NOT_READY)
+            need(base, op.must, op.maybe, BAD_PARAMETER)
+            if source.performance and source.phase != DONE:
+                op.maybe.add(NOT_A_CHAIN)  # its optimize may have copied it out of the base
+        held = self.images.get((target, source.id)) if source.kind == SNAPSHOT else None
+        if held is not None:  # already there: success with the same id, nothing else
+            op.must.clear()
+            if source.phase != DONE:
+                op.maybe.add(NOT_READY)
+
+            def same(answer: dict) -> None:
+                if answer["imageId"] != source.id:
+                    self.violate("a snapshot copied where it is changed its id", f"{source.id} -> {answer['imageId']}")
+            op.apply = same
+            return op
+        if source.kind == SNAPSHOT and (target, source.id) in self.removed:
+            op.maybe |= {IMAGE_EXISTS, BUSY}  # its removed record may still be there
+        copy = Img(self.name("c"), new_id, target, source.kind, source.size, list(source.data),
+                   [base.id, *base.chain] if base else [], "copy", INFLIGHT if opts["autoFix"] else PENDING,
+                   source=source.key, base=base.id if base else "")
+
+        def apply(answer: dict) -> None:
+            if source.kind == SNAPSHOT and answer["imageId"] != source.id:
+                self.violate("a copied snapshot changed its id", f"{source.id} -> {answer['imageId']}")
+            copy.id = answer["imageId"]
+            self.add(copy)
+        op.apply, op.new = apply, copy
+        return op
+
+    def plan_remove(self, rng: random.Random, target: Img | None = None) -> Op | None:
+        target = target or self.chosen(rng, self.live())
+        if target is None:
+            return None
+        opts = {"autoFix": rng.random() < 0.7}
+        op = Op(f"removeImage {target.label} {opts}", "removeImage", (target.repo, target.id, opts))
+        if target.key in self.prepared:
+            op.must.add(BUSY)
+            op.why.append("prepared")
+        if target.phase != DONE:
+            op.maybe.add(BUSY)  # its own fix may be running, or its snapshot is not complete
+        for other in self.images.values():
+            if other.key == target.key or other.phase == DONE:
+                continue
+            reads = other.repo == target.repo and target.id in other.chain
+            if reads or other.source == target.key or (other.repo, other.disk) == target.key:
+                need(other, op.must, op.maybe, BUSY)
+                op.why.append(f"{other.phase} {other.op} of {other.label} needs it")
+            elif other.source and other.source[0] == target.repo and target.id in self.chain_of(other.source):
+                op.maybe.add(BUSY)  # below the source of an unfinished copy
+        for gone in self.removed.values():
+            if gone.repo == target.repo and target.id in gone.chain:
+                op.maybe.add(BUSY)
+            if gone.repo == target.repo and gone.id in target.chain and gone.phase == INFLIGHT:
+                op.maybe.add(BUSY)  # the merge of a removed snapshot below it may be rebasing it
+
+        def apply(answer: dict) -> None:
+            del self.images[target.key]
+            self.prepared.pop(target.key, None)
+            target.phase = INFLIGHT if opts["autoFix"] else PENDING
+            self.removed[target.key] = target
+        op.apply, op.removes = apply, target
+        return op
+
+    def chain_of(self, key: tuple[str, str]) -> list[str]:
+        img = self.images.get(key) or self.removed.get(key)
+        return img.chain if img else []
+
+    def plan_prepare(self, img: Img) -> Op:
+        op = Op(f"prepareImage {img.label}", "prepareImage", (img.repo, img.id, {}))
+        need(img, op.must, op.maybe, NOT_READY)
+        if img.phase == INFLIGHT:
+            op.maybe.add(BUSY)
+        if img.performance and img.phase != DONE:
+            op.maybe.add(BUSY)  # being optimized
+        for other in self.images.values():
+            if other.op == SNAPSHOT and other.key != img.key and (other.repo, other.disk) == img.key:
+                need(other, op.must, op.maybe, BUSY)
+
+        def apply(answer: dict) -> None:
+            info = ok(self.proxy.getImageInfo(img.repo, img.id))["image"]
+            if answer["path"] != info["volumes"][0]["path"]:
+                self.violate("prepareImage gave another path than the top volume", f"{answer['path']} {info}")
+            self.prepared[img.key] = Prepared(answer["path"], self.files_of(answer["path"]))
+        op.apply = apply
+        return op
+
+    def plan_fix(self, rng: random.Random) -> Op | None:
+        repo = rng.choice(REPOS)
+        entries = [e for e in self.check(repo) if e.get("fix")]
+        entry = self.chosen(rng, entries)
+        if entry is None:
+            return None
+        return self.fix_op(repo, entry)
+
+    def fix_op(self, repo: str, entry: dict) -> Op:
+        key = (repo, entry["imageId"])
+        img = self.images.get(key) or self.removed.get(key)
+        op = Op(f"fixStorageRepository {repo} {entry['type']} {img.label if img else entry['imageId'] or '-'}",
+                "fixStorageRepository", (repo, entry["fix"], {}), maybe={INVALID_FIX})
+
+        def apply(answer: dict) -> None:
+            self.tasks.setdefault(answer["taskId"], self.step)
+            if img is not None and img.phase == PENDING:
+                img.phase = INFLIGHT
+        op.apply = apply
+        return op
+
+    # -- running a verb ----------------------------------------------------------
+
+    def perform(self, op: Op | None) -> dict | None:
+        if op is None:
+            return None
+        return self.judge(op, getattr(self.proxy, op.verb)(*op.args))
+
+    def judge(self, op: Op, answer: dict) -> dict:
+        result = code(answer)
+        self.stats[f"{op.verb} -> {result}"] += 1
+        self.note(f"{op.text} -> {result}" + (f" ({op.new.name})" if op.new and result == 0 else ""))
+        if result not in op.allowed():
+            self.violate("unexpected answer", f"{op.text}: {result} {answer['status']['message']!r}, "
+                                              f"the model allows {sorted(op.allowed())} {'; '.join(op.why)}")
+        if result == 0 and op.apply:
+            op.apply(answer)
+        return answer
+
+    # -- rules ---------------------------------------------------------------------
+
+    def rule_create(self, rng: random.Random) -> None:
+        if len(self.images) >= MAX_LIVE:
+            return self.rule_remove(rng)
+        self.perform(self.plan_create(rng))
+
+    def rule_snapshot(self, rng: random.Random) -> None:
+        if len(self.images) >= MAX_LIVE:
+            return self.rule_remove(rng)
+        self.perform(self.plan_snapshot(rng))
+
+    def rule_copy(self, rng: random.Random) -> None:
+        if len(self.images) >= MAX_LIVE:
+            return self.rule_remove(rng)
+        self.perform(self.plan_copy(rng))
+
+    def rule_remove(self, rng: random.Random) -> None:
+        self.perform(self.plan_remove(rng))
+
+    def rule_remove_prepared(self, rng: random.Random) -> None:
+        target = self.chosen(rng, sorted(self.prepared))
+        if target is not None:
+            self.perform(self.plan_remove(rng, self.images[target]))
+
+    def rule_fix_some(self, rng: random.Random) -> None:
+        repo = rng.choice(REPOS)
+        entries = [e for e in self.check(repo) if e.get("fix")]
+        rng.shuffle(entries)
+        for entry in entries[:rng.randint(1, max(1, len(entries)))]:
+            self.perform(self.fix_op(repo, entry))
+
+    def rule_settle(self, rng: random.Random) -> None:
+        self.settle(rng, teardown=rng.random() < 0.5)
+
+    def rule_prepare(self, rng: random.Random) -> None:
+        img = self.chosen(rng, [i for i in self.live() if i.key not in self.prepared])
+        if img is not None:
+            self.perform(self.plan_prepare(img))
+
+    def rule_teardown(self, rng: random.Random) -> None:
+        key = self.chosen(rng, sorted(self.prepared))
+        if key is not None:
+            self.teardown(key)
+
+    def teardown(self, key: tuple[str, str]) -> None:
+        img = self.images[key]
+        self.judge(Op(f"teardownImage {img.label}", "teardownImage", ()), self.proxy.teardownImage(*key, {}))
+        del self.prepared[key]
+
+    def rule_write(self, rng: random.Random) -> None:
+        disk = self.chosen(rng, self.live(kind=DISK))
+        if disk is None:
+            return
+        copies = [c for c in self.images.values() if c.source == disk.key and c.phase != DONE]
+        for copy in copies:
+            if copy.phase == INFLIGHT:
+                self.wait_idle_image(copy)
+        if any(c.phase != DONE for c in copies):  # the copy would read the new data: leave the disk alone
+            self.note(f"write {disk.label}: skipped, a copy of it is not complete")
+            return
+        if disk.key not in self.prepared:
+            answer = self.perform(self.plan_prepare(disk))
+            if code(answer) != 0:
+                return
+        slots = sorted(rng.sample(range(len(SLOTS)), rng.randint(1, len(SLOTS))))
+        self.patterns = self.patterns % 250 + 1
+        path = self.prepared[disk.key].path
+        self.note(f"write {disk.label} pattern {self.patterns} at slots {slots}")
+        for slot in slots:
+            try:
+                qemu_write(path, self.patterns, SLOTS[slot], SLOT)
+            except subprocess.CalledProcessError as e:
+                self.violate("a prepared disk could not be written", f"{disk.label}: {e.stderr!r}")
+                return
+            disk.data[slot] = self.patterns
+        if rng.random() < 0.6:
+            self.teardown(disk.key)
+
+    def rule_restart(self, rng: random.Random) -> None:
+        if rng.random() < 0.15:
+            self.note("SIGTERM hsmd and start it again")
+            self.daemon.stop()
+        else:
+            self.note("kill -9 hsmd and start it again")
+            self.kill()
+        self.restart()
+
+    def rule_kill_mid_call(self, rng: random.Random) -> None:
+        plan = rng.choice([self.plan_create, self.plan_snapshot, self.plan_copy, self.plan_remove, self.plan_fix])
+        op = plan(rng, caller_id=True) if plan not in (self.plan_remove, self.plan_fix) else plan(rng)
+        if op is None:
+            return
+        answers: list[dict] = []
+
+        def call() -> None:
+            proxy = ServiceProxy(self.daemon.address, timeout=30)
+            try:
+                answers.append(getattr(proxy, op.verb)(*op.args))
+            except CRASHED:
+                pass  # killed under the call: it may or may not have happened
+            finally:
+                proxy.close()
+        caller = threading.Thread(target=call)
+        caller.start()
+        time.sleep(rng.uniform(0.0, 0.06))  # the moment of the kill is the point: before, during or after the commit
+        self.kill()
+        caller.join(WAIT)
+        assert not caller.is_alive(), "a call to a killed hsmd did not end"
+        if answers:
+            self.note("(answered before the kill)")
+            self.restart(answered=(op, answers[0]))
+        else:
+            self.note(f"{op.text} -> no answer: kill -9 hsmd in the call")
+            self.restart(unanswered=op)
+
+    def kill(self) -> None:
+        self.daemon.process.send_signal(signal.SIGKILL)
+        self.daemon.process.wait()
+        self.daemon.close_proxies()
+
+    def restart(self, answered: tuple[Op, dict] | None = None, unanswered: Op | None = None) -> None:
+        """Start hsmd again; then take in the call the kill interrupted, whether answered or not."""
+        self.stats["restarts"] += 1
+        self.daemon.start(timeout=60)
+        self.proxy = self.daemon.proxy(timeout=60)
+        params = {"path": self.paths["second"]}
+        answer = self.proxy.connectStorageRepository("second", "localfs-1", params, {})
+        if code(answer) != 0:
+            self.violate("the second repository did not connect again", str(answer))
+        if answered is not None:
+            self.judge(*answered)
+        if unanswered is not None:
+            self.resolve(unanswered)
+        for img in [*self.images.values(), *self.removed.values()]:
+            if img.phase == PENDING:
+                img.phase = INFLIGHT  # the start-up resumes every unfinished intent
+        self.check_tasks(list(self.tasks))
+        for key in sorted(self.prepared):  # prepared state survives a restart
+            img = self.images[key]
+            self.judge(Op(f"removeImage {img.label} (prepared before the restart)", "removeImage", (), must={BUSY},
+                          apply=lambda answer, img=img: self.adopt_removal(img)),
+                       self.proxy.removeImage(img.repo, img.id, {}))
+            break
+        self.check_damaged()
+
+    def adopt_removal(self, img: Img) -> None:
+        self.images.pop(img.key, None)
+        self.prepared.pop(img.key, None)
+        img.phase = INFLIGHT
+        self.removed[img.key] = img
+
+    def resolve(self, op: Op) -> None:
+        """An unanswered call: both outcomes are right; the repository says which one happened."""
+        if op.new is not None and op.new.id:
+            listed = op.new.id in ok(self.proxy.getImageList(op.new.repo))["images"]
+            held = op.new.key in self.images
+            self.note(f"  {op.new.label} {'is' if listed else 'is not'} there after the restart")
+            if listed and not held:
+                op.apply({"status": {"code": 0}, "imageId": op.new.id})
+        if op.removes is not None:
+            listed = op.removes.id in ok(self.proxy.getImageList(op.removes.repo))["images"]
+            self.note(f"  {op.removes.label} {'is still' if listed else 'is not'} there after the restart")
+            if not listed:
+                op.apply({"status": {"code": 0}})
+
+    # -- damaged records -------------------------------------------------------------
+
+    def rule_damage(self, rng: random.Random) -> None:
+        if len(self.damaged) >= MAX_DAMAGED:
+            return
+        repo = rng.choice(REPOS)
+        victims = [i for i in self.live(repo) if i.phase == DONE and i.key not in self.prepared]
+        kinds = ["garbage", "torn", "escape", "absolute", "badfields"] + (["alias", "steal"] if victims else [])
+        kind = rng.choice(kinds)
+        record_id = self.new_id(rng)
+        record = {"id": record_id, "kind": DISK, "size": MiB, "base": "", "userData": {}, "state": "optimized",
+                  "intent": {}, "removed": True, "hostId": 1, "stage": "", "percentComplete": 100,
+                  "lastError": {}, "created": time.time(), "generation": 1,
+                  "volumes": [{"id": self.new_id(rng), "image": record_id, "format": "qcow2"}]}
+        repo_path = self.paths[repo]
+        sentinel = os.path.dirname(repo_path)
+        if kind == "garbage":
+            data = b"\x00\xffnot json at all"
+        elif kind == "torn":
+            data = json.dumps(record).encode()[:77]
+        elif kind in ("escape", "absolute"):
+            escape = "../../sentinel/victim" if kind == "escape" else os.path.join(sentinel, "sentinel", "victim-abs")
+            record["volumes"][0]["id"] = escape
+            data = json.dumps(record).encode()
+        elif kind == "badfields":
+            volume = os.path.join(repo_path, "volumes", record["volumes"][0]["id"] + ".qcow2")
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", volume, "1M"], check=True)
+            self.protected[volume] = contents(volume)
+            record.update(kind="volume", size="lots", base=["not", "an", "id"])
+            data = json.dumps(record).encode()
+        else:
+            victim = rng.choice(victims)
+            stolen = json.loads(contents(os.path.join(repo_path, "images", victim.id + ".json")))
+            if kind == "alias":  # a copy of another image's record under a new name, marked removed
+                stolen["removed"] = True
+                record = stolen
+            else:  # a removed record that claims the other image's own volumes
+                record["volumes"] = [v for v in stolen["volumes"] if v["image"] == victim.id]
+            data = json.dumps(record).encode()
+            kind = f"{kind} of {victim.label}"
+        path = os.path.join(repo_path, "images", record_id + ".json")
+        with open(path + ".part", "wb") as f:
+            f.write(data)
+        os.rename(path + ".part", path)
+        self.damaged[(repo, record_id)] = kind
+        self.stats[f"damaged {kind.split()[0]}"] += 1
+        self.note(f"damage: write a {kind} record {record_id} into {repo}; kill -9 hsmd and start it again")
+        self.kill()
+        self.restart()
+
+    def check_damaged(self) -> None:
+        for (repo, record_id), kind in sorted(self.damaged.items()):
+            if (repo, record_id) in self.unreported:
+                continue
+            answer = self.proxy.getImageStatus(repo, record_id)
+            image = answer.get("image", {})
+            if code(answer) == 0 and image.get("state") == "broken" and image["lastError"].get("code") == UNREADABLE:
+                continue
+            if any(e.get("fixable") is False and (e["imageId"] == record_id or record_id in e["description"])
+                   for e in self.check(repo)):
+                continue
+            self.unreported.add((repo, record_id))  # the violation is told once
+            self.violate("a damaged record is not reported", f"{kind} record {record_id} in {repo}: "
+                                                             f"getImageStatus {answer}")
+
+    # -- invariants after every step -------------------------------------------------
+
+    def check_step(self) -> None:
+        self.check_outside()
+        listed = {repo: set(ok(self.proxy.getImageList(repo))["images"]) for repo in REPOS}
+        for img in list(self.images.values()):
+            if img.id not in listed[img.repo]:
+                self.violate("an acknowledged image is gone", img.label)
+                self.images.pop(img.key)
+                self.prepared.pop(img.key, None)
+                continue
+            self.observe(img)
+        for img in list(self.removed.values()):
+            if img.id in listed[img.repo]:
+                self.violate("a removed image is listed", img.label)
+            if not os.path.exists(os.path.join(self.paths[img.repo], "images", img.id + ".json")):
+                self.reclaimed(img)
+        known = {img.key for img in self.images.values()} | set(self.damaged) | self.strays
+        for repo in REPOS:
+            for image_id in sorted(listed[repo] - {key[1] for key in known if key[0] == repo}):
+                self.strays.add((repo, image_id))
+                self.violate("an image nobody made is listed", f"{repo}/{image_id}")
+        for key, prepared in self.prepared.items():
+            if not os.path.exists(prepared.path) or self.files_of(prepared.path) != prepared.chain:
+                self.violate("a prepared image's chain changed under the VM", f"{self.images[key].label}: "
+                             f"{prepared.chain} -> {self.files_of(prepared.path)}")
+                prepared.chain = self.files_of(prepared.path)
+        self.check_tasks([task_id for task_id, seen in self.tasks.items() if seen >= self.step - 2])
+
+    def observe(self, img: Img) -> dict:
+        """Read the image's status; once it is usable and no fix works on it, what it holds."""
+        info = ok(self.proxy.getImageInfo(img.repo, img.id))["image"]
+        for task_id in info["tasks"]:
+            self.tasks.setdefault(task_id, self.step)
+        usable = info["state"] in ("optimized", "degraded")
+        if img.seen_usable and not usable:
+            img.seen_usable = False
+            self.violate("a usable image turned broken", f"{img.label}: {info['state']} {info['lastError']}")
+        if not usable or info["tasks"]:
+            return info
+        if any((img.repo, below) in self.removed for below in img.chain):
+            return info  # a merge may be rebasing it (it names only the removed snapshot)
+        missing = [v["path"] for v in info["volumes"] if not os.path.exists(v["path"])]
+        if missing:
+            self.violate("a usable image lacks volumes", f"{img.label}: {missing}")
+            return info
+        wrong = "" if img.tainted else qemu_slots(info["volumes"][0]["path"], img.data)
+        self.stats["images read"] += 1
+        if wrong:
+            img.tainted = True
+            self.violate("an image does not read what it must", f"{img.label} ({info['state']}) must read "
+                                                                f"{img.data}: {wrong}")
+        img.seen_usable = True
+        if info["state"] == "optimized" and img.phase != DONE:
+            img.phase = DONE
+            if img.performance:
+                img.chain = []
+            if img.base and (img.repo, img.base) in self.images:
+                self.check_thin_copy(img, info)
+        return info
+
+    def check_thin_copy(self, copy: Img, info: dict) -> None:
+        """A copy on a base reads through it, and holds nothing where it reads the same as its base."""
+        if len(info["volumes"]) < 2 or info["volumes"][1]["image"] != copy.base:
+            self.violate("a copy on a base does not read through it", f"{copy.label}: {info['volumes']}")
+            return
+        base = self.images[(copy.repo, copy.base)]
+        out = subprocess.run(["qemu-img", "map", "-U", "--output=json", info["volumes"][0]["path"]],
+                             capture_output=True, text=True, check=True).stdout
+        own = [(m["start"], m["start"] + m["length"]) for m in json.loads(out) if m["depth"] == 0 and m["data"]]
+        for slot, offset in enumerate(SLOTS):
+            if copy.data[slot] == base.data[slot] and any(s < offset + SLOT and offset < e for s, e in own):
+                self.violate("a copy on a base holds data its base has", f"{copy.label} slot {slot}")
+
+    def reclaimed(self, img: Img) -> None:
+        del self.removed[img.key]
+        for other in [*self.images.values(), *self.removed.values()]:
+            if other.repo == img.repo and img.id in other.chain:
+                other.chain.remove(img.id)
+
+    def check_tasks(self, task_ids: list[str]) -> None:
+        for task_id in task_ids:
+            if code(self.proxy.getTaskStatus(task_id)) == UNKNOWN_TASK:
+                self.violate("a task id a client was given answers 401", f"{task_id} (seen at step "
+                                                                         f"{self.tasks[task_id]})")
+                del self.tasks[task_id]
+
+    def check_outside(self) -> None:
+        for folder, before in self.outside.items():
+            now = tree(folder)
+            if now != before:
+                changed = sorted(set(now) ^ set(before) | {n for n in now if n in before and now[n] != before[n]})
+                self.violate("a file outside the repositories changed", f"{folder}: {changed}")
+                self.outside[folder] = now
+        for path, data in list(self.protected.items()):
+            if not os.path.exists(path) or contents(path) != data:
+                self.violate("a volume a damaged record names was touched", path)
+                del self.protected[path]
+
+    def files_of(self, path: str) -> list[str]:
+        try:
+            return [layer["filename"] for layer in backing_chain(path)]
+        except subprocess.CalledProcessError as e:
+            return [f"unreadable: {e.stderr.strip()}"]
+
+    # -- check, fixes and convergence -------------------------------------------------
+
+    def check(self, repo: str) -> list[dict]:
+        entries = ok(self.proxy.checkStorageRepository(repo))["fixes"]
+        for entry in entries:
+            damaged = (repo, entry["imageId"]) in self.damaged or any(
+                record_id in entry["description"] for r, record_id in self.damaged if r == repo)
+            if entry.get("fixable") is False and not damaged:
+                self.violate("an image the model knows is reported unfixable", str(entry))
+            if entry.get("fixable") is False and entry.get("fix"):
+                self.violate("an unfixable entry carries a fix", str(entry))
+        return entries
+
+    def wait_idle(self) -> None:
+        deadline = time.monotonic() + WAIT
+        while True:
+            statuses = ok(self.proxy.getAllTasksStatuses())["allTasksStatus"]
+            busy = {task_id: s["state"] for task_id, s in statuses.items() if s["taskState"] != "finished"}
+            if not busy:
+                return
+            if time.monotonic() > deadline:
+                raise Violation(f"tasks still running after {WAIT} s: {busy}")
+            time.sleep(0.05)
+
+    def wait_idle_image(self, img: Img) -> None:
+        deadline = time.monotonic() + WAIT
+        while self.observe(img)["tasks"]:
+            if time.monotonic() > deadline:
+                raise Violation(f"{img.label}: fixes still running after {WAIT} s")
+            time.sleep(0.05)
+
+    def settle(self, rng: random.Random, teardown: bool) -> None:
+        """Run check's fixes in a random order until none is left; then everything must be whole."""
+        if teardown:
+            for key in sorted(self.prepared):
+                self.teardown(key)
+        self.note(f"settle ({'teardown first' if teardown else f'{len(self.prepared)} images stay prepared'})")
+        waits = {"optimize", "merge", "clean"} if self.prepared else set()  # they wait for teardownImage
+        for _ in range(8):
+            self.wait_idle()
+            entries = [(repo, e) for repo in REPOS for e in self.check(repo) if e.get("fix")]
+            if all(e["type"] in waits for _, e in entries):
+                break
+            rng.shuffle(entries)
+            for repo, entry in entries:
+                self.perform(self.fix_op(repo, entry))
+        else:
+            self.violate("check and fixes do not converge", str(entries))
+        self.wait_idle()
+        self.check_step()
+        for img in list(self.images.values()):
+            info = self.observe(img)
+            whole = info["state"] == "optimized" or img.key in self.prepared and info["state"] == "degraded"
+            if not whole or info["tasks"]:
+                self.violate("an image is not usable after the fixes", f"{img.label}: {info}")
+                continue
+            top = info["volumes"][0]["path"]
+            try:
+                qemu_check(top)
+            except subprocess.CalledProcessError as e:
+                self.violate("qemu-img check fails", f"{img.label}: {e.stdout!r}")
+            if self.files_of(top) != [v["path"] for v in info["volumes"]]:
+                self.violate("the chain on storage is not the one getImageInfo shows",
+                             f"{img.label}: {self.files_of(top)} != {info['volumes']}")
+        self.check_damaged()
+        if not self.prepared:
+            for img in list(self.removed.values()):
+                self.violate("a removed image was not reclaimed", img.label)
+                self.reclaimed(img)
+            self.check_owned()
+
+    def check_owned(self) -> None:
+        """Every volume file and record in a repository belongs to a listed image or a damaged record."""
+        for repo in REPOS:
+            owned, records = set(), set()
+            for image_id in ok(self.proxy.getImageList(repo))["images"]:
+                info = self.proxy.getImageInfo(repo, image_id).get("image", {"volumes": []})
+                owned |= {os.path.basename(v["path"]) for v in info["volumes"] if v.get("image") == image_id}
+                records.add(image_id + ".json")
+            records |= {record_id + ".json" for r, record_id in self.damaged if r == repo}
+            owned |= {os.path.basename(path) for path in self.protected if path.startswith(self.paths[repo] + "/")}
+            volumes = set(os.listdir(os.path.join(self.paths[repo], "volumes")))
+            if volumes - owned:
+                self.violate("volume files no image owns", f"{repo}: {sorted(volumes - owned)}")
+            if owned - volumes:
+                self.violate("volume files images own are missing", f"{repo}: {sorted(owned - volumes)}")
+            left = {n for n in os.listdir(os.path.join(self.paths[repo], "images")) if not n.endswith(".tmp")}
+            if left - records:
+                self.violate("image records nobody lists", f"{repo}: {sorted(left - records)}")
+
+
+def qemu_slots_one(path: str, pattern: int, offset: int) -> str:
+    done = subprocess.run(["qemu-io", "-r", "-U", "-f", "qcow2", "-c", f"read -P {pattern} {offset} {SLOT}", path],
+                          capture_output=True, text=True)
+    return "" if done.returncode == 0 and "fail" not in done.stdout.lower() else done.stdout
+
+
+def walk(make_hsmd, seed: int, steps: int, name: str = "hsmd") -> None:
+    daemon = make_hsmd(name)
+    keep_going = os.environ.get("HSM_MODEL_KEEP_GOING", "") not in ("", "0")
+    Walk(daemon, daemon.root, seed, steps, keep_going).run()
+    daemon.stop()
+
+
+def test_image_model_walk(make_hsmd):
+    walk(make_hsmd, int(os.environ.get("HSM_MODEL_SEED", CI_SEED)), int(os.environ.get("HSM_MODEL_STEPS", CI_STEPS)))
+
+
+@pytest.mark.slow
+def test_image_model_walk_long(make_hsmd):
+    first = int(os.environ.get("HSM_MODEL_SEED", time.time()))
+    for n in range(int(os.environ.get("HSM_MODEL_SEEDS", 5))):
+        walk(make_hsmd, first + n, int(os.environ.get("HSM_MODEL_STEPS", 600)), name=f"hsmd{n}")
+
+
+# -- a full repository ---------------------------------------------------------------
+
+
+@pytest.fixture
+def full_repository(make_hsmd, tmp_path):
+    """(hsmd, proxy, path): a running hsmd with a 32 MiB ext4 loop mount connected as repository 'full'."""
+    if os.geteuid() != 0 or not os.path.exists("/dev/loop-control") or not shutil.which("mkfs.ext4"):
+        pytest.skip("a full-filesystem repository needs root, loop devices and mkfs.ext4")
+    image, mountpoint = tmp_path / "fs.img", tmp_path / "full"
+    mountpoint.mkdir()
+    with open(image, "wb") as f:
+        f.truncate(32 * MiB)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", str(image)], check=True)  # no root reserve
+    mounted = subprocess.run(["mount", "-o", "loop", str(image), str(mountpoint)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot loop-mount an ext4 image here: {mounted.stderr.strip()}")
+    daemon = make_hsmd()
+    try:
+        daemon.start()
+        proxy = daemon.proxy(timeout=60)
+        ok(proxy.createStorageRepository("localfs-1", {"path": str(mountpoint)}, {"force": True}))  # lost+found
+        ok(proxy.connectStorageRepository("full", "localfs-1", {"path": str(mountpoint)}, {}))
+        yield daemon, proxy, str(mountpoint)
+    finally:
+        daemon.kill()
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False, capture_output=True)
+
+
+def fill(path: str) -> str:
+    """Write a file until the filesystem has no block left (root's reserve too)."""
+    filler = os.path.join(path, "filler")
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(b"\xa5" * MiB)
+                f.flush()
+        except OSError:
+            pass
+    with open(filler, "ab") as f:
+        try:
+            while True:
+                f.write(b"\xa5" * 4096)
+                f.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def settle_repository(proxy, repo: str, rounds: int = 6) -> None:
+    for _ in range(rounds):
+        deadline = time.monotonic() + WAIT
+        while any(s["taskState"] != "finished" for s in ok(proxy.getAllTasksStatuses())["allTasksStatus"].values()):
+            assert time.monotonic() < deadline, "fixes still running"
+            time.sleep(0.05)
+        fixes = [e for e in ok(proxy.checkStorageRepository(repo))["fixes"] if e.get("fix")]
+        if not fixes:
+            return
+        for entry in fixes:
+            assert code(proxy.fixStorageRepository(repo, entry["fix"], {})) in (0, INVALID_FIX), entry
+    raise AssertionError(f"fixes keep coming back: {fixes}")
+
+
+def wait_usable(proxy, repo: str, image_id: str) -> dict:
+    deadline = time.monotonic() + WAIT
+    while True:
+        image = ok(proxy.getImageInfo(repo, image_id))["image"]
+        if image["state"] == "optimized" and not image["tasks"]:
+            return image
+        assert time.monotonic() < deadline, image
+        time.sleep(0.05)
+
+
+def test_removing_works_on_a_full_repository(full_repository):
+    """Removing must always be possible, even with no block left; space then comes back and all converges."""
+    daemon, proxy, path = full_repository
+    disk = ok(proxy.createVirtualDisk("full", str(4 * MiB), "", {}, {}))["imageId"]
+    qemu_write(wait_usable(proxy, "full", disk)["volumes"][0]["path"], 0x11, 0, MiB)
+    snapshot = ok(proxy.createSnapshot("full", disk, {}, {}))["imageId"]
+    wait_usable(proxy, "full", snapshot)
+    child = ok(proxy.createVirtualDisk("full", str(4 * MiB), snapshot, {}, {}))["imageId"]
+    qemu_write(wait_usable(proxy, "full", child)["volumes"][0]["path"], 0x22, MiB, MiB)
+    spare = ok(proxy.createVirtualDisk("full", str(4 * MiB), "", {}, {}))["imageId"]
+    qemu_write(wait_usable(proxy, "full", spare)["volumes"][0]["path"], 0x33, 0, 2 * MiB)
+    filler = fill(path)
+    space = os.statvfs(path)
+    assert space.f_bavail * space.f_frsize < 64 * KiB, "the filesystem is not full"
+
+    for image_id in (spare, disk, snapshot):  # a plain disk, a disk on a snapshot, a snapshot with a child
+        answer = proxy.removeImage("full", image_id, {})
+        assert code(answer) == 0, f"removeImage on a full repository: {answer}"
+    made = proxy.createVirtualDisk("full", str(4 * MiB), "", {}, {})  # may be refused, or fail in its fix
+    daemon.process.send_signal(signal.SIGKILL)  # a crash while full must leave every record readable
+    daemon.process.wait()
+    daemon.start()
+    proxy = daemon.proxy(timeout=60)
+    ok(proxy.connectStorageRepository("full", "localfs-1", {"path": path}, {}))
+    listed = set(ok(proxy.getImageList("full"))["images"])
+    assert child in listed and not listed & {spare, disk, snapshot}, listed
+
+    os.remove(filler)
+    settle_repository(proxy, "full")
+    info = wait_usable(proxy, "full", child)
+    top = info["volumes"][0]["path"]
+    assert not qemu_slots_one(top, 0x11, 0) and not qemu_slots_one(top, 0x22, MiB)
+    qemu_check(top)
+    expected = {child} | ({made["imageId"]} if code(made) == 0 else set())
+    assert set(ok(proxy.getImageList("full"))["images"]) == expected
+    if code(made) == 0:
+        assert not qemu_slots_one(wait_usable(proxy, "full", made["imageId"])["volumes"][0]["path"], 0, 0)
+    owned = {os.path.basename(v["path"]) for image_id in expected
+             for v in ok(proxy.getImageInfo("full", image_id))["image"]["volumes"] if v["image"] == image_id}
+    assert set(os.listdir(os.path.join(path, "volumes"))) == owned
