@@ -175,8 +175,11 @@ def test_a_posixfs_repository_on_a_managed_connection(setup, tmp_path):
     assert code(proxy.createStorageRepository("posixfs-1", params, {})) == 479
     ok(proxy.manageStorageServer(bind_uri(storage), "shared"))
     wait_for(lambda: servers(proxy)["shared"]["connected"])
-    (storage / "repo").mkdir()
-    ok(proxy.createStorageRepository("posixfs-1", params, {}))
+    ok(proxy.createStorageRepository("posixfs-1", params, {}))  # the subdir is made on first use
+    assert (storage / "repo" / "repository.json").exists()
+    for bad in ("../out", "/abs", "a/../../out"):
+        assert code(proxy.createStorageRepository("posixfs-1", {**params, "subdir": bad}, {})) == 1000
+    assert not (tmp_path / "out").exists()
     ok(proxy.connectStorageRepository("shared", "posixfs-1", params, {}))
     disk = ok(proxy.createVirtualDisk("shared", str(1 << 30), "", {}, {}))["imageId"]
     info = wait_image(proxy, "shared", disk)
