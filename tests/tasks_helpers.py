@@ -1,9 +1,15 @@
-"""Driving runTestTask tasks on a real hsmd."""
+"""Driving runTestTask tasks on a real hsmd, and a small filesystem to fill up under a task journal."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import subprocess
 import time
+from collections.abc import Callable, Iterator
+
+import pytest
 
 DONE = ("finished", "recovered", "failed")
 
@@ -47,3 +53,41 @@ def journal(daemon, task_id: str) -> list[str]:
 def wait_killed(daemon, timeout: float = 30.0) -> int:
     """Wait for hsmd to die of its own SIGKILL (a crash point); returns the exit status."""
     return daemon.process.wait(timeout)
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 30.0, what: str = "the condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met after {timeout} s")
+        time.sleep(0.01)
+
+
+@contextlib.contextmanager
+def small_filesystem(path: str, size: str = "512k") -> Iterator[str]:
+    """A tmpfs of `size` mounted on `path` for the block; the test is skipped where it cannot be mounted."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small tmpfs")
+    os.makedirs(path, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        # Lazy: an hsmd still holding the journal open must not keep the mount (or the test) alive.
+        subprocess.run(["umount", "-l", path], capture_output=True)
+
+
+def fill(folder: str) -> str:
+    """Write a file in `folder` until its filesystem has no free block left; returns its path."""
+    path = os.path.join(folder, "filler")
+    with open(path, "ab", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                raise
+    return path

@@ -1,5 +1,6 @@
-"""hsm.tasks as a library: importable alone (VDSM imports it), states, and resource locks."""
+"""hsm.tasks as a library: importable alone (VDSM imports it), states, resource locks, a full journal."""
 
+import os
 import subprocess
 import sys
 import threading
@@ -7,9 +8,14 @@ import time
 
 import pytest
 
-from hsm.errors import ResourceTimeout
-from hsm.tasks import EXCLUSIVE, SHARED, ResourceManager, State
+from hsm.errors import AddTaskError, ResourceTimeout, TaskMetaDataSaveError, VolumeCreationError
+from hsm.tasks import EXCLUSIVE, SHARED, ResourceManager, State, Step, Task, TaskKind, TaskManager
 from hsm.tasks.states import engine_result, engine_state
+from hsm.tasks.store import TaskStore, read_records
+from tests.tasks_helpers import fill, small_filesystem, wait_for
+
+# Larger than a page: once the small filesystem is full, no task record fits in the journal's last page.
+PAD = "x" * 8192
 
 ALONE = r"""
 import sys, importlib.abc, tempfile, time
@@ -142,3 +148,123 @@ def test_waiting_writer_is_not_starved_by_new_readers():
     for t in (t1, tw, t2):
         t.join(10)
     assert got == ["reader1", "writer", "reader2"]
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    with small_filesystem(str(tmp_path / "small")) as path:
+        yield path
+
+
+class Gated:
+    """A kind of two steps on image `img`; the first waits for `gate`, then `after_first` runs."""
+
+    def __init__(self, idempotent: bool = True) -> None:
+        self.entered, self.gate, self.undone = threading.Event(), threading.Event(), []
+        self.idempotent = idempotent
+
+    def kind(self) -> TaskKind:
+        return TaskKind("gated", lambda args: [
+            Step("wait", self._wait, idempotent=self.idempotent, rollback=lambda ctx: self.undone.append(1)),
+            Step("end", lambda ctx: None, rollback=lambda ctx: self.undone.append(2)),
+        ], resources=lambda args: [("01_image", "img", EXCLUSIVE)])
+
+    def _wait(self, ctx) -> None:
+        self.entered.set()
+        assert self.gate.wait(30)
+
+
+def _manager(folder: str, kind: TaskKind, **options) -> TaskManager:
+    manager = TaskManager(folder, **options)
+    manager.register(kind)
+    return manager
+
+
+def test_a_task_whose_state_cannot_be_written_ends_failed_and_frees_its_slot(small_fs):
+    gated = Gated()
+    manager = _manager(small_fs, gated.kind(), pool_size=2, max_tasks=1, lock_timeout=5)
+    task = manager.start("gated", "v", {"pad": PAD})
+    assert gated.entered.wait(30)
+    with pytest.raises(AddTaskError):
+        manager.start("gated", "v", {"pad": PAD})
+    filler = fill(small_fs)
+    gated.gate.set()  # the first step ends; its end cannot be written
+    wait_for(lambda: task.state.done, what="the task's end")
+    assert (task.state, task.code) == (State.FAILED, 407)
+    assert "No space left on device" in task.message and "stopped running at step 1/2" in task.message
+    assert gated.undone == [], "a rollback that cannot be recorded is not started"
+    assert manager.has_room() and manager.resources.holders() == {}
+    assert read_records(small_fs)[0][task.id]["state"] == "queued"  # on disk: the last state written
+    with pytest.raises(TaskMetaDataSaveError):  # 407: there is a slot, but no room in the journal
+        manager.start("gated", "v", {"pad": PAD})
+    os.unlink(filler)
+    again = manager.start("gated", "v", {"pad": PAD})
+    wait_for(lambda: again.state.done, what="the next task's end")
+    assert again.state is State.FINISHED
+    records = read_records(small_fs)[0]
+    assert (records[task.id]["state"], records[task.id]["code"]) == ("failed", 407)  # written with the next
+    manager.shutdown(10)
+    restarted = _manager(small_fs, Gated().kind())
+    assert restarted.recover_all() == {"kept": 2}
+    assert restarted.get(task.id).state is State.FAILED
+    restarted.shutdown(10)
+
+
+def test_a_rollback_that_cannot_be_recorded_stops_there(small_fs):
+    undone = []
+
+    def undo_and_fill(ctx) -> None:
+        undone.append(2)
+        fill(small_fs)
+
+    def fail(ctx) -> None:
+        raise VolumeCreationError("as asked")
+
+    kind = TaskKind("failing", lambda args: [Step("one", lambda ctx: None, rollback=lambda ctx: undone.append(1)),
+                                             Step("two", fail, rollback=undo_and_fill)])
+    manager = _manager(small_fs, kind, pool_size=1, max_tasks=1, mode="transparent")
+    task = manager.start("failing", "v", {"pad": PAD}, task_id="engine-1")
+    wait_for(lambda: task.state.done, what="the task's end")
+    assert (task.state, task.code, undone) == (State.FAILED, 407, [2])
+    assert "stopped recovering at step 2/2" in task.message and "as asked" in task.message
+    assert manager.has_room()
+    manager.shutdown(10)
+
+
+def test_start_up_on_a_full_disk_leaves_interrupted_tasks_waiting(small_fs):
+    cut = Task(id="cut", kind="gated", verb="v", args={"pad": PAD}, mode="non-transparent", state=State.RUNNING,
+               nsteps=2)
+    store = TaskStore(small_fs)
+    store.save(cut)
+    store.load_all()  # the journal is folded into the snapshot: its next line needs a fresh page
+    filler = fill(small_fs)
+    gated = Gated(idempotent=False)  # cut inside a step that cannot run again: it must roll back
+    manager = _manager(small_fs, gated.kind())
+    assert manager.recover_all() == {"waiting": 1}
+    waiting = manager.get("cut")
+    assert waiting.state is State.WAITRECOVER and not waiting.resumable
+    assert "not recovered at start-up" in waiting.message
+    os.unlink(filler)
+    manager.revert("cut")
+    wait_for(lambda: waiting.state.done, what="the rollback's end")
+    assert waiting.state is State.RECOVERED and gated.undone == [1]
+    assert read_records(small_fs)[0]["cut"]["state"] == "recovered"
+    manager.shutdown(10)
+
+
+def test_ended_tasks_wait_to_be_forgotten_until_the_journal_takes_it(small_fs):
+    gated = Gated()
+    gated.gate.set()
+    manager = _manager(small_fs, gated.kind())
+    task = manager.start("gated", "v", {"pad": PAD})
+    wait_for(lambda: task.state.done, what="the task's end")
+    manager.shutdown(10)
+    manager = _manager(small_fs, gated.kind(), finished_ttl=0.001)
+    manager.recover_all()  # folds the journal: a removal then needs a fresh page
+    filler = fill(small_fs)
+    wait_for(lambda: time.time() - task.updated > 0.01)
+    assert [t.id for t in manager.all()] == [task.id]  # kept, and the verb still answers
+    os.unlink(filler)
+    assert manager.all() == []
+    assert read_records(small_fs)[0] == {}
+    manager.shutdown(10)

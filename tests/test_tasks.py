@@ -4,13 +4,17 @@ The tasks are runTestTask's sleeping steps (served with [tasks] diagnostics =
 true); their journal shows what ran and what was undone.
 """
 
+import json
 import os
 import time
 
 import pytest
 
-from hsm.tasks.store import read_records
-from tests.tasks_helpers import diagnostics_config, journal, start_task, status, wait_state
+from hsm.tasks.store import JOURNAL, read_records
+from tests.tasks_helpers import diagnostics_config, fill, journal, small_filesystem, start_task, status, wait_state
+
+# Larger than a page: once the small filesystem is full, no task record fits in the journal's last page.
+PAD = "x" * 8192
 
 
 @pytest.fixture
@@ -99,14 +103,26 @@ def test_clear_forgets_a_finished_task(daemon):
     assert task_id not in proxy.getAllTasksStatuses()["allTasksStatus"]
 
 
-def test_revert_undoes_a_finished_task(daemon):
+@pytest.mark.parametrize("mode", ["non-transparent", "transparent"])
+@pytest.mark.parametrize("steps, state", [
+    ([{"seconds": 0}, {"seconds": 0}], "finished"),
+    ([{"seconds": 0}, {"seconds": 0, "fail": True}], "recovered"),
+    ([{"seconds": 0, "failUndo": True}, {"seconds": 0, "fail": True}], "failed"),
+])
+def test_revert_of_an_ended_task_is_refused(make_hsmd, mode, steps, state):
+    """Only a task waiting in waitrecover rolls back: an ended one answers 410 and stays as it is."""
+    daemon = make_hsmd(config=diagnostics_config(mode)).start()
     proxy = daemon.proxy()
-    task_id = start_task(proxy, [{"seconds": 0}, {"seconds": 0, "rollback": False}, {"seconds": 0}])
-    wait_state(proxy, task_id)
-    assert proxy.revertTask(task_id)["status"]["code"] == 0
-    final = wait_state(proxy, task_id, states=("recovered", "failed"))
-    assert final["state"] == "recovered"
-    assert journal(daemon, task_id) == ["run 1", "run 2", "run 3", "undo 3", "undo 1"]
+    task_id = start_task(proxy, steps, taskId=f"ended-{state}")
+    ended = wait_state(proxy, task_id)
+    assert ended["state"] == state
+    ran = journal(daemon, task_id)
+    answer = proxy.revertTask(task_id)
+    assert answer["status"]["code"] == 410
+    assert f"is {state}: only a task in waitrecover can be reverted" in answer["status"]["message"]
+    assert status(proxy, task_id) == ended
+    assert journal(daemon, task_id) == ran
+    assert task_id in read_records(os.path.join(daemon.state_dir, "tasks"))[0]
 
 
 def test_finished_tasks_expire_in_non_transparent_mode(make_hsmd):
@@ -252,8 +268,7 @@ def test_verbs_in_ended_states(daemon, steps, state):
     assert wait_state(proxy, task_id)["state"] == state
     assert proxy.stopTask(task_id)["status"]["code"] == 410
     assert proxy.recoverTask(task_id)["status"]["code"] == 410
-    assert proxy.revertTask(task_id)["status"]["code"] == (0 if state == "finished" else 410)
-    wait_state(proxy, task_id)
+    assert proxy.revertTask(task_id)["status"]["code"] == 410
     assert proxy.clearTask(task_id)["status"]["code"] == 0
     assert proxy.getTaskStatus(task_id)["status"]["code"] == 401
 
@@ -267,3 +282,43 @@ def test_verbs_while_queued(make_hsmd):
     for verb in (proxy.clearTask, proxy.revertTask, proxy.recoverTask):
         assert verb(queued)["status"]["code"] == 410
     assert wait_state(proxy, queued)["state"] == "finished"
+
+
+def test_a_full_task_journal_ends_tasks_failed_and_hsmd_carries_on(make_hsmd):
+    daemon = make_hsmd(config=diagnostics_config(thread_pool_size=2, max_tasks=2))
+    tasks_dir = os.path.join(daemon.state_dir, "tasks")
+    with small_filesystem(tasks_dir):
+        daemon.start()
+        proxy = daemon.proxy()
+        endless = [{"seconds": 0.2, "pad": PAD}] + [{"seconds": 0.2}] * 99  # ends only when its journal fails it
+        ids = [start_task(proxy, endless, locks=[f"img-{i}"]) for i in range(2)]
+        for task_id in ids:
+            wait_state(proxy, task_id, states=("running",))
+        assert proxy.runTestTask([{"seconds": 0}], {})["status"]["code"] == 405
+        filler = fill(tasks_dir)
+        for task_id in ids:
+            final = wait_state(proxy, task_id)
+            assert (final["state"], final["taskState"], final["taskResult"], final["code"]) == \
+                ("failed", "finished", "cleanFailure", 407)
+            assert "No space left on device" in final["message"]
+        # Both slots are free again: a new task is refused for want of journal space (407), not of room (405).
+        assert proxy.runTestTask([{"seconds": 0, "pad": PAD}], {})["status"]["code"] == 407
+        assert proxy.getStats()["stats"]["tasks"] == {"failed": 2}
+        os.unlink(filler)
+        # Space is back: new tasks on the same images (their locks were freed) run and are written.
+        again = [start_task(proxy, [{"seconds": 0, "pad": PAD}], locks=[f"img-{i}"]) for i in range(2)]
+        for task_id in again:
+            assert wait_state(proxy, task_id)["state"] == "finished"
+        with open(os.path.join(tasks_dir, JOURNAL)) as f:
+            assert all(json.loads(line) for line in f.read().splitlines())  # no torn line between records
+        records = read_records(tasks_dir)[0]
+        assert [records[task_id]["state"] for task_id in ids + again] == ["failed"] * 2 + ["finished"] * 2
+        assert proxy.clearTask(ids[0])["status"]["code"] == 0
+        assert daemon.stop() == 0
+        daemon.start()
+        proxy = daemon.proxy()
+        assert proxy.getTaskStatus(ids[0])["status"]["code"] == 401
+        assert (status(proxy, ids[1])["state"], status(proxy, ids[1])["code"]) == ("failed", 407)
+        assert [status(proxy, task_id)["state"] for task_id in again] == ["finished"] * 2
+        assert "torn line" not in daemon.log_text()
+        daemon.kill()

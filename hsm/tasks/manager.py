@@ -5,6 +5,11 @@ back unfinished ones at start-up, and forgets finished ones after a while.
 transparent: the caller (VDSM) owns them. Each task carries the caller's id;
 after a restart unfinished tasks wait in `waitrecover` for recoverTask or
 revertTask, and finished ones stay until clearTask.
+
+A state that cannot be written (a full or failing disk under the journal)
+does not take effect: the task aborts as for any error, and if that cannot be
+written either it ends `failed` in memory with code 407, freeing its slot and
+locks; the journal gets that end with its next write that succeeds.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from hsm.errors import (
     InvalidParameterException,
     TaskIdExists,
     TaskIdRequired,
+    TaskMetaDataSaveError,
     TaskStateError,
     TaskStateTransitionError,
     UnknownTask,
@@ -65,6 +71,8 @@ class TaskManager:
         self._active = 0
         self._finished: collections.deque[tuple[float, str]] = collections.deque()
         self._lock = threading.Lock()
+        self._claim = threading.Lock()  # one revertTask/recoverTask at a time takes a waiting task
+        self._expiring = threading.Lock()
         self._shutdown = threading.Event()
         self._pool = ThreadPoolExecutor(pool_size, thread_name_prefix="task")
 
@@ -91,19 +99,27 @@ class TaskManager:
                 done["kept"] += 1
                 continue
             self._active += 1
-            if task.state is State.WAITRECOVER:
+            try:
+                done[self._recover(task)] += 1
+            except TaskMetaDataSaveError as e:
+                # Nothing of it ran: it waits, as on disk, for recoverTask or revertTask (or the next start).
+                log.error("Cannot recover %s: %s", task.id, e)
+                self._to_waitrecover(task, persist=False, message=f"not recovered at start-up: {e}")
                 done["waiting"] += 1
-            elif task.mode == TRANSPARENT or task.kind not in self._kinds:
-                self._to_waitrecover(task)
-                done["waiting"] += 1
-            elif task.state in ROLLING_BACK or not self._resumable(task):
-                self._submit(task, rollback=True)
-                done["rolled back"] += 1
-            else:
-                self._submit(task, rollback=False)
-                done["resumed"] += 1
         log.info("Recovered tasks: %s", dict(done) or "none")
         return dict(done)
+
+    def _recover(self, task: Task) -> str:
+        if task.state is State.WAITRECOVER:
+            return "waiting"
+        if task.mode == TRANSPARENT or task.kind not in self._kinds:
+            self._to_waitrecover(task)
+            return "waiting"
+        if task.state in ROLLING_BACK or not self._resumable(task):
+            self._submit(task, rollback=True)
+            return "rolled back"
+        self._submit(task, rollback=False)
+        return "resumed"
 
     def _resumable(self, task: Task) -> bool:
         """Whether the task can run on: its current step had not begun, or may run again."""
@@ -146,6 +162,7 @@ class TaskManager:
             with self._lock:
                 self._active -= 1
                 del self._tasks[task_id]
+                del self._stops[task_id]
             raise
         self._pool.submit(self._work, task, False)
         return task
@@ -186,26 +203,26 @@ class TaskManager:
             self._stops.pop(task_id, None)
 
     def revert(self, task_id: str) -> None:
-        """Roll back a task waiting for recovery, or undo a finished one."""
+        """Roll back a task waiting in waitrecover; any other state, an ended one too, is refused (410)."""
         task = self.get(task_id)
-        if task.state not in (State.WAITRECOVER, State.FINISHED):
-            raise TaskStateError(f"{task_id} is {task.state.value}: only waitrecover or finished tasks revert")
-        if task.state is State.FINISHED:
-            with self._lock:
-                self._active += 1
-            task.step = task.nsteps - 1
-        self._submit(task, rollback=True)
+        with self._claim:
+            self._check_waiting(task, "reverted")
+            self._submit(task, rollback=True)
 
     def recover(self, task_id: str) -> None:
         """Run a task waiting for recovery on from where it stopped (or on with its rollback)."""
         task = self.get(task_id)
+        with self._claim:
+            self._check_waiting(task, "recovered")
+            if task.undo < 0 and not task.resumable:
+                raise TaskStateError(f"{task_id}: step {task.step + 1} cannot run again; use revertTask")
+            self._submit(task, rollback=task.undo >= 0)
+
+    def _check_waiting(self, task: Task, what: str) -> None:
         if task.state is not State.WAITRECOVER:
-            raise TaskStateError(f"{task_id} is {task.state.value}: only waitrecover tasks recover")
+            raise TaskStateError(f"{task.id} is {task.state.value}: only a task in waitrecover can be {what}")
         if task.kind not in self._kinds:
-            raise TaskStateError(f"{task_id}: this hsmd cannot run tasks of kind {task.kind}")
-        if task.undo < 0 and not task.resumable:
-            raise TaskStateError(f"{task_id}: step {task.step + 1} cannot run again; use revertTask")
-        self._submit(task, rollback=task.undo >= 0)
+            raise TaskStateError(f"{task.id}: this hsmd cannot run tasks of kind {task.kind}")
 
     def shutdown(self, timeout: float) -> None:
         """Stop taking work; running steps see a stop at their next check and leave their task on disk."""
@@ -214,6 +231,10 @@ class TaskManager:
         deadline = time.monotonic() + timeout
         for thread in list(getattr(self._pool, "_threads", ())):
             thread.join(max(0.0, deadline - time.monotonic()))
+        try:  # tasks that ended in memory only: the next start should find them ended
+            self.store.flush()
+        except TaskMetaDataSaveError as e:
+            log.error("%s", e)
 
     # -- running --------------------------------------------------------
 
@@ -222,7 +243,7 @@ class TaskManager:
 
     def _submit(self, task: Task, rollback: bool) -> None:
         if rollback:
-            if task.state not in (State.WAITRECOVER, State.FINISHED, *ROLLING_BACK):
+            if task.state not in (State.WAITRECOVER, *ROLLING_BACK):
                 self._move(task, State.ABORTING, code=ActionStopped.code,
                            message=f"interrupted in step {task.stage}, which cannot run again")
             self._move(task, State.RACQUIRING)
@@ -240,8 +261,11 @@ class TaskManager:
                     self._run(task)
             except _Shutdown:
                 log.info("Left %s at %s for the next start", task.state.value, task.stage)
-            except Exception:
+            except TaskMetaDataSaveError as e:
+                self._end_failed(task, e)
+            except Exception as e:
                 log.exception("Task machinery failed")
+                self._end_failed(task, GeneralException(f"task machinery failed: {type(e).__name__}: {e}"))
 
     def _run(self, task: Task) -> None:
         kind = self._kinds[task.kind]
@@ -308,7 +332,7 @@ class TaskManager:
                     if steps[index].rollback is not None:
                         log.info("Rolling back step %d/%d: %s", index + 1, len(steps), steps[index].name)
                         steps[index].rollback(context)
-        except _Shutdown:
+        except (_Shutdown, TaskMetaDataSaveError):  # a rollback that cannot be recorded goes no further
             raise
         except Exception as e:
             log.error("Rollback failed: %s", e)
@@ -319,10 +343,31 @@ class TaskManager:
             task.code, task.message = ActionStopped.code, str(ActionStopped("reverted"))
         self._move(task, State.RECOVERED, undo=-1)
 
-    def _to_waitrecover(self, task: Task) -> None:
+    def _to_waitrecover(self, task: Task, persist: bool = True, **changes: object) -> None:
         resumable = task.state not in ROLLING_BACK and self._kinds.get(task.kind) is not None \
             and self._resumable(task)
-        self._move(task, State.WAITRECOVER, resumable=resumable)
+        self._move(task, State.WAITRECOVER, persist=persist, resumable=resumable, **changes)
+
+    def _end_failed(self, task: Task, error: HsmError) -> None:
+        """End a task whose machinery cannot go on (its state cannot be written): `failed`, here and now.
+
+        Its slot and locks are freed and nothing more of it runs (a rollback
+        that cannot be recorded could not be picked up after a crash). The
+        failed record is owed to the journal, written ahead of the next save
+        that succeeds; a restart before that finds the last state written and
+        recovers from it as from a crash there.
+        """
+        if task.state.done:
+            return
+        message = f"{error}; stopped {task.state.value} at step {task.stage or '-'}"
+        if task.code:
+            message += f", after: {task.message}"
+        changes = {"state": State.FAILED, "code": error.code, "message": message, "updated": time.time()}
+        try:
+            self.store.save(dataclasses.replace(task, **changes), owe=True)
+        except TaskMetaDataSaveError as e:
+            log.error("Ended failed in memory only, owed to the journal: %s", e)
+        self._take(task, changes)
 
     # -- state ----------------------------------------------------------
 
@@ -335,18 +380,24 @@ class TaskManager:
         """
         if state is not task.state and state not in MOVES.get(task.state, ()):
             raise TaskStateTransitionError(f"{task.id}: {task.state.value} -> {state.value}")
-        before = task.state
         changes.update(state=state, updated=time.time())
         if persist:
             self.store.save(dataclasses.replace(task, **changes))
-        for name, value in changes.items():  # readers see the new state only once it is on disk
-            setattr(task, name, value)
+        self._take(task, changes)  # readers see the new state only once it is on disk
+
+    def _take(self, task: Task, changes: dict) -> None:
+        """Apply a move in memory; its log line and freed slot come before any reader can see it."""
+        before, state = task.state, changes["state"]
+        ending = state.done and not before.done
         if state is not before:
             log.log(logging.INFO if state.done or state is State.ABORTING else logging.DEBUG,
                     "%s -> %s", before.value, state.value)
-        if state.done and not before.done:
+        if ending:
             with self._lock:
                 self._active -= 1
+        for name, value in changes.items():
+            setattr(task, name, value)
+        if ending:
             self._note_finished(task)
 
     def _note_finished(self, task: Task) -> None:
@@ -355,18 +406,32 @@ class TaskManager:
                 self._finished.append((task.updated, task.id))
 
     def _expire(self) -> None:
-        """Forget non-transparent tasks that ended more than finished_ttl seconds ago."""
-        if not self._finished:
+        """Forget non-transparent tasks that ended more than finished_ttl seconds ago.
+
+        A task is forgotten only once its removal is on disk; when the journal
+        cannot be written, the rest waits for a later call (one caller at a time).
+        """
+        if not self._finished or not self._expiring.acquire(blocking=False):
             return
-        limit = time.time() - self._finished_ttl
-        gone = []
-        with self._lock:
-            while self._finished and self._finished[0][0] < limit:
-                _, task_id = self._finished.popleft()
-                task = self._tasks.get(task_id)
+        try:
+            limit = time.time() - self._finished_ttl
+            while True:
+                with self._lock:
+                    if not self._finished or self._finished[0][0] >= limit:
+                        return
+                    task_id = self._finished[0][1]
+                    task = self._tasks.get(task_id)
                 if task is not None and task.state.done and task.updated < limit:
-                    del self._tasks[task_id]
-                    self._stops.pop(task_id, None)
-                    gone.append(task_id)
-        for task_id in gone:
-            self.store.remove(task_id)
+                    try:
+                        self.store.remove(task_id)
+                    except TaskMetaDataSaveError as e:
+                        log.warning("Keeping ended task %s for now: %s", task_id, e)
+                        return
+                    with self._lock:
+                        if self._tasks.get(task_id) is task:
+                            del self._tasks[task_id]
+                            self._stops.pop(task_id, None)
+                with self._lock:
+                    self._finished.popleft()
+        finally:
+            self._expiring.release()

@@ -32,7 +32,8 @@ DONE = frozenset({State.FINISHED, State.RECOVERED, State.FAILED})
 # Where a task may go from each state. Two differences from VDSM's table: a
 # task waits for its worker (queued) before it takes its locks (acquiring), so
 # no lock is held by a task that is not running; and after a restart an
-# interrupted task may be queued again (resumed) or sent to roll back.
+# interrupted task may be queued again (resumed) or sent to roll back. An ended
+# task stays ended: revertTask rolls back only a task waiting in waitrecover.
 MOVES: dict[State, frozenset[State]] = {
     State.INIT: frozenset({State.PREPARING}),
     State.PREPARING: frozenset({State.QUEUED, State.ABORTING, State.BLOCKED, State.WAITRECOVER}),
@@ -46,7 +47,7 @@ MOVES: dict[State, frozenset[State]] = {
     State.RECOVERING: frozenset({State.RECOVERED, State.FAILED, State.RACQUIRING, State.RABORTING,
                                  State.WAITRECOVER}),
     State.RABORTING: frozenset({State.FAILED, State.RACQUIRING, State.WAITRECOVER}),
-    State.FINISHED: frozenset({State.RACQUIRING}),
+    State.FINISHED: frozenset(),
     State.RECOVERED: frozenset(),
     State.FAILED: frozenset(),
 }
