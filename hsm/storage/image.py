@@ -128,6 +128,12 @@ class Image:
                      getattr(self, name))
         _require(self.task == "" or is_id(self.task), "task", self.task)
         _check_intent(self.intent)
+        # The chain: the image's own volumes first (its top among them), then those it reads through.
+        owners = [vol.image == self.id for vol in self.volumes]
+        _require(owners[0] and owners == sorted(owners, reverse=True), "volumes (own ones first)",
+                 [vol.image for vol in self.volumes])
+        _require(len({vol.id for vol in self.volumes}) == len(self.volumes), "volumes (each once)",
+                 [vol.id for vol in self.volumes])
 
     # -- the wire -------------------------------------------------------
 
