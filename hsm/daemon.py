@@ -34,7 +34,6 @@ from hsm.storage import repository
 from hsm.storage.engine import Engine
 from hsm.storage.repository import FileRepository
 from hsm.tasks import TaskManager
-from hsm.tasks.manager import NON_TRANSPARENT
 from supervdsm.client import SupervdsmClient
 
 log = logging.getLogger("hsm.daemon")
@@ -123,8 +122,8 @@ class Service:
         self.connections.start()
         local = self._connect_default_repository()
         self.tasks.recover_all()
-        if local is not None and self.tasks.mode == NON_TRANSPARENT:
-            self.engine.fixes.resume(local)
+        if local is not None:
+            self.engine.fixes.recover_intents(local)
         rpc = config.rpc
         settings = ServerSettings(
             host=rpc.host, port=rpc.port, threads=rpc.threads, listen_backlog=rpc.listen_backlog,

@@ -301,3 +301,24 @@ def test_get_image_tasks_shows_a_merge_on_the_children_it_rewrites(make_hsmd):
     ok(proxy.stopTask(blocker))
     wait_state(proxy, merge)
     assert ok(proxy.getImageTasks(child))["tasks"] == []
+
+
+def test_transparent_mode_gives_back_a_task_a_crash_cut_off_before_it_was_written(make_hsmd):
+    """The record holds the caller's task id; the journal does not (kill -9 between the two writes)."""
+    daemon = make_hsmd(config={"tasks": {"mode": "transparent"}}).start()
+    proxy = daemon.proxy()
+    disk = ok(proxy.createVirtualDisk("local", str(MiB), "", {}, {"autoFix": False}))["imageId"]
+    daemon.stop()
+    with open(record_path(daemon, disk)) as f:
+        record = json.load(f)
+    record.update(task="vdsm-7", verb="createVirtualDisk")
+    with open(record_path(daemon, disk), "w") as f:
+        json.dump(record, f)
+    daemon.start()
+    proxy = daemon.proxy()
+    waiting = status(proxy, "vdsm-7")
+    assert waiting["state"] == "waitrecover" and waiting["verb"] == "createVirtualDisk"
+    assert ok(proxy.getImageStatus("local", disk))["image"]["tasks"] == ["vdsm-7"]
+    ok(proxy.recoverTask("vdsm-7"))
+    assert wait_state(proxy, "vdsm-7")["taskResult"] == "success"
+    wait_image(proxy, "local", disk)

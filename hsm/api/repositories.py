@@ -8,7 +8,6 @@ from hsm.errors import InvalidParameterException
 from hsm.storage import check
 from hsm.storage.engine import Engine
 from hsm.storage.options import ImageOptions
-from hsm.tasks.manager import NON_TRANSPARENT
 
 
 def _params(value: object) -> dict:
@@ -34,8 +33,8 @@ class RepositoriesAPI:
                                  options: dict | None = None) -> dict:
         opts = ImageOptions.parse(options_of(options))
         repo = self._engine.connect(repoId, require_str("repoFormat", repoFormat), _params(connectionParameters))
-        if opts.autoFix and self._engine.tasks.mode == NON_TRANSPARENT:
-            self._engine.fixes.resume(repo)
+        if opts.autoFix:
+            self._engine.fixes.recover_intents(repo)
         return {"repoUuid": repo.uuid}
 
     @verb(mutating=True)

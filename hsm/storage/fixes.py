@@ -107,7 +107,7 @@ class Fixes:
         return True
 
     def start(self, repo: FileRepository, fix: str, image_id: str, verb: str, task_id: str | None = None,
-              extra: dict | None = None, persist: bool = True) -> str:
+              extra: dict | None = None, persist: bool = True, waiting: bool = False) -> str:
         """Start a fix; one already active for the same image and kind is returned instead.
 
         `persist=False`: the task's id is in the image record with its intent, and
@@ -130,7 +130,7 @@ class Fixes:
         touched = _images_touched(args)
         tags = [f"repository:{repo.uuid}"] + [f"image:{image}" for _, image in touched]
         task = self.tasks.start(PREFIX + fix, verb, args, tags=tags, task_id=task_id,
-                                persist=persist or self.tasks.mode == TRANSPARENT)
+                                persist=persist or self.tasks.mode == TRANSPARENT, waiting=waiting)
         with self._lock:
             for key in touched:
                 self._by_image.setdefault(key, set()).add(task.id)
@@ -193,6 +193,25 @@ class Fixes:
                 except HsmError as e:
                     log.warning("Cannot resume the %s fix of %s: %s", fix, image.id, e)
         return started
+
+    def recover_intents(self, repo: FileRepository) -> int:
+        """After a start or a connect: the fixes of pending intents, as the task mode says."""
+        return self.adopt(repo) if self.tasks.mode == TRANSPARENT else self.resume(repo)
+
+    def adopt(self, repo: FileRepository) -> int:
+        """Transparent mode: give back, in waitrecover, the tasks whose ids commits handed out but a
+        crash cut off before they were written; the caller then says recoverTask or revertTask."""
+        adopted = 0
+        for image in list(repo.images.values()):
+            fix = self.needed(repo, image)
+            if fix and image.task and not self._known(image.task) and not self.active_on_image(repo, image.id):
+                try:
+                    self.start(repo, fix, image.id, image.verb or "connectStorageRepository", task_id=image.task,
+                               waiting=True)
+                    adopted += 1
+                except HsmError as e:
+                    log.warning("Cannot give back task %s of %s: %s", image.task, image.id, e)
+        return adopted
 
     @staticmethod
     def needed(repo: FileRepository, image: Image) -> str:

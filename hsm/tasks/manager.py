@@ -130,12 +130,14 @@ class TaskManager:
     # -- verbs ----------------------------------------------------------
 
     def start(self, kind: str, verb: str, args: dict, tags: list[str] | None = None, owner: str = "",
-              task_id: str | None = None, persist: bool = True) -> Task:
+              task_id: str | None = None, persist: bool = True, waiting: bool = False) -> Task:
         """Create, persist and queue a task; raises at once when there is no room.
 
         `persist=False` leaves the queued task unwritten until its first step
         ends: only for callers that keep the intent durably elsewhere and start
         the task again from it after a crash (the image engine's fixes).
+        `waiting=True` puts it in waitrecover instead of the queue: work a crash
+        cut off before its task was written, left to recoverTask or revertTask.
         """
         if task_id is None:
             if self.mode == TRANSPARENT:
@@ -157,6 +159,9 @@ class TaskManager:
             self._stops[task_id] = threading.Event()
         try:
             self._move(task, State.PREPARING, persist=False)
+            if waiting:
+                self._to_waitrecover(task, message="interrupted before it started: recoverTask runs it")
+                return task
             self._move(task, State.QUEUED, persist=persist)
         except HsmError:
             with self._lock:
