@@ -17,7 +17,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
-import re
 import threading
 import time
 import uuid
@@ -36,6 +35,7 @@ from hsm.errors import (
     TaskStateTransitionError,
     UnknownTask,
 )
+from hsm.ids import is_id
 from hsm.logctx import task_context
 from hsm.tasks.resources import ResourceManager
 from hsm.tasks.states import MOVES, State
@@ -47,7 +47,6 @@ log = logging.getLogger("hsm.tasks")
 TRANSPARENT = "transparent"
 NON_TRANSPARENT = "non-transparent"
 MODES = (NON_TRANSPARENT, TRANSPARENT)
-TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 ROLLING_BACK = (State.ABORTING, State.RACQUIRING, State.RECOVERING, State.RABORTING)
 
 
@@ -143,7 +142,7 @@ class TaskManager:
             if self.mode == TRANSPARENT:
                 raise TaskIdRequired(verb)
             task_id = str(uuid.uuid4())
-        elif not isinstance(task_id, str) or not TASK_ID.match(task_id):
+        elif not is_id(task_id):
             raise InvalidParameterException(f"taskId={task_id!r}: letters, digits, '-' and '_' only")
         steps = self._kinds[kind].steps(args)
         self._expire()
@@ -176,7 +175,7 @@ class TaskManager:
         return self._active < self._max_tasks
 
     def get(self, task_id: str) -> Task:
-        if not isinstance(task_id, str) or not TASK_ID.match(task_id):
+        if not is_id(task_id):
             raise InvalidParameterException(f"taskID={task_id!r}")
         self._expire()
         try:
