@@ -17,6 +17,7 @@ from supervdsm.verbs import PrivilegedVerb, check_args
 log = logging.getLogger("supervdsm.server")
 
 _UCRED = struct.Struct("3i")
+REFUSE_READ_TIMEOUT = 2.0  # seconds a refused peer has to send its request before the answer
 
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
@@ -31,7 +32,7 @@ class _Handler(socketserver.BaseRequestHandler):
         pid, uid, gid = peer_credentials(self.request)
         if uid not in self.server.allowed_uids:
             log.warning("Refused peer pid=%d uid=%d gid=%d", pid, uid, gid)
-            protocol.send_frame(self.request, {"id": None, "error": SupervdsmPeerRefused(f"uid {uid}").status()})
+            self._refuse(uid)
             return
         while True:
             try:
@@ -42,9 +43,31 @@ class _Handler(socketserver.BaseRequestHandler):
                 return
             protocol.send_frame(self.request, self.server.answer(request, pid))
 
+    def _refuse(self, uid: int) -> None:
+        """Answer the peer's first request with 5009, then hang up.
+
+        Its request is read first (for a moment at most): a socket closed with
+        the request unread would give the peer a broken pipe, not the answer.
+        """
+        request_id = None
+        self.request.settimeout(REFUSE_READ_TIMEOUT)
+        try:
+            request = protocol.recv_frame(self.request)
+            request_id = request.get("id") if isinstance(request, dict) else None
+        except (protocol.ProtocolError, OSError):
+            pass
+        try:
+            protocol.send_frame(self.request, {"id": request_id if isinstance(request_id, int) else None,
+                                               "error": SupervdsmPeerRefused(f"uid {uid}").status()})
+        except OSError:
+            pass
+
 
 class SupervdsmServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
+    # Connections waiting to be accepted: a Unix socket refuses (EAGAIN) past this, so many
+    # clients reconnecting at once after a restart (VDSM's and hsmd's threads) must fit.
+    request_queue_size = 128
 
     def __init__(self, path: str, verbs: dict[str, PrivilegedVerb], allowed_uids: set[int], mode: int = 0o660,
                  gid: int = -1, workers: int = 16) -> None:

@@ -137,28 +137,35 @@ def test_kill_under_load_fails_fast_then_recovers(supervdsmd):
             try:
                 client.call("ping")
                 outcome.append(("ok", time.monotonic() - begin, time.monotonic()))
-            except SupervdsmUnavailable:
-                outcome.append(("down", time.monotonic() - begin, time.monotonic()))
+            except SupervdsmUnavailable as e:
+                outcome.append(("down", time.monotonic() - begin, time.monotonic(), repr(e)))
                 time.sleep(0.01)
+
+    def wait_until(condition, what: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline, f"not every caller {what} within {timeout} s"
+            time.sleep(0.01)
 
     threads = [threading.Thread(target=caller, args=pair) for pair in zip(clients, outcomes, strict=True)]
     for t in threads:
         t.start()
-    time.sleep(0.3)
-    killed_at = time.monotonic()
-    supervdsmd.kill()
-    time.sleep(0.5)
-    supervdsmd.start()
-    restarted_at = time.monotonic()
-    time.sleep(0.5)
-    stop.set()
-    for t in threads:
-        t.join(10)
-    for client in clients:
-        client.close()
+    try:
+        wait_until(lambda: all(outcome and outcome[-1][0] == "ok" for outcome in outcomes), "got an answer")
+        killed_at = time.monotonic()
+        supervdsmd.kill()
+        wait_until(lambda: all(any(o[0] == "down" for o in outcome) for outcome in outcomes), "saw the outage")
+        supervdsmd.start()
+        restarted_at = time.monotonic()
+        wait_until(lambda: all(any(o[0] == "ok" and o[2] > restarted_at for o in outcome) for outcome in outcomes),
+                   "came back")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+        for client in clients:
+            client.close()
     for outcome in outcomes:
         downs = [o for o in outcome if o[0] == "down"]
-        assert downs, "every caller saw the outage"
         assert max(o[1] for o in downs) < 1.0
-        assert any(o[0] == "ok" and o[2] > restarted_at for o in outcome), "every caller came back"
-        assert all(o[2] > killed_at for o in downs)
+        assert all(o[2] > killed_at for o in downs), [(o, killed_at) for o in outcome if o[2] <= killed_at][:3]
