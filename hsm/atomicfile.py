@@ -24,7 +24,11 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
     # One temporary name per target and thread: no random names to retry, no clash.
     tmp = os.path.join(folder, f".{os.path.basename(path)}.{threading.get_native_id()}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+        os.unlink(tmp)  # left by a crash; whatever is there (a link planted by someone) is not written through
+    except FileNotFoundError:
+        pass
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
         try:
             _write_all(fd, data)
             os.fchmod(fd, mode)

@@ -2,7 +2,12 @@
 
 import json
 import os
+import shutil
+import subprocess
+import tempfile
 import time
+
+import pytest
 
 from tests.images_helpers import (
     GiB,
@@ -173,3 +178,24 @@ def test_a_forged_clean_fix_is_refused(proxy, hsmd):
     other = json.dumps({"kind": "orphans", "repo": "another-uuid", "image": "", "files": []})
     assert code(proxy.fixStorageRepository("local", other, {})) == 5013
     assert os.path.isdir(local_path(hsmd))
+
+
+@pytest.mark.parametrize("folder", ["images", "volumes"])
+def test_a_layout_folder_that_is_a_symlink_is_refused(proxy, tmp_path, folder):
+    """Issue 11's reproduction: a local user points `images` at a root-owned folder and asks for force."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: hsmd must be the privileged side and the attacker another user")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious").write_text("keep")
+    attacker = tempfile.mkdtemp(prefix="hsm-attacker-", dir="/tmp")
+    try:
+        os.chmod(attacker, 0o755)
+        os.chown(attacker, 65534, 65534)
+        subprocess.run(["ln", "-s", str(victim), os.path.join(attacker, folder)], user=65534, check=True)
+        answer = proxy.createStorageRepository("localfs-1", {"path": attacker}, {"force": True})
+        assert code(answer) == 379 and "symbolic link" in answer["status"]["message"], answer
+        assert (victim / "precious").read_text() == "keep"
+        assert code(proxy.connectStorageRepository("evil", "localfs-1", {"path": attacker}, {})) != 0
+    finally:
+        shutil.rmtree(attacker)

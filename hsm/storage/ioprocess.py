@@ -155,3 +155,9 @@ class IOProcess:
 
     def reserve(self, path: str, size: int) -> bool:
         return self.call("reserve", path, size)
+
+    def is_folder(self, path: str) -> bool:
+        return self.call("is_folder", path)
+
+    def empty_folder(self, path: str) -> int:
+        return self.call("empty_folder", path)

@@ -24,8 +24,37 @@ def _stat(path: str) -> dict:
 
 
 def _read(path: str, limit: int) -> bytes:
-    with open(path, "rb") as f:
+    """A file's first `limit` bytes; never through a symbolic link (ELOOP)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
         return f.read(limit)
+
+
+def _folder(path: str) -> int:
+    """An fd of the directory `path` itself: a symbolic link in its place fails (ELOOP, ENOTDIR)."""
+    return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+
+def _is_folder(path: str) -> bool:
+    """Whether `path` is a real directory (False if missing); a symbolic link raises ELOOP."""
+    try:
+        os.close(_folder(path))
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _empty_folder(path: str) -> int:
+    """Unlink every file in the directory `path`, never following a link to elsewhere; returns the count."""
+    fd = _folder(path)
+    try:
+        names = os.listdir(fd)
+        for name in names:
+            os.unlink(name, dir_fd=fd)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return len(names)
 
 
 def _read_all(folder: str, suffix: str) -> dict[str, bytes]:
@@ -77,6 +106,8 @@ OPS = {
     "rename": os.rename,
     "statvfs": _statvfs,
     "reserve": _reserve,
+    "is_folder": _is_folder,
+    "empty_folder": _empty_folder,
 }
 
 

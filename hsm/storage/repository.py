@@ -52,6 +52,15 @@ RESERVE = "reserve"         # real blocks kept free so that removeImage works on
 RESERVE_BYTES = 1 << 20     # some hundreds of record writes
 
 
+def _layout_folder(io: IOProcess, path: str, folder: str) -> bool:
+    """Whether the layout folder exists; one that is a symbolic link (to anywhere) is refused."""
+    try:
+        return io.is_folder(os.path.join(path, folder))
+    except OSError as e:
+        raise StorageDomainAccessError(f"{os.path.join(path, folder)} is not a plain directory "
+                                       f"(a symbolic link?): {e.strerror or e}") from None
+
+
 def create(path: str, repo_format: str, io: IOProcess, force: bool = False) -> str:
     """Format `path` as an empty repository; returns its uuid."""
     if repo_format not in FILE_FORMATS:
@@ -71,11 +80,11 @@ def create(path: str, repo_format: str, io: IOProcess, force: bool = False) -> s
     repo_uuid = str(uuid.uuid4())
     try:
         for folder in (IMAGES, VOLUMES):
-            io.makedirs(os.path.join(path, folder))
+            if not _layout_folder(io, path, folder):
+                io.makedirs(os.path.join(path, folder))
         if force:
             for folder in (IMAGES, VOLUMES):
-                for name in io.listdir(os.path.join(path, folder)):
-                    io.remove(os.path.join(path, folder, name))
+                io.empty_folder(os.path.join(path, folder))
         record = {"format": repo_format, "uuid": repo_uuid, "version": VERSION, "created": time.time()}
         io.write(os.path.join(path, RECORD), json.dumps(record).encode())
     except OSError as e:
@@ -121,8 +130,13 @@ class FileRepository:
             raise StorageDomainDoesNotExist(f"{self.path} holds no repository") from None
         except (OSError, ValueError) as e:
             raise StorageDomainAccessError(f"{self.path}: {e}") from None
+        if not isinstance(record, dict):
+            raise StorageDomainAccessError(f"{self.path}: {RECORD} is not a JSON object")
         if record.get("format") != self.format:
             raise StorageDomainTypeError(f"{self.path} is a {record.get('format')} repository, not {self.format}")
+        for folder in (IMAGES, VOLUMES):
+            if not _layout_folder(self.io, self.path, folder):
+                raise StorageDomainAccessError(f"{self.path}: no {folder} folder")
         if not is_id(record.get("uuid")):
             raise StorageDomainAccessError(f"{self.path}: {RECORD} holds no valid uuid")
         self.uuid = record["uuid"]
