@@ -47,6 +47,13 @@ def _size(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    value = _int(text)
+    if value < 1:
+        raise ValueError(f"{text.strip()!r} is not 1 or more")
+    return value
+
+
 def _octal(text: str) -> int:
     return int(text.strip(), 8)
 
@@ -66,7 +73,7 @@ def _choice(*allowed: str) -> Callable[[str], str]:
 
 
 _TYPE_NAMES = {str: "string", _int: "integer", float: "number", _bool: "boolean",
-               _octal: "octal", _list: "list", _size: "bytes"}
+               _octal: "octal", _list: "list", _size: "bytes", _count: "count"}
 
 
 @dataclass(frozen=True)
@@ -119,16 +126,21 @@ def _options() -> list[Option]:
         o("rpc", "ca_file", str, "/etc/pki/hsm/certs/cacert.pem", "CA certificates that sign accepted client certificates"),
         o("rpc", "threads", _int, "16", "worker threads answering calls"),
         o("rpc", "listen_backlog", _int, "1024", "pending connections the kernel keeps before refusing"),
-        o("rpc", "keepalive_connections", _int, "256", "idle keep-alive connections kept open at once"),
+        o("rpc", "max_connections", _int, "1000", "connections open at once; more are closed as they arrive"),
+        o("rpc", "max_connections_per_peer", _int, "128", "connections open at once from one address; more are closed as they arrive"),
         o("rpc", "max_request_bytes", _size, "10485760", "largest request body accepted"),
-        o("rpc", "socket_timeout", float, "60", "seconds a connection may stay silent before it is closed"),
+        o("rpc", "header_timeout", float, "10", "seconds to send a request's headers, from its first byte (for a new connection: from its start, TLS handshake included)"),
+        o("rpc", "body_timeout", float, "30", "seconds to send a request's body once its headers are in"),
+        o("rpc", "idle_timeout", float, "60", "seconds a keep-alive connection may wait between requests, or leave its answer unread"),
         o("rpc", "shutdown_timeout", float, "30", "seconds in-flight calls get to finish on SIGTERM"),
         o("rpc", "request_id_ttl", _int, "86400", "seconds an answer is kept for a repeated options.requestId"),
+        o("rpc", "max_request_ids", _int, "10000", "answers kept for repeated options.requestId, the oldest forgotten first; 0: no limit"),
         # [tasks]
         o("tasks", "mode", _choice("non-transparent", "transparent"), "non-transparent", "who owns task lifecycles: hsmd, or the caller (VDSM)"),
         o("tasks", "thread_pool_size", _int, "10", "tasks run at once"),
         o("tasks", "max_tasks", _int, "500", "tasks queued or running before new ones are refused"),
-        o("tasks", "finished_ttl", _int, "3600", "seconds a finished task is kept in non-transparent mode; 0 keeps it until clearTask"),
+        o("tasks", "finished_ttl", _int, "3600", "seconds an ended task is kept in non-transparent mode; 0: no time limit"),
+        o("tasks", "max_finished", _int, "1000", "ended tasks kept in non-transparent mode, the oldest forgotten first; 0: no limit (both 0: until clearTask)"),
         o("tasks", "diagnostics", _bool, "false", "serve runTestTask (sleeping steps, crash injection) for tests and benchmarks"),
         # [connections]
         o("connections", "monitor_interval", float, "10", "seconds between checks of a managed connection"),
@@ -144,6 +156,8 @@ def _options() -> list[Option]:
         o("supervdsm", "allowed_uids", _list, "0", "user ids allowed to call supervdsmd"),
         o("supervdsm", "call_timeout", float, "60", "seconds a privileged call may run"),
         o("supervdsm", "connect_timeout", float, "1", "seconds to reach supervdsmd before a call fails"),
+        o("supervdsm", "mount_sources", _list, "", "folders whose contents may be bind-mounted or loop-mounted, besides [irs] repository for loop mounts"),
+        o("supervdsm", "max_calls", _count, "8", "privileged calls in flight at once; more fail at once (5003), so a frozen supervdsmd never takes every RPC worker"),
         # [offload]
         o("offload", "enabled", _bool, "true", "use reflink, copy_file_range or arrays before qemu-img"),
         o("offload", "arrays", _list, "", "libstoragemgmt URIs of storage arrays"),

@@ -10,6 +10,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 
 import hsm
 from hsm import config as hsmconfig
@@ -42,6 +43,7 @@ LOCAL_REPO_ID = "local"
 LOCAL_FORMAT = "localfs-1"
 EXIT_CONFIG = 2
 EXIT_START = 1
+EXPIRY_INTERVAL = 1.0  # seconds between sweeps of ended tasks and requestId answers past their age or count
 
 
 def parse_address(text: str) -> tuple[str, str]:
@@ -90,6 +92,7 @@ class Service:
         self.tasks = TaskManager(
             os.path.join(state_dir, "tasks"), mode=config.tasks.mode, pool_size=config.tasks.thread_pool_size,
             max_tasks=config.tasks.max_tasks, finished_ttl=config.tasks.finished_ttl,
+            max_finished=config.tasks.max_finished,
             lock_timeout=config.irs.task_resource_default_timeout / 1000)
         irs = config.irs
         self.engine = Engine(self.tasks, host_id=config.sanlock.host_id, io_timeout=irs.process_pool_timeout,
@@ -97,7 +100,7 @@ class Service:
                              monitor_interval=irs.sd_health_check_delay, qcow2_compat=irs.qcow2_compat,
                              state_dir=state_dir)
         supervdsm = SupervdsmClient(config.supervdsm.socket, config.supervdsm.connect_timeout,
-                                    config.supervdsm.call_timeout)
+                                    config.supervdsm.call_timeout, max_calls=config.supervdsm.max_calls)
         conns = config.connections
         self.connections = ConnectionManager(
             state_dir, Backends(supervdsm, os.path.join(irs.repository, "mnt")), interval=conns.monitor_interval,
@@ -117,7 +120,8 @@ class Service:
         ]
         if config.tasks.diagnostics:
             groups.append(DiagnosticsAPI(self.tasks, os.path.join(state_dir, "diagnostics")))
-        requests = RequestLog(os.path.join(state_dir, "requests"), ttl=config.rpc.request_id_ttl)
+        requests = RequestLog(os.path.join(state_dir, "requests"), ttl=config.rpc.request_id_ttl,
+                              max_answers=config.rpc.max_request_ids)
         self.dispatcher = Dispatcher(groups, requests, self.stats)
         self.connections.start()
         local = self._connect_default_repository()
@@ -127,8 +131,9 @@ class Service:
         rpc = config.rpc
         settings = ServerSettings(
             host=rpc.host, port=rpc.port, threads=rpc.threads, listen_backlog=rpc.listen_backlog,
-            keepalive_connections=rpc.keepalive_connections, max_request_bytes=rpc.max_request_bytes,
-            socket_timeout=rpc.socket_timeout, shutdown_timeout=rpc.shutdown_timeout,
+            max_connections=rpc.max_connections, max_connections_per_peer=rpc.max_connections_per_peer,
+            max_request_bytes=rpc.max_request_bytes, header_timeout=rpc.header_timeout,
+            body_timeout=rpc.body_timeout, idle_timeout=rpc.idle_timeout, shutdown_timeout=rpc.shutdown_timeout,
             tls=(rpc.key_file, rpc.cert_file, rpc.ca_file) if rpc.ssl else None)
         self.server = RpcServer(settings, self.dispatcher, Metrics(self.stats, task_counts=self.tasks.counts))
 
@@ -142,6 +147,12 @@ class Service:
         if not os.path.exists(os.path.join(path, repository.RECORD)):
             self.engine.create_repository(LOCAL_FORMAT, {"path": path})
         return self.engine.connect(LOCAL_REPO_ID, LOCAL_FORMAT, {"path": path})
+
+    def expire(self) -> None:
+        """Forget ended tasks and requestId answers past their age or count, even when no call comes."""
+        self.tasks.expire()
+        if self.dispatcher.requests is not None:
+            self.dispatcher.requests.expire()
 
     def stop(self) -> None:
         self.server.stop()
@@ -187,8 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     sdnotify.notify("READY=1\nSTATUS=serving")
     # Wake often: a signal that the kernel hands to another thread runs its Python handler
     # only when the main thread next runs bytecode.
+    next_expiry = time.monotonic() + EXPIRY_INTERVAL
     while not stopping.wait(0.2):
-        pass
+        if time.monotonic() >= next_expiry:
+            service.expire()
+            next_expiry = time.monotonic() + EXPIRY_INTERVAL
     log.info("Stopping: finishing calls in flight")
     sdnotify.notify("STOPPING=1")
     service.stop()

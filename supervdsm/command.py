@@ -14,11 +14,15 @@ _VALUE = re.compile(r"^[A-Za-z0-9_.+/:=@,%|-]*$")
 _NAME = re.compile(r"^[A-Za-z0-9_+][A-Za-z0-9_.+-]{0,127}$")
 
 
-def run(argv: list[str], timeout: float, env: dict[str, str] | None = None) -> dict:
-    """{rc, out, err} of the program; StorageTimeout when it outlives `timeout` (it is killed)."""
+def run(argv: list[str], timeout: float, env: dict[str, str] | None = None,
+        pass_fds: tuple[int, ...] = ()) -> dict:
+    """{rc, out, err} of the program; StorageTimeout when it outlives `timeout` (it is killed).
+
+    `pass_fds` stay open, with the same numbers, in the program (all others are closed).
+    """
     try:
         done = subprocess.run(argv, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL,
-                              env={**os.environ, **(env or {})}, check=False)
+                              env={**os.environ, **(env or {})}, check=False, pass_fds=pass_fds)
     except subprocess.TimeoutExpired:
         raise StorageTimeout(f"{argv[0]} {argv[1] if len(argv) > 1 else ''} killed after {timeout} s") from None
     except FileNotFoundError:

@@ -1,34 +1,116 @@
-"""The lvm verb: one lvm command, the caller's --config string, allow-listed options."""
+"""The lvm verb: one lvm command, its own allow-listed options, a checked --config string.
+
+Options are allowed per command, with their meaning there: `-f` is `--force`
+for vgremove but `--file` for vgcfgbackup, so it is listed for the first and
+not the second. Each option is a flag or takes exactly one value, as lvm's own
+parser reads it, and that value is checked for what the option means.
+"""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+
 from hsm.errors import InvalidParameterException
+from supervdsm import lvmconfig
 from supervdsm.command import check_value, run
 
-COMMANDS = frozenset({
-    "pvcreate", "pvremove", "pvresize", "pvs", "vgcreate", "vgextend", "vgreduce", "vgremove", "vgchange",
-    "vgs", "vgck", "vgcfgbackup", "lvcreate", "lvremove", "lvextend", "lvreduce", "lvchange", "lvrename",
-    "lvs", "fullreport",
-})
-# Options a caller may pass; --config comes only through the `config` argument.
-OPTIONS = frozenset({
-    "-L", "--size", "-l", "--extents", "-n", "--name", "-an", "-ay", "-Zn", "-Zy", "-f", "--force", "-y", "--yes",
-    "-p", "--permission", "--addtag", "--deltag", "-o", "--options", "-O", "--sort", "--reportformat",
-    "--units", "--nosuffix", "--noheadings", "--separator", "--ignoreskippedcluster", "-s", "--physicalextentsize",
-    "--metadatasize", "--dataalignment", "-u", "--uuid", "--norestorefile", "--autobackup", "--select", "-S",
-})
-# Settings that name programs lvm would run as root: never from a caller.
-_FORBIDDEN_CONFIG = ("executable", "dmeventd", "_check", "_repair", "_dump", "_restore")
+Check = Callable[[str], bool]
 
 
-def check_config(config: str) -> str:
-    if not isinstance(config, str) or "\n" in config or "\0" in config:
-        raise InvalidParameterException("config: expected one line of LVM configuration")
-    lowered = config.lower()
-    for word in _FORBIDDEN_CONFIG:
-        if word in lowered:
-            raise InvalidParameterException(f"config: settings with {word!r} are not accepted")
-    return config
+def _matches(pattern: str) -> Check:
+    compiled = re.compile(pattern)
+    return lambda value: compiled.fullmatch(value) is not None
+
+
+def _choice(*allowed: str) -> Check:
+    return lambda value: value in allowed
+
+
+_SIZE = _matches(r"\+?[0-9]+(\.[0-9]+)?[bBsSkKmMgGtTpPeE]?")
+_EXTENTS = _matches(r"\+?[0-9]+(%(VG|FREE|PVS|LV|ORIGIN))?")
+_COUNT = _matches(r"[0-9]{1,6}")
+_TAG = _matches(r"[A-Za-z0-9_+.=:/@][A-Za-z0-9_+.=:/@-]{0,1023}")
+_NAME = _matches(r"[A-Za-z0-9_+][A-Za-z0-9_.+-]{0,126}")
+_UUID = _matches(r"[A-Za-z0-9]{6}(-[A-Za-z0-9]{4}){5}-[A-Za-z0-9]{6}|[A-Za-z0-9]{32}")
+_YES_NO = _choice("y", "n")
+_FIELDS = _matches(r"\+?[a-z_]+(,[a-z_]+)*")
+_SORT = _matches(r"[+-]?[a-z_]+(,[+-]?[a-z_]+)*")
+_SELECT = _matches(r"[A-Za-z0-9_ =!<>&|(){}\[\],.:+/%#@~^$*?-]{1,4096}")
+_DEVICES = _matches(r"/dev/[A-Za-z0-9_.:/+-]+(,/dev/[A-Za-z0-9_.:/+-]+)*")
+
+FLAG = None  # an option that takes no value
+
+# What every command may take.
+_COMMON: dict[str, Check | None] = {"--devices": _DEVICES}
+_REPORT: dict[str, Check | None] = {
+    "-o": _FIELDS, "--options": _FIELDS, "-O": _SORT, "--sort": _SORT, "-S": _SELECT, "--select": _SELECT,
+    "--reportformat": _choice("basic", "json", "json_std"), "--units": _matches(r"[bBsSkKmMgGtTpPeEhHrR]"),
+    "--nosuffix": FLAG, "--noheadings": FLAG, "--separator": _choice("|", ",", ";", ":"),
+    "--ignoreskippedcluster": FLAG,
+}
+_AUTOBACKUP: dict[str, Check | None] = {"-A": _YES_NO, "--autobackup": _YES_NO}
+_FORCE: dict[str, Check | None] = {"-f": FLAG, "--force": FLAG, "-y": FLAG, "--yes": FLAG}
+_TAGS: dict[str, Check | None] = {"--addtag": _TAG, "--deltag": _TAG}
+_ACTIVATE: dict[str, Check | None] = {"-a": _choice("y", "n", "ay"), "--activate": _choice("y", "n", "ay"),
+                                      "-an": FLAG, "-ay": FLAG}
+_LV_SIZE: dict[str, Check | None] = {"-L": _SIZE, "--size": _SIZE, "-l": _EXTENTS, "--extents": _EXTENTS}
+_PERMISSION: dict[str, Check | None] = {"-p": _choice("r", "rw"), "--permission": _choice("r", "rw")}
+
+# Each command and the options it may take. vgcfgbackup takes none: its -f is --file.
+COMMANDS: dict[str, dict[str, Check | None]] = {
+    "pvs": _REPORT,
+    "vgs": _REPORT,
+    "lvs": _REPORT,
+    "fullreport": _REPORT,
+    "pvcreate": {**_FORCE, "-ff": FLAG, "--metadatasize": _SIZE, "--metadatacopies": _choice("0", "1", "2"),
+                 "--metadataignore": _YES_NO, "--dataalignment": _SIZE, "-u": _UUID, "--uuid": _UUID,
+                 "--norestorefile": FLAG},
+    "pvremove": {**_FORCE, "-ff": FLAG},
+    "pvresize": {"-y": FLAG, "--yes": FLAG},
+    "vgcreate": {**_AUTOBACKUP, **_TAGS, "-s": _SIZE, "--physicalextentsize": _SIZE, "-y": FLAG, "--yes": FLAG},
+    "vgextend": {**_AUTOBACKUP, "-y": FLAG, "--yes": FLAG},
+    "vgreduce": {**_AUTOBACKUP},
+    "vgremove": {**_FORCE},
+    "vgchange": {**_AUTOBACKUP, **_TAGS, **_ACTIVATE},
+    "vgck": {},
+    "vgcfgbackup": {},
+    "lvcreate": {**_AUTOBACKUP, **_TAGS, **_ACTIVATE, **_LV_SIZE, **_PERMISSION, "-n": _NAME, "--name": _NAME,
+                 "-Zn": FLAG, "-Zy": FLAG, "-Z": _YES_NO, "--zero": _YES_NO, "-W": _YES_NO,
+                 "--wipesignatures": _YES_NO, "-C": _YES_NO, "--contiguous": _YES_NO, "-y": FLAG, "--yes": FLAG},
+    "lvremove": {**_AUTOBACKUP, **_FORCE},
+    "lvextend": {**_AUTOBACKUP, **_LV_SIZE},
+    "lvreduce": {**_AUTOBACKUP, **_LV_SIZE, **_FORCE},
+    "lvchange": {**_AUTOBACKUP, **_TAGS, **_ACTIVATE, **_PERMISSION, "--refresh": FLAG},
+    "lvrename": {**_AUTOBACKUP},
+}
+
+
+def check_args(command: str, args: list) -> list[str]:
+    """The arguments of `lvm <command>`, each option known to that command and its value checked."""
+    allowed = {**_COMMON, **COMMANDS[command]}
+    checked: list[str] = []
+    position = 0
+    while position < len(args):
+        arg = args[position]
+        if not isinstance(arg, str):
+            raise InvalidParameterException(f"lvm argument {arg!r}: expected a string")
+        position += 1
+        if not arg.startswith("-"):
+            checked.append(check_value("lvm argument", arg))
+            continue
+        if arg not in allowed:
+            raise InvalidParameterException(f"lvm option {arg!r} is not allowed for {command}")
+        checked.append(arg)
+        check = allowed[arg]
+        if check is FLAG:
+            continue
+        value = args[position] if position < len(args) else None
+        if not isinstance(value, str) or not check(value):
+            raise InvalidParameterException(f"lvm {command} {arg} {value!r}: not an acceptable value")
+        checked.append(value)
+        position += 1
+    return checked
 
 
 def lvm(command: str, args: list, config: str = "", timeout: float = 120.0) -> dict:
@@ -36,14 +118,6 @@ def lvm(command: str, args: list, config: str = "", timeout: float = 120.0) -> d
         raise InvalidParameterException(f"lvm command {command!r} is not allowed")
     argv = ["lvm", command]
     if config:
-        argv += ["--config", check_config(config)]
-    for arg in args:
-        if not isinstance(arg, str):
-            raise InvalidParameterException(f"lvm argument {arg!r}: expected a string")
-        if arg.startswith("-"):
-            if arg not in OPTIONS:
-                raise InvalidParameterException(f"lvm option {arg!r} is not allowed")
-        else:
-            check_value("lvm argument", arg)
-        argv.append(arg)
+        argv += ["--config", lvmconfig.canonical(config)]
+    argv += check_args(command, args)
     return run(argv, timeout, env={"LVM_SUPPRESS_FD_WARNINGS": "1"})

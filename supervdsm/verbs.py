@@ -48,12 +48,14 @@ def make_verbs(config: Config) -> dict[str, PrivilegedVerb]:
     timeout = config.supervdsm.call_timeout
     mount_root = os.path.join(config.irs.repository, "mnt")
     file_roots = [config.irs.repository, config.irs.state_dir]
+    bind_roots = list(config.supervdsm.mount_sources)
+    loop_roots = [config.irs.repository, *bind_roots]
 
     def do_lvm(command: str, args: list, config: str = "") -> dict:
         return lvm(command, args, config, timeout)
 
     def do_mount(spec: str, mountpoint: str, vfsType: str, options: str = "") -> dict:
-        return mount.mount(spec, mountpoint, vfsType, options, mount_root, timeout)
+        return mount.mount(spec, mountpoint, vfsType, options, mount_root, timeout, loop_roots, bind_roots)
 
     def do_umount(mountpoint: str, lazy: bool = False, force: bool = False) -> dict:
         return mount.umount(mountpoint, mount_root, lazy, force, timeout)

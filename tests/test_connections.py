@@ -22,7 +22,9 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounts need root")
 @pytest.fixture
 def setup(tmp_path, make_hsmd):
     repository = tmp_path / "rhev"
-    supervdsmd = Supervdsmd(str(tmp_path / "sv"), config={"irs": {"repository": str(repository)}}).start()
+    # Bind and loop sources (exports, images) are made under tmp_path: it is the helper's allowed root.
+    supervdsmd = Supervdsmd(str(tmp_path / "sv"), config={"irs": {"repository": str(repository)}},
+                            mount_sources=str(tmp_path)).start()
     config = {"supervdsm": {"socket": supervdsmd.socket},
               "irs": {"repository": str(repository), "sd_health_check_delay": 0.2},
               "connections": {"monitor_interval": 0.2, "reconnect_backoff_min": 0.2, "reconnect_backoff_max": 1}}

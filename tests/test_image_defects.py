@@ -32,6 +32,9 @@ from tests.tasks_helpers import diagnostics_config, start_task, status, wait_sta
 def run_fixes(proxy, repo: str = "local", rounds: int = 4) -> list[dict]:
     """Run every fix check lists until it lists none that can run; returns what is left (unfixable)."""
     for _ in range(rounds):
+        for task, state in ok(proxy.getAllTasksStatuses())["allTasksStatus"].items():
+            if state["taskState"] == "running":  # the fixes the verbs started themselves go first
+                wait_state(proxy, task)
         fixes = ok(proxy.checkStorageRepository(repo))["fixes"]
         runnable = [fix for fix in fixes if fix["fixable"]]
         if not runnable:

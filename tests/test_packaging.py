@@ -105,7 +105,7 @@ def test_rpm_config_files_are_noreplace(rpm):
 
 def test_rpm_requires(rpm):
     requires = {line.split()[0] for line in _query(rpm, "--requires").splitlines()}
-    assert {"lvm2", "qemu-img", "sanlock", "python3-sanlock", "python3-cheroot"} <= requires
+    assert {"lvm2", "qemu-img", "sanlock", "python3-sanlock", "python3-prometheus_client"} <= requires
 
 
 def test_rpm_entry_points_run(rpm, tmp_path):

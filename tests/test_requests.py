@@ -96,6 +96,50 @@ def test_expired_answers_are_forgotten(tmp_path):
     assert d.call("createThing", ["a", {"requestId": "r1"}])["thingId"] == "a-2"
 
 
+def test_expired_answers_go_as_new_ones_come(tmp_path):
+    """No expire() call: a new record drops the expired ones, from memory and disk."""
+    shelf, d = _dispatcher(tmp_path, ttl=0.2)
+    d.call("createThing", ["a", {"requestId": "r1"}])
+    deadline = time.monotonic() + 10
+    while time.time() - d.requests._answers["r1"]["time"] <= 0.2:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    d.call("createThing", ["b", {"requestId": "r2"}])
+    assert list(d.requests._answers) == ["r2"]
+    assert [p.name for p in tmp_path.iterdir()] == [os.path.basename(_record_path(tmp_path, "r2"))]
+
+
+def test_answers_past_the_count_go_oldest_first(tmp_path):
+    shelf = Shelf()
+    d = Dispatcher([shelf], RequestLog(str(tmp_path), ttl=3600, max_answers=3))
+    first = [d.call("createThing", [f"t{i}", {"requestId": f"r{i}"}]) for i in range(5)]
+    assert list(d.requests._answers) == ["r2", "r3", "r4"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        os.path.basename(_record_path(tmp_path, f"r{i}")) for i in (2, 3, 4))
+    assert d.call("createThing", ["t4", {"requestId": "r4"}]) == first[4]
+    assert len(shelf.created) == 5
+    restarted = RequestLog(str(tmp_path), ttl=3600, max_answers=2)  # a smaller limit at the next start
+    assert list(restarted._answers) == ["r3", "r4"]
+    assert len(list(tmp_path.iterdir())) == 2
+
+
+def test_hsmd_expires_answers_by_age_while_it_runs(make_hsmd):
+    """With no further call, an answer older than request_id_ttl leaves hsmd's memory and disk."""
+    daemon = make_hsmd(config={"rpc": {"request_id_ttl": 1}, "tasks": {"diagnostics": "true"}}).start()
+    proxy = daemon.proxy()
+    first = proxy.runTestTask([{"seconds": 0}], {"requestId": "once"})
+    assert first["status"]["code"] == 0
+    assert proxy.runTestTask([{"seconds": 0}], {"requestId": "once"}) == first
+    folder = os.path.join(daemon.state_dir, "requests")
+    assert os.listdir(folder) == [os.path.basename(_record_path(folder, "once"))]
+    deadline = time.monotonic() + 10
+    while os.listdir(folder):
+        assert time.monotonic() < deadline, "the expired answer is still on disk"
+        time.sleep(0.05)
+    again = proxy.runTestTask([{"seconds": 0}], {"requestId": "once"})
+    assert again["status"]["code"] == 0 and again["taskId"] != first["taskId"]
+
+
 @pytest.mark.parametrize("bad", ["", 42, "x" * 257, {"a": 1}])
 def test_bad_request_id_is_invalid_parameter(tmp_path, bad):
     shelf, d = _dispatcher(tmp_path)

@@ -41,7 +41,7 @@ def test_config_whole_and_one_section(make_hsmd):
     assert proxy.getHsmConfig("tasks") == {
         "status": {"code": 0, "message": "OK"},
         "config": {"tasks": {"mode": "non-transparent", "thread_pool_size": 10, "max_tasks": 500,
-                             "finished_ttl": 3600, "diagnostics": False}}}
+                             "finished_ttl": 3600, "max_finished": 1000, "diagnostics": False}}}
 
 
 def test_config_sizes_travel_as_decimal_strings(make_hsmd):

@@ -3,8 +3,10 @@
 import ast
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
+import threading
 import time
 
 import pytest
@@ -169,3 +171,130 @@ def test_kill_under_load_fails_fast_then_recovers(supervdsmd):
         downs = [o for o in outcome if o[0] == "down"]
         assert max(o[1] for o in downs) < 1.0
         assert all(o[2] > killed_at for o in downs), [(o, killed_at) for o in outcome if o[2] <= killed_at][:3]
+
+
+def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"no {what} after {timeout} s"
+        time.sleep(0.01)
+
+
+def p99(samples: list[float]) -> float:
+    return sorted(samples)[int(0.99 * (len(samples) - 1))]
+
+
+def test_client_timeouts_follow_supervdsmd_verbs():
+    """The client waits for each verb as long as supervdsmd lets it run, and a little more."""
+    from hsm import config as hsmconfig
+    from supervdsm import client as sv_client
+    from supervdsm.verbs import make_verbs
+
+    config = hsmconfig.load(None)
+    client = sv_client.SupervdsmClient("/nowhere", call_timeout=config.supervdsm.call_timeout)
+    for verb in make_verbs(config).values():
+        assert client.timeout(verb.name) == verb.timeout + sv_client.ANSWER_MARGIN, verb.name
+
+
+def test_a_frozen_supervdsmd_costs_only_the_calls_on_it(supervdsmd, monkeypatch):
+    """Calls run side by side, each with its verb's timeout; past max_calls waiting, one more fails at once."""
+    from supervdsm import client as sv_client
+
+    monkeypatch.setattr(sv_client, "ANSWER_MARGIN", 0.0)
+    monkeypatch.setitem(sv_client.VERB_TIMEOUTS, "ping", 1.0)
+    client = sv_client.SupervdsmClient(supervdsmd.socket, max_calls=3)
+    outcomes: list[tuple[float, str]] = []
+
+    def stuck_ping() -> None:
+        begin = time.monotonic()
+        with pytest.raises(SupervdsmUnavailable) as info:
+            client.call("ping")
+        outcomes.append((time.monotonic() - begin, str(info.value)))
+
+    assert client.call("ping")["pid"] == supervdsmd.process.pid
+    supervdsmd.process.send_signal(signal.SIGSTOP)
+    try:
+        callers = [threading.Thread(target=stuck_ping) for _ in range(3)]
+        for caller in callers:
+            caller.start()
+
+        def refused_at_once() -> float | None:
+            begin = time.monotonic()
+            try:
+                client.call("ping")
+            except SupervdsmUnavailable as e:
+                if "3 calls already wait" in str(e):
+                    return time.monotonic() - begin or 1e-9
+            return None
+
+        assert wait_for(refused_at_once, what="call refused past max_calls") < 0.1
+        for caller in callers:
+            caller.join(10)
+        assert len(outcomes) == 3
+        for took, message in outcomes:
+            assert 0.9 < took < 3, outcomes  # the verb's timeout, not the connection's nor another call's
+            assert "timed out" in message
+    finally:
+        supervdsmd.process.send_signal(signal.SIGCONT)
+    assert wait_for(lambda: _answers(client), what="answer after SIGCONT")["pid"] == supervdsmd.process.pid
+    client.close()
+
+
+def _answers(client):
+    try:
+        return client.call("ping")
+    except SupervdsmUnavailable:
+        return None
+
+
+def test_a_frozen_supervdsmd_stalls_nothing_else_in_hsmd(make_hsmd, supervdsmd):
+    """supervdsmd stopped (SIGSTOP); 20 clients call getDeviceList on hsmd; ping and getImageList
+    keep a p99 under 100 ms, and every getDeviceList either waits on one of the few call slots
+    (until its verb's timeout) or fails at once with 5003."""
+    from tests.images_helpers import code, new_disk, ok
+
+    daemon = make_hsmd(config={"supervdsm": {"socket": supervdsmd.socket}}).start()
+    proxy = daemon.proxy()
+    ok(proxy.getDeviceList())
+    disk = new_disk(proxy)
+    assert disk in ok(proxy.getImageList("local"))["images"]
+
+    stop = threading.Event()
+    answers: list[tuple[int, float]] = []
+
+    def list_devices() -> None:
+        other = daemon.proxy(timeout=120)
+        while not stop.is_set():
+            begin = time.monotonic()
+            answer = other.getDeviceList()
+            answers.append((code(answer), time.monotonic() - begin))  # a caller told "busy" calls again at once
+
+    def timed(call) -> float:
+        begin = time.monotonic()
+        ok(call())
+        return time.monotonic() - begin
+
+    supervdsmd.process.send_signal(signal.SIGSTOP)
+    callers = [threading.Thread(target=list_devices) for _ in range(20)]
+    try:
+        for caller in callers:
+            caller.start()
+        wait_for(lambda: any(c == 5003 for c, _ in answers), what="getDeviceList refused as busy")
+        pings, lists = [], []
+        for _ in range(300):
+            pings.append(timed(proxy.ping))
+            lists.append(timed(lambda: proxy.getImageList("local")))
+    finally:
+        stop.set()
+        supervdsmd.process.send_signal(signal.SIGCONT)
+    for caller in callers:
+        caller.join(60)
+    assert not any(caller.is_alive() for caller in callers)
+    for name, samples in (("ping", pings), ("getImageList", lists)):
+        assert p99(samples) < 0.1, f"{name}: p99 {p99(samples) * 1000:.0f} ms"
+    assert {c for c, _ in answers} <= {0, 5003}, answers
+    assert max(took for c, took in answers if c == 5003) < 40  # listBlockDevices' 30 s and the margin at most
+    wait_for(lambda: code(proxy.getDeviceList()) == 0, what="getDeviceList answered after SIGCONT")

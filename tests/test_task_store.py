@@ -58,6 +58,19 @@ def test_the_last_save_wins_and_removes_stay_removed(tmp_path):
     assert json.loads((tmp_path / SNAPSHOT).read_text())["seq"] == 4
 
 
+def test_many_removes_are_one_write(tmp_path, monkeypatch):
+    store = TaskStore(str(tmp_path))
+    for name in "abcd":
+        store.save(task(name, State.FINISHED))
+    syncs = []
+    monkeypatch.setattr(task_store.os, "fdatasync", lambda fd: syncs.append(fd))
+    store.remove_many(["a", "b", "c"])
+    assert len(syncs) == 1
+    assert [(line["id"], line["record"]) for line in journal_lines(str(tmp_path))[-3:]] == \
+        [("a", None), ("b", None), ("c", None)]
+    assert list(read_records(str(tmp_path))[0]) == ["d"]
+
+
 def test_a_torn_last_line_is_skipped(tmp_path):
     store = TaskStore(str(tmp_path))
     store.save(task("a"))

@@ -11,7 +11,16 @@ import time
 import pytest
 
 from hsm.tasks.store import JOURNAL, read_records
-from tests.tasks_helpers import diagnostics_config, fill, journal, small_filesystem, start_task, status, wait_state
+from tests.tasks_helpers import (
+    diagnostics_config,
+    fill,
+    journal,
+    small_filesystem,
+    start_task,
+    status,
+    wait_for,
+    wait_state,
+)
 
 # Larger than a page: once the small filesystem is full, no task record fits in the journal's last page.
 PAD = "x" * 8192
@@ -133,6 +142,56 @@ def test_finished_tasks_expire_in_non_transparent_mode(make_hsmd):
     time.sleep(1.3)
     assert proxy.getTaskStatus(task_id)["status"]["code"] == 401
     assert task_id not in read_records(os.path.join(daemon.state_dir, "tasks"))[0]
+
+
+def test_ended_tasks_past_max_finished_are_forgotten_oldest_first(make_hsmd):
+    """Non-transparent: the newest max_finished ended tasks stay, here and after a restart; unfinished ones stay."""
+    daemon = make_hsmd(config=diagnostics_config(max_finished=5)).start()
+    proxy = daemon.proxy()
+    unfinished = start_task(proxy, [{"seconds": 60}])
+    wait_state(proxy, unfinished, states=("running",))
+    ended = []
+    for steps in ([{"seconds": 0}], [{"seconds": 0, "fail": True}]) * 6:
+        ended.append(start_task(proxy, steps))
+        wait_state(proxy, ended[-1])
+    assert [proxy.getTaskStatus(task_id)["status"]["code"] for task_id in ended] == [401] * 7 + [0] * 5
+    assert [status(proxy, task_id)["state"] for task_id in ended[7:]] == ["recovered", "finished"] * 2 + ["recovered"]
+    assert status(proxy, unfinished)["state"] == "running"
+    tasks_dir = os.path.join(daemon.state_dir, "tasks")
+    assert set(read_records(tasks_dir)[0]) == {unfinished, *ended[7:]}
+    assert daemon.stop() == 0
+    with open(daemon.config_path) as f:
+        text = f.read()
+    with open(daemon.config_path, "w") as f:
+        f.write(text.replace("max_finished = 5", "max_finished = 3"))
+    proxy = daemon.start().proxy()
+    assert [proxy.getTaskStatus(task_id)["status"]["code"] for task_id in ended] == [401] * 9 + [0] * 3
+    assert status(proxy, unfinished)["state"] in ("queued", "acquiring", "running")
+    assert set(read_records(tasks_dir)[0]) == {unfinished, *ended[9:]}
+    daemon.kill()
+
+
+def test_ended_tasks_expire_by_age_with_no_call(make_hsmd):
+    """hsmd forgets ended tasks past finished_ttl by itself, even when no verb comes to look."""
+    daemon = make_hsmd(config=diagnostics_config(finished_ttl=1)).start()
+    proxy = daemon.proxy()
+    task_id = start_task(proxy, [{"seconds": 0}])
+    wait_state(proxy, task_id)
+    wait_for(lambda: task_id not in read_records(os.path.join(daemon.state_dir, "tasks"))[0], timeout=10,
+             what="the ended task's removal from the journal")
+    assert proxy.getTaskStatus(task_id)["status"]["code"] == 401
+
+
+def test_transparent_tasks_are_not_bounded_by_max_finished(make_hsmd):
+    """Transparent tasks belong to the caller: every ended one stays until clearTask."""
+    daemon = make_hsmd(config=diagnostics_config("transparent", max_finished=2)).start()
+    proxy = daemon.proxy()
+    ids = [start_task(proxy, [{"seconds": 0}], taskId=f"engine-{i}") for i in range(5)]
+    for task_id in ids:
+        wait_state(proxy, task_id)
+    start_task(proxy, [{"seconds": 0}], taskId="engine-last")
+    assert [status(proxy, task_id)["state"] for task_id in ids] == ["finished"] * 5
+    assert proxy.clearTask(ids[0])["status"]["code"] == 0
 
 
 def test_full_queue_fails_at_once_with_405(make_hsmd):

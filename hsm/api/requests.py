@@ -1,9 +1,12 @@
 """options.requestId: a repeated mutating call answers what the first one did.
 
 Answers of successful calls are kept, persisted under the state dir, for
-`[rpc] request_id_ttl` seconds. A failed call changed nothing, so its
-requestId stays free and the caller may retry with it. Two calls with one
-requestId run one after the other, never together.
+`[rpc] request_id_ttl` seconds, and at most `[rpc] max_request_ids` of them
+(the oldest go first), so memory and disk stay bounded under any load. Old
+answers are dropped as new ones come and by expire(), which hsmd calls
+periodically. A failed call changed nothing, so its requestId stays free and
+the caller may retry with it. Two calls with one requestId run one after the
+other, never together.
 """
 
 from __future__ import annotations
@@ -53,11 +56,12 @@ def _checked(record: object) -> dict:
 
 
 class RequestLog:
-    def __init__(self, folder: str | None, ttl: float) -> None:
+    def __init__(self, folder: str | None, ttl: float, max_answers: int = 10000) -> None:
         self._folder = folder
         self._ttl = ttl
+        self._max_answers = max_answers
         self._lock = threading.Lock()
-        self._answers: dict[str, dict] = {}
+        self._answers: dict[str, dict] = {}  # oldest first: expiry looks only at the head
         self._busy: dict[str, list] = {}  # requestId -> [lock, users]
         if folder:
             os.makedirs(folder, exist_ok=True)
@@ -70,6 +74,7 @@ class RequestLog:
     def _load(self) -> None:
         """Read the kept answers; a damaged record is logged with its path and removed, never fatal."""
         now = time.time()
+        kept = []
         for entry in os.scandir(self._folder):
             if not entry.name.endswith(".json"):
                 continue
@@ -87,7 +92,10 @@ class RequestLog:
             elif now - record["time"] > self._ttl:
                 self._drop(entry.path)
             else:
-                self._answers[record["requestId"]] = record
+                kept.append(record)
+        for record in sorted(kept, key=lambda r: r["time"]):
+            self._answers[record["requestId"]] = record
+        self.expire()  # past max_answers (a smaller limit than the last run's)
 
     @staticmethod
     def _drop(path: str) -> None:
@@ -130,25 +138,43 @@ class RequestLog:
     def _known(self, request_id: str) -> dict | None:
         with self._lock:
             record = self._answers.get(request_id)
-            if record is not None and time.time() - record["time"] > self._ttl:
-                del self._answers[request_id]
-                record = None
+        if record is not None and time.time() - record["time"] > self._ttl:
+            return None  # expired: the next sweep drops it, or _remember replaces it
         return record
 
     def _remember(self, record: dict) -> None:
         if self._folder:
             atomic_write(self._path(record["requestId"]), json.dumps(record).encode())
         with self._lock:
+            self._answers.pop(record["requestId"], None)  # an expired one goes to the end again
             self._answers[record["requestId"]] = record
+            self._sweep(record["time"])
 
     def expire(self) -> int:
-        """Forget answers older than the TTL; returns how many went."""
-        now = time.time()
+        """Forget answers older than the TTL or past max_answers; returns how many went."""
         with self._lock:
-            old = [rid for rid, rec in self._answers.items() if now - rec["time"] > self._ttl]
-            for rid in old:
-                del self._answers[rid]
-        if self._folder:
-            for rid in old:
-                atomic_remove(self._path(rid))
+            return self._sweep(time.time())
+
+    def _sweep(self, now: float) -> int:
+        """Drop the oldest answers while they are expired or too many (called under self._lock).
+
+        Their files go too, without a durable sync: one left by a crash is expired
+        or over the limit again at the next start. A requestId in use by a call
+        keeps its file; that call rewrites it, or it goes at the next start.
+        """
+        old = []
+        for request_id, record in self._answers.items():
+            over = 0 < self._max_answers < len(self._answers) - len(old)
+            if not over and now - record["time"] <= self._ttl:
+                break
+            old.append(request_id)
+        for request_id in old:
+            del self._answers[request_id]
+            if self._folder and request_id not in self._busy:
+                try:
+                    os.unlink(self._path(request_id))
+                except FileNotFoundError:
+                    pass
+                except OSError as e:
+                    log.warning("Cannot remove request record %s: %s", self._path(request_id), e)
         return len(old)

@@ -21,6 +21,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from hsm.atomicfile import atomic_write
@@ -36,6 +37,8 @@ from hsm.errors import (
 log = logging.getLogger("hsm.connections")
 
 CID = re.compile(r"^[^/\x00]{1,255}$")
+RECONNECT_WORKERS = 4  # connections checked or reconnected at once; half of supervdsmd's call slots
+NODES = "iscsi node records"  # the monitor's work key for reading them
 
 
 @dataclass
@@ -210,6 +213,10 @@ class ConnectionManager:
     # -- the monitor ------------------------------------------------------------
 
     def start(self) -> None:
+        # Reconnects run side by side, so one slow login (iSCSI may take 120 s) delays no other and
+        # no check; bounded, so that hung ones cannot take every supervdsmd call slot from the API.
+        self._pool = ThreadPoolExecutor(RECONNECT_WORKERS, thread_name_prefix="connections")
+        self._tending: set[str] = set()  # keys of the work queued or running on the pool
         threading.Thread(target=self._watch, name="connections", daemon=True).start()
 
     def stop(self) -> None:
@@ -219,30 +226,57 @@ class ConnectionManager:
     def _watch(self) -> None:
         while not self._stop.is_set():
             with self._lock:
-                physicals = list(self._physical.values())
+                physicals = [p for p in self._physical.values() if p.storage.key not in self._tending]
             for physical in physicals:
                 if self._stop.is_set():
-                    return
-                self._tend(physical)
-            self._nodes = self.backends.iscsi_nodes()
+                    break
+                if not self._check(physical) and time.monotonic() >= physical.next_try:
+                    self._submit(physical.storage.key, self._reconnect, physical)
+            self._submit(NODES, self._read_nodes)
             self._wake.wait(self._interval)
             self._wake.clear()
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def _tend(self, physical: Physical) -> None:
+    def _submit(self, key: str, work: Callable[..., None], *args: object) -> None:
+        """Run `work` on the pool unless the last run for `key` is still queued or going."""
+        with self._lock:
+            if key in self._tending:
+                return
+            self._tending.add(key)
+
+        def run() -> None:
+            try:
+                if not self._stop.is_set():
+                    work(*args)
+            except Exception:  # a pool's future keeps its error unseen: the log is the only witness
+                log.exception("Tending %s failed", key)
+            finally:
+                with self._lock:
+                    self._tending.discard(key)
+        self._pool.submit(run)
+
+    def _read_nodes(self) -> None:
+        self._nodes = self.backends.iscsi_nodes()
+
+    def _check(self, physical: Physical) -> bool:
+        """Whether the connection is up, as seen now (a cheap look at the host's mounts and sessions)."""
         storage = physical.storage
         try:
             if self.backends.is_connected(storage):
                 if not physical.connected:
                     log.info("%s is connected", storage.key)
                 physical.connected, physical.backoff, physical.last_error = True, 0.0, {}
-                return
+                return True
         except OSError as e:
             log.warning("Cannot check %s: %s", storage.key, e)
         if physical.connected:
             log.warning("%s was lost; reconnecting", storage.key)
         physical.connected = False
-        if time.monotonic() < physical.next_try:
-            return
+        return False
+
+    def _reconnect(self, physical: Physical) -> None:
+        """One attempt, on a pool worker; a failure sets the next try after a doubled backoff."""
+        storage = physical.storage
         try:
             self.backends.connect(storage)
             physical.connected = self.backends.is_connected(storage)

@@ -14,8 +14,9 @@ __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
 class _Collector:
     def __init__(self, stats: CallStats, task_counts: Callable[[], dict[str, int]],
-                 repositories: Callable[[], dict[str, bool]]) -> None:
+                 repositories: Callable[[], dict[str, bool]], server_counts: Callable[[], dict[str, int]]) -> None:
         self._stats = stats
+        self._server_counts = server_counts
         self._task_counts = task_counts
         self._repositories = repositories
 
@@ -41,14 +42,21 @@ class _Collector:
                                   labels=["repo"])
         for repo_id, valid in sorted(self._repositories().items()):
             repos.add_metric([repo_id], 1 if valid else 0)
-        yield from (calls, latency, errors, tasks, repos)
+        server = self._server_counts()
+        connections = GaugeMetricFamily("hsm_rpc_connections", "Open connections, requests in progress or not",
+                                        value=server.get("connections", 0))
+        in_workers = GaugeMetricFamily("hsm_rpc_requests_in_workers",
+                                       "Whole requests queued for or running on a worker",
+                                       value=server.get("in_workers", 0))
+        yield from (calls, latency, errors, tasks, repos, connections, in_workers)
 
 
 class Metrics:
     def __init__(self, stats: CallStats, task_counts: Callable[[], dict[str, int]] = dict,
                  repositories: Callable[[], dict[str, bool]] = dict) -> None:
+        self.server_counts: Callable[[], dict[str, int]] = dict  # set by the RpcServer that serves these
         self._registry = CollectorRegistry(auto_describe=False)
-        self._registry.register(_Collector(stats, task_counts, repositories))
+        self._registry.register(_Collector(stats, task_counts, repositories, lambda: self.server_counts()))
 
     def render(self) -> bytes:
         return generate_latest(self._registry)

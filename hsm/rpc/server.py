@@ -1,28 +1,33 @@
 """hsmd's HTTP side: XML-RPC on POST /RPC2 and Prometheus text on GET /metrics.
 
-cheroot serves HTTP/1.1 with keep-alive from a bounded pool of worker threads;
-idle keep-alive connections wait in a selector, not in a worker, so 64 or
-more clients share a pool of 16 without starving each other.
+One event-loop thread accepts connections, runs TLS handshakes and reads each
+request whole, under deadlines (hsm.rpc.connection); only then does a worker
+of a bounded pool parse and run it. Idle, slow or never-handshaking peers
+therefore cost a socket and a little memory, never a worker.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import resource
+import socket
 import ssl
-from collections.abc import Callable, Iterable
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-
-from cheroot import wsgi
-from cheroot.errors import MaxSizeExceeded
-from cheroot.ssl.builtin import BuiltinSSLAdapter
 
 from hsm.api.dispatch import BadArguments, Dispatcher, UnknownVerb
 from hsm.rpc import marshal
+from hsm.rpc.connection import Deadlines, Front, HttpConnection
+from hsm.rpc.http import Head, response
 from hsm.rpc.metrics import CONTENT_TYPE_LATEST, Metrics
+from hsm.rpc.workers import Workers
 
 log = logging.getLogger("hsm.rpc")
 
 RPC_PATHS = ("/RPC2", "/")
+_SWEEP_INTERVAL = 0.25  # seconds between deadline checks
 
 
 @dataclass(frozen=True)
@@ -31,56 +36,44 @@ class ServerSettings:
     port: int
     threads: int = 16
     listen_backlog: int = 1024
-    keepalive_connections: int = 256
+    max_connections: int = 1000
+    max_connections_per_peer: int = 128
     max_request_bytes: int = 10 * 1024 * 1024
-    socket_timeout: float = 60.0
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    idle_timeout: float = 60.0
     shutdown_timeout: float = 30.0
     tls: tuple[str, str, str] | None = None  # key, cert, CA
 
 
-class _CherootServer(wsgi.Server):
-    def error_log(self, msg: str = "", level: int = 20, traceback: bool = False) -> None:
-        log.log(level, "%s", msg, exc_info=traceback)
+def _tls_context(key_file: str, cert_file: str, ca_file: str) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert_file, key_file)
+    context.load_verify_locations(ca_file)
+    context.verify_mode = ssl.CERT_REQUIRED  # as VDSM: no client certificate, no service
+    return context
 
 
-def _tls_adapter(key_file: str, cert_file: str, ca_file: str) -> BuiltinSSLAdapter:
-    adapter = BuiltinSSLAdapter(cert_file, key_file, ca_file)
-    adapter.context.minimum_version = ssl.TLSVersion.TLSv1_2
-    adapter.context.verify_mode = ssl.CERT_REQUIRED  # as VDSM: no client certificate, no service
-    return adapter
+def _listen(host: str, port: int, backlog: int) -> socket.socket:
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+    return socket.create_server((host, port), family=family, backlog=backlog)
+
+
+def _allow_open_files(needed: int) -> None:
+    """Raise the soft limit on open files toward the hard one, so accepting never fails with EMFILE first."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 class RpcApplication:
-    """The WSGI application: routes, bodies, and faults for what cannot be called."""
+    """What a worker does with a whole request: XML-RPC calls and faults, metrics."""
 
     def __init__(self, dispatcher: Dispatcher, metrics: Metrics) -> None:
         self._dispatcher = dispatcher
         self._metrics = metrics
-
-    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "")
-        method = environ["REQUEST_METHOD"]
-        if path == "/metrics" and method == "GET":
-            return self._reply(start_response, "200 OK", CONTENT_TYPE_LATEST, self._metrics.render())
-        if path not in RPC_PATHS:
-            return self._reply(start_response, "404 Not Found", "text/plain", b"not found\n")
-        if method != "POST":
-            return self._reply(start_response, "405 Method Not Allowed", "text/plain",
-                               b"XML-RPC takes POST\n", [("Allow", "POST")])
-        length = int(environ.get("CONTENT_LENGTH") or 0)
-        try:
-            body = environ["wsgi.input"].read(length) if length else environ["wsgi.input"].read()
-        except (MaxSizeExceeded, OSError, ValueError) as e:
-            # Only chunked bodies fail here (cheroot refuses a too long Content-Length
-            # itself); it signals "too large" with MaxSizeExceeded or a plain OSError.
-            if isinstance(e, MaxSizeExceeded) or "Too Large" in str(e):
-                status, text = "413 Request Entity Too Large", b"request body too large\n"
-            elif isinstance(e, ValueError):
-                status, text = "400 Bad Request", f"bad chunked body: {e}\n".encode()
-            else:
-                raise
-            return self._reply(start_response, status, "text/plain", text, [("Connection", "close")])
-        return self._reply(start_response, "200 OK", "text/xml", self.answer(body))
 
     def answer(self, body: bytes) -> bytes:
         try:
@@ -95,38 +88,96 @@ class RpcApplication:
         log.info("Refused request: %s", message)
         return marshal.dump_fault(code, message)
 
-    @staticmethod
-    def _reply(start_response: Callable, status: str, content_type: str, body: bytes,
-               extra: list[tuple[str, str]] | None = None) -> list[bytes]:
-        headers = [("Content-Type", content_type), ("Content-Length", str(len(body)))]
-        start_response(status, headers + (extra or []))
-        return [body]
+    def metrics(self) -> bytes:
+        return self._metrics.render()
 
 
 class RpcServer:
     """Binds at construction (so a busy port fails start-up), serves in serve_forever()."""
 
     def __init__(self, settings: ServerSettings, dispatcher: Dispatcher, metrics: Metrics) -> None:
-        server = _CherootServer(
-            (settings.host, settings.port), RpcApplication(dispatcher, metrics),
-            numthreads=settings.threads, max=settings.threads,
-            request_queue_size=settings.listen_backlog, timeout=settings.socket_timeout,
-            shutdown_timeout=settings.shutdown_timeout, server_name="hsmd")
-        server.max_request_body_size = settings.max_request_bytes
-        server.max_request_header_size = 64 * 1024
-        server.keep_alive_conn_limit = settings.keepalive_connections
-        if settings.tls:
-            server.ssl_adapter = _tls_adapter(*settings.tls)
-        server.prepare()
-        self._server = server
+        self._settings = settings
+        self._app = RpcApplication(dispatcher, metrics)
+        self._tls = _tls_context(*settings.tls) if settings.tls else None
+        self._sock = _listen(settings.host, settings.port, settings.listen_backlog)
+        _allow_open_files(settings.max_connections + 256)
+        self._loop = asyncio.new_event_loop()
+        self._workers = Workers(settings.threads, self._loop)
+        self._loop.set_exception_handler(self._loop_error)
+        self._stop_requested: asyncio.Future | None = None
+        self._served = threading.Event()
+        self._in_workers = 0
+        deadlines = Deadlines(settings.header_timeout, settings.body_timeout, settings.idle_timeout)
+        self._front = Front(self._loop, deadlines, settings.max_request_bytes, settings.max_connections,
+                            settings.max_connections_per_peer, self._tls, self._route)
+        metrics.server_counts = self.counts
 
     @property
     def address(self) -> tuple[str, int]:
-        return self._server.bind_addr[:2]
+        return self._sock.getsockname()[:2]
+
+    def counts(self) -> dict[str, int]:
+        """Open connections, and requests with the worker pool (queued or running)."""
+        return {"connections": self._front.count, "in_workers": self._in_workers}
 
     def serve_forever(self) -> None:
-        self._server.serve()
+        try:
+            self._loop.run_until_complete(self._serve())
+        finally:
+            self._loop.close()
+            self._workers.stop()
+            self._served.set()
 
     def stop(self) -> None:
         """Stop accepting; calls in flight finish (up to shutdown_timeout) before this returns."""
-        self._server.stop()
+        try:
+            self._loop.call_soon_threadsafe(self._request_stop)
+        except RuntimeError:  # the loop is closed: nothing is served
+            return
+        self._served.wait(self._settings.shutdown_timeout + 10)
+
+    def _request_stop(self) -> None:
+        if self._stop_requested is not None and not self._stop_requested.done():
+            self._stop_requested.set_result(None)
+
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._stop_requested = loop.create_future()
+        server = await loop.create_server(lambda: HttpConnection(self._front), sock=self._sock,
+                                          backlog=self._settings.listen_backlog)
+        sweeper = loop.create_task(self._sweep())
+        await self._stop_requested
+        server.close()
+        await self._front.drain(self._settings.shutdown_timeout)
+        sweeper.cancel()
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(_SWEEP_INTERVAL)
+            self._front.sweep()
+
+    def _route(self, conn: HttpConnection, head: Head, body: bytes) -> None:
+        if head.path == "/metrics" and head.method == "GET":
+            self._submit(conn, lambda close: response(200, CONTENT_TYPE_LATEST, self._app.metrics(), close=close))
+        elif head.path not in RPC_PATHS:
+            conn.reply(404, "text/plain", b"not found\n")
+        elif head.method != "POST":
+            conn.reply(405, "text/plain", b"XML-RPC takes POST\n", (("Allow", "POST"),))
+        else:
+            self._submit(conn, lambda close: response(200, "text/xml", self._app.answer(body), close=close))
+
+    def _submit(self, conn: HttpConnection, work: Callable[[bool], bytes]) -> None:
+        self._in_workers += 1
+        close = not conn.keep_alive
+        self._workers.submit(lambda: work(close), lambda reply, error: self._answered(conn, reply, error))
+
+    def _answered(self, conn: HttpConnection, reply: bytes | None, error: Exception | None) -> None:
+        self._in_workers -= 1
+        if error is None:
+            conn.answer(reply)
+            return
+        log.error("Request of %s failed", conn.peer, exc_info=error)
+        conn.reply(500, "text/plain", b"internal error\n")
+
+    def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        log.warning("RPC event loop: %s", context.get("message"), exc_info=context.get("exception"))

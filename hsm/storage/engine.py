@@ -34,7 +34,7 @@ from hsm.errors import (
 )
 from hsm.storage import repository as repositories
 from hsm.storage.fixes import Fixes
-from hsm.storage.image import DEGRADED, DISK, SNAPSHOT, Image, Volume
+from hsm.storage.image import DISK, SNAPSHOT, Image, Volume
 from hsm.storage.ioprocess import IOProcess
 from hsm.storage.options import ImageOptions, check_id, parse_image_size
 from hsm.storage.prepared import PreparedImages
@@ -371,8 +371,8 @@ class Engine:
             raise PrepareIllegalVolumeError(f"{image_id} is {image.state}: {image.lastError.get('message', '')}")
         if repo.snapshot_pending(image_id):
             raise VolumeIsBusy(f"{image_id}: a snapshot of it is not complete yet")
-        if image.state == DEGRADED and self.fixes.active_on_image(repo, image_id):
-            raise VolumeIsBusy(f"{image_id} is being optimized")
+        if image_id in repo.rewriting:
+            raise VolumeIsBusy(f"{image_id}: a merge or optimize is changing its chain now")
         for vol in image.volumes:
             try:
                 repo.io.stat(repo.volume_path(vol))

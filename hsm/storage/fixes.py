@@ -325,11 +325,30 @@ class Fixes:
     def _optimize(self, ctx: StepContext, repo: FileRepository, image: Image) -> None:
         if image.intent.get("op") != "optimize":
             return
-        if self.engine.is_prepared(repo, image.id):
-            raise VolumeIsBusy(f"{image.id} is prepared; it is optimized after teardownImage")
-        qemuimg.rebase(repo.volume_path(image.top), None, progress=self._progress(ctx, repo, image, 0, 99))
-        self.update(repo, image, state=OPTIMIZED, intent={}, volumes=[image.top], percentComplete=100,
-                   lastError={})
+        with self._rewriting(repo, [image.id], "it is optimized after teardownImage"):
+            qemuimg.rebase(repo.volume_path(image.top), None, progress=self._progress(ctx, repo, image, 0, 99))
+            self.update(repo, image, state=OPTIMIZED, intent={}, volumes=[image.top], percentComplete=100,
+                        lastError={})
+
+    @contextlib.contextmanager
+    def _rewriting(self, repo: FileRepository, image_ids: list[str], wait: str) -> Iterator[None]:
+        """Change these images' chains, none of them prepared now, nor prepared until the change is done.
+
+        The check and the mark are one step under the repository's lock, which prepareImage takes too.
+        """
+        with repo.lock:
+            for image_id in image_ids:
+                if self.engine.is_prepared(repo, image_id):
+                    raise VolumeIsBusy(f"{image_id} is prepared on this host; {wait}")
+            repo.rewriting.update(image_ids)
+        try:
+            yield
+        finally:
+            with repo.lock:
+                repo.rewriting.subtract(image_ids)
+                for image_id in image_ids:
+                    if repo.rewriting[image_id] <= 0:
+                        del repo.rewriting[image_id]
 
     # snapshot ---------------------------------------------------------------
 
@@ -417,28 +436,33 @@ class Fixes:
         below = snapshot.volumes[len(snapshot.own)] if len(snapshot.volumes) > len(snapshot.own) else None
         above: dict[str, Volume] = {}
         self._check_unused(repo, snapshot)
-        for child in repo.dependents(snapshot):
-            if self.engine.is_prepared(repo, child.id):
-                raise VolumeIsBusy(f"{child.id} reads through removed snapshot {snapshot.id} and is prepared")
+        children = repo.dependents(snapshot)
+        for child in children:
             index = next(i for i, vol in enumerate(child.volumes) if vol.id == snapshot.top.id)
             if index > 0:
                 above[child.volumes[index - 1].id] = child.volumes[index - 1]
-        for vol in above.values():
-            path = repo.volume_path(vol)
-            if not repo.io.exists(path):  # a pending create makes it later, on the backing its record names
-                continue
-            current = qemuimg.info(path).get("backing-filename", "")
-            wanted = below.filename if below else ""
-            if current != wanted:
-                log.info("Merging snapshot %s into volume %s", snapshot.id, vol.id)
-                qemuimg.rebase(path, wanted or None, progress=lambda percent: ctx.check_stop())
+        with self._rewriting(repo, [child.id for child in children], f"snapshot {snapshot.id} is merged after "
+                             "teardownImage"):
+            for vol in above.values():
+                path = repo.volume_path(vol)
+                if not repo.io.exists(path):  # gone behind hsmd's back: its image is reported broken
+                    continue
+                current = qemuimg.info(path).get("backing-filename", "")
+                wanted = below.filename if below else ""
+                if current != wanted:
+                    log.info("Merging snapshot %s into volume %s", snapshot.id, vol.id)
+                    qemuimg.rebase(path, wanted or None, progress=lambda percent: ctx.check_stop())
 
     def _merge_records(self, ctx: StepContext, repo: FileRepository, snapshot: Image | None) -> None:
         if snapshot is None or not snapshot.removed:
             return
-        for child in repo.dependents(snapshot):
-            volumes = [vol for vol in child.volumes if vol.image != snapshot.id]
-            self.update(repo, child, volumes=volumes, base=snapshot.base if child.base == snapshot.id else child.base)
+        children = repo.dependents(snapshot)
+        with self._rewriting(repo, [child.id for child in children], f"snapshot {snapshot.id} is merged after "
+                             "teardownImage"):
+            for child in children:
+                volumes = [vol for vol in child.volumes if vol.image != snapshot.id]
+                self.update(repo, child, volumes=volumes,
+                            base=snapshot.base if child.base == snapshot.id else child.base)
 
     def _clean_files(self, ctx: StepContext, repo: FileRepository, image: None) -> None:
         for name in sorted(repo.unowned(set(ctx.args.get("files", [])))):

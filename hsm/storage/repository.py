@@ -14,6 +14,7 @@ images, and the index changes only after the record is durable on storage.
 
 from __future__ import annotations
 
+import collections
 import errno
 import json
 import logging
@@ -114,6 +115,7 @@ class FileRepository:
         self.uuid = ""
         self.images: dict[str, Image] = {}
         self.unreadable: dict[str, str] = {}  # image id -> why its record cannot be read; never cleaned
+        self.rewriting: collections.Counter[str] = collections.Counter()  # images a merge or optimize changes now
         self._snapshotting: dict[str, str] = {}  # disk id -> the snapshot of it not yet complete
         self._copying: dict[tuple[str, str], set[str]] = {}  # (repo uuid, image) -> pending copies of it here
         self.lock = threading.RLock()  # the commit lock: a check and the record write it allows, as one step

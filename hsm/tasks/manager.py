@@ -1,7 +1,9 @@
 """The task manager: a bounded pool, persisted state moves, and recovery in two modes.
 
 non-transparent: hsmd owns its tasks. It makes their ids, resumes or rolls
-back unfinished ones at start-up, and forgets finished ones after a while.
+back unfinished ones at start-up, and forgets ended ones after finished_ttl
+seconds, or sooner when more than max_finished have ended (the oldest first),
+so that memory and the journal stay bounded under any load.
 transparent: the caller (VDSM) owns them. Each task carries the caller's id;
 after a restart unfinished tasks wait in `waitrecover` for recoverTask or
 revertTask, and finished ones stay until clearTask.
@@ -56,19 +58,21 @@ class _Shutdown(Exception):
 
 class TaskManager:
     def __init__(self, folder: str, mode: str = NON_TRANSPARENT, pool_size: int = 10, max_tasks: int = 500,
-                 finished_ttl: float = 3600, lock_timeout: float = 120.0,
+                 finished_ttl: float = 3600, max_finished: int = 1000, lock_timeout: float = 120.0,
                  resources: ResourceManager | None = None) -> None:
         self.set_mode(mode)
         self.store = TaskStore(folder)
         self.resources = resources or ResourceManager()
         self._max_tasks = max_tasks
         self._finished_ttl = finished_ttl
+        self._max_finished = max_finished
         self._lock_timeout = lock_timeout
         self._kinds: dict[str, TaskKind] = {}
         self._tasks: dict[str, Task] = {}
         self._stops: dict[str, threading.Event] = {}
         self._active = 0
-        self._finished: collections.deque[tuple[float, str]] = collections.deque()
+        # Ended non-transparent tasks, oldest end first: task id -> the time it ended.
+        self._finished: collections.OrderedDict[str, float] = collections.OrderedDict()
         self._lock = threading.Lock()
         self._claim = threading.Lock()  # one revertTask/recoverTask at a time takes a waiting task
         self._expiring = threading.Lock()
@@ -105,6 +109,7 @@ class TaskManager:
                 log.error("Cannot recover %s: %s", task.id, e)
                 self._to_waitrecover(task, persist=False, message=f"not recovered at start-up: {e}")
                 done["waiting"] += 1
+        self._expire(by_age=False)  # the newest max_finished ended tasks stay; finished_ttl runs on
         log.info("Recovered tasks: %s", dict(done) or "none")
         return dict(done)
 
@@ -203,6 +208,8 @@ class TaskManager:
             raise TaskStateError(f"{task_id} is {task.state.value}: only ended tasks can be cleared")
         self.store.remove(task_id)
         with self._lock:
+            if self._tasks.get(task_id) is task:
+                self._finished.pop(task_id, None)
             self._tasks.pop(task_id, None)
             self._stops.pop(task_id, None)
 
@@ -405,37 +412,63 @@ class TaskManager:
             self._note_finished(task)
 
     def _note_finished(self, task: Task) -> None:
-        if task.mode == NON_TRANSPARENT and self._finished_ttl > 0:
+        """Count an ended task towards finished_ttl and max_finished: non-transparent ones only.
+
+        Transparent tasks belong to the caller (VDSM) and stay until clearTask,
+        whatever their number.
+        """
+        if task.mode == NON_TRANSPARENT and (self._finished_ttl > 0 or self._max_finished > 0):
             with self._lock:
-                self._finished.append((task.updated, task.id))
+                self._finished.pop(task.id, None)
+                self._finished[task.id] = task.updated
 
-    def _expire(self) -> None:
-        """Forget non-transparent tasks that ended more than finished_ttl seconds ago.
+    def expire(self) -> None:
+        """Forget the ended tasks past finished_ttl or max_finished now (hsmd calls it periodically)."""
+        self._expire()
 
-        A task is forgotten only once its removal is on disk; when the journal
-        cannot be written, the rest waits for a later call (one caller at a time).
+    def _expire(self, by_age: bool = True) -> None:
+        """Forget non-transparent tasks that ended more than finished_ttl seconds ago, or past max_finished.
+
+        The oldest go first, in one journal write. A task is forgotten only once
+        its removal is on disk; when the journal cannot be written, they wait
+        for a later call (one caller at a time).
         """
         if not self._finished or not self._expiring.acquire(blocking=False):
             return
         try:
-            limit = time.time() - self._finished_ttl
-            while True:
-                with self._lock:
-                    if not self._finished or self._finished[0][0] >= limit:
-                        return
-                    task_id = self._finished[0][1]
-                    task = self._tasks.get(task_id)
-                if task is not None and task.state.done and task.updated < limit:
-                    try:
-                        self.store.remove(task_id)
-                    except TaskMetaDataSaveError as e:
-                        log.warning("Keeping ended task %s for now: %s", task_id, e)
-                        return
-                    with self._lock:
-                        if self._tasks.get(task_id) is task:
-                            del self._tasks[task_id]
-                            self._stops.pop(task_id, None)
-                with self._lock:
-                    self._finished.popleft()
+            with self._lock:
+                old = self._expired(by_age)
+            if not old:
+                return
+            try:
+                self.store.remove_many([task.id for task in old])
+            except TaskMetaDataSaveError as e:
+                log.warning("Keeping %d ended tasks for now: %s", len(old), e)
+                return
+            with self._lock:
+                for task in old:
+                    if self._tasks.get(task.id) is task:
+                        del self._tasks[task.id]
+                        self._stops.pop(task.id, None)
+                        self._finished.pop(task.id, None)
+            log.debug("Forgot %d ended tasks", len(old))
         finally:
             self._expiring.release()
+
+    def _expired(self, by_age: bool) -> list[Task]:
+        """The ended tasks to forget, oldest first (called under self._lock)."""
+        limit = time.time() - self._finished_ttl if by_age and self._finished_ttl > 0 else None
+        excess = len(self._finished) - self._max_finished if self._max_finished > 0 else 0
+        old, gone = [], []
+        for task_id, ended in self._finished.items():
+            if excess <= 0 and (limit is None or ended >= limit):
+                break
+            excess -= 1
+            task = self._tasks.get(task_id)
+            if task is not None and task.state.done:
+                old.append(task)
+            else:  # no longer here (cleared): nothing to write
+                gone.append(task_id)
+        for task_id in gone:
+            del self._finished[task_id]
+        return old

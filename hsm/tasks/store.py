@@ -116,6 +116,11 @@ class TaskStore:
     def remove(self, task_id: str) -> None:
         self._commit(task_id, None)
 
+    def remove_many(self, task_ids: list[str]) -> None:
+        """Remove many records with one journal write; all or none take effect."""
+        if task_ids:
+            self._commit_lines([_Line(task_id, None, "null") for task_id in task_ids], f"{len(task_ids)} tasks")
+
     def flush(self) -> None:
         """Write the records still owed, if any; raises TaskMetaDataSaveError if that fails again."""
         with self._lock:
@@ -144,16 +149,20 @@ class TaskStore:
             body = "" if marker else json.dumps(record, sort_keys=True)
         except (TypeError, ValueError) as e:  # refused here, alone: the group's write never sees it
             raise TaskMetaDataSaveError(f"{task_id}: {e}") from None
+        self._commit_lines([_Line(task_id, record, body, owe)], task_id or "owed records")
+
+    def _commit_lines(self, lines: list[_Line], what: str) -> None:
+        """Queue `lines` together (so one group write takes them all) and wait for that write's fate."""
         outcome: list = [threading.Event(), None]
         with self._lock:
-            self._pending.append(_Line(task_id, record, body, owe, outcome))
+            self._pending.extend(replace(line, outcome=outcome) for line in lines)
             lead = not self._leading
             self._leading = True
         if lead:
             self._lead()
         outcome[0].wait()
         if outcome[1] is not None:
-            raise TaskMetaDataSaveError(f"{task_id or 'owed records'}: {outcome[1]}")
+            raise TaskMetaDataSaveError(f"{what}: {outcome[1]}")
 
     def _lead(self) -> None:
         """Write what is pending (owed records first), as one append and one fdatasync, until nothing is."""

@@ -1,0 +1,87 @@
+"""hsm.storage.qemuimg with the real qemu-img: metadata reads time out, data copies run at low priority.
+
+A FIFO stands in for storage that does not answer: qemu-img opening it blocks
+until a writer comes, as on a dead NFS server, but stays killable.
+"""
+
+import os
+import subprocess
+import threading
+import time
+
+import pytest
+
+from hsm.storage import qemuimg
+
+
+def wait_for(predicate, timeout: float = 10.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"no {what} after {timeout} s"
+        time.sleep(0.02)
+
+
+def qemu_img_on(path: str) -> int | None:
+    """The pid of the qemu-img running on `path`, if any."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if argv and os.path.basename(argv[0]) == b"qemu-img" and path.encode() in argv:
+            return int(pid)
+    return None
+
+
+@pytest.mark.parametrize("read", [qemuimg.info, qemuimg.check], ids=["info", "check"])
+def test_a_metadata_read_on_storage_that_does_not_answer_times_out(tmp_path, read):
+    fifo = str(tmp_path / "hung.qcow2")
+    os.mkfifo(fifo)
+    begin = time.monotonic()
+    with pytest.raises(qemuimg.QemuImgTimeout) as info:
+        read(fifo, timeout=0.5)
+    assert 0.5 <= time.monotonic() - begin < 5
+    assert isinstance(info.value, qemuimg.QemuImgError)  # what callers (fixes) already handle
+    assert "no answer in 0.5 s" in str(info.value)
+    wait_for(lambda: qemu_img_on(fifo) is None, what="qemu-img killed")
+
+
+def test_metadata_reads_answer_as_before(tmp_path):
+    path = str(tmp_path / "disk.qcow2")
+    qemuimg.create(path, 1 << 20)
+    assert qemuimg.info(path)["virtual-size"] == 1 << 20
+    assert qemuimg.check(path)["check-errors"] == 0
+
+
+def test_a_copy_runs_at_low_cpu_and_idle_io_priority(tmp_path):
+    if not qemuimg._LOW_PRIORITY:
+        pytest.skip("no nice or ionice on this host")
+    source = str(tmp_path / "source.qcow2")
+    os.mkfifo(source)  # qemu-img blocks opening it: time to look at the running process
+    errors: list[BaseException] = []
+
+    def copy() -> None:
+        try:
+            qemuimg.convert(source, str(tmp_path / "target.qcow2"))
+        except qemuimg.QemuImgError as e:
+            errors.append(e)
+
+    copier = threading.Thread(target=copy)
+    copier.start()
+    pid = wait_for(lambda: qemu_img_on(source), what="qemu-img running")
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        assert int(fields[16]) == 19  # nice
+        ionice = subprocess.run(["ionice", "-p", str(pid)], capture_output=True, text=True, check=True)
+        assert ionice.stdout.strip() == "idle"
+        with open(f"/proc/{pid}/status") as f:
+            assert f"PPid:\t{os.getpid()}\n" in f.read()  # exec'd in place: nothing between hsmd and qemu-img
+    finally:
+        os.kill(pid, 9)
+        copier.join(10)
+    assert errors and errors[0].rc == -9
