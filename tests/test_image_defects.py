@@ -45,6 +45,12 @@ def run_fixes(proxy, repo: str = "local", rounds: int = 4) -> list[dict]:
     raise AssertionError(f"fixes keep coming back: {fixes}")
 
 
+def stop_blocker(proxy, blocker: str) -> None:
+    """Free the worker a sleeping diagnostics task holds (resumed after a restart, it sleeps again)."""
+    if code(proxy.stopTask(blocker)) == 0:
+        wait_state(proxy, blocker)
+
+
 def record_path(daemon, image_id: str) -> str:
     return os.path.join(local_path(daemon), "images", image_id + ".json")
 
@@ -150,6 +156,7 @@ def test_the_task_id_of_a_commit_survives_kill_9(make_hsmd):
     daemon.kill()
     daemon.start()
     proxy = daemon.proxy()
+    stop_blocker(proxy, blocker)
     assert status(proxy, task)["verb"] == "copyImage"
     assert wait_state(proxy, task, timeout=90)["taskResult"] == "success"
     wait_image(proxy, "local", copy)
@@ -325,3 +332,27 @@ def test_transparent_mode_gives_back_a_task_a_crash_cut_off_before_it_was_writte
     ok(proxy.recoverTask("vdsm-7"))
     assert wait_state(proxy, "vdsm-7")["taskResult"] == "success"
     wait_image(proxy, "local", disk)
+
+
+def test_a_pending_merge_below_does_not_hide_a_create_at_restart(make_hsmd):
+    """At start-up the merge of a removed snapshot names the new disk as a child; its create must still resume."""
+    daemon = make_hsmd(config=diagnostics_config(thread_pool_size=1)).start()
+    proxy = daemon.proxy()
+    disk = new_disk(proxy, size=4 * MiB)
+    qemu_write(top_path(proxy, "local", disk), 0x27, 0, MiB)
+    below, above = new_snapshot(proxy, disk), new_snapshot(proxy, disk)
+    ok(proxy.removeImage("local", below, {"autoFix": False}))  # its merge waits for the caller
+    blocker = start_task(proxy, [{"seconds": 60}])  # the create below stays queued, never journalled
+    wait_state(proxy, blocker, states=("running",))
+    new = ok(proxy.createVirtualDisk("local", str(4 * MiB), above, {}, {}))["imageId"]
+    [task] = ok(proxy.getImageTasks(new))["tasks"]
+    daemon.kill()
+    daemon.start()
+    proxy = daemon.proxy()
+    stop_blocker(proxy, blocker)
+    assert status(proxy, task)["verb"] == "createVirtualDisk"
+    assert wait_state(proxy, task, timeout=90)["taskResult"] == "success"
+    assert run_fixes(proxy) == []
+    info = wait_image(proxy, "local", new)
+    assert below not in [volume["image"] for volume in info["volumes"]]
+    assert qemu_reads(info["volumes"][0]["path"], 0x27, 0, MiB)

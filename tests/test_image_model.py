@@ -4,35 +4,48 @@ A plain Python model holds every image the test was told exists and what it
 must read (a pattern per slot). Each step applies one rule: create a disk
 (empty or on a snapshot), snapshot, copy (whole or on a base snapshot, within
 a repository or to the other one), remove, each with autoFix true or false
-and strategy space or performance; check a repository and run some of its
-fixes in any order; write a pattern into a disk through prepareImage; keep an
-image prepared and tear it down; kill -9 hsmd (at rest, or in the middle of
-a call) and start it again; write a damaged image record. After every step:
+and strategy space or performance (a remove aims now and then at what an
+unfinished intent needs); check a repository and run some of its fixes in any
+order; write a pattern into a disk through prepareImage; keep an image
+prepared and tear it down; kill -9 hsmd (at rest, or in the middle of a call)
+and start it again; write a damaged image record of each kind in turn (an
+admin deletes the oldest); delete a disk's volume behind hsmd's back; switch
+to transparent task mode for a stretch of steps, where every verb that starts
+a fix carries the caller's task id (some reused) and a restart leaves tasks
+in waitrecover for recoverTask or revertTask. After every step:
 
 - every acknowledged image not removed is listed, and once usable and idle
   reads exactly what the model says; no optimized or degraded image lacks a
   volume, and none that was usable turns broken;
 - a refusal or a success is the one the model predicts (203 while an
-  unfinished intent or a VM needs the image, 227 while it is not usable);
+  unfinished intent or a VM needs the image, 227 while it is not usable, 5007
+  for a task id that exists); a call cut off by a kill never took effect
+  where the model says it must be refused;
 - no task id a client was given answers 401;
 - nothing outside the repositories changes (sentinel folders beside them);
 - a prepared image keeps its chain (never optimized or merged under the VM);
 - damaged records are reported (broken with 207, or fixable: false) and
-  never make hsmd touch files they name;
+  never make hsmd touch files they name or may own;
+- an image whose volume was deleted is broken (201) and listed by check with
+  fixable: false;
 - `settle` (some steps, and the end): check plus fixes converge, then every
   image is optimized, passes qemu-img check, its chain is what getImageInfo
   says, and no volume file or record is left that no image owns.
 
 The walk is seeded: HSM_MODEL_SEED picks the seed (CI uses a fixed one) and
 HSM_MODEL_STEPS the length; each step draws from its own Random(seed/step), so
-a step does the same thing on a replay whatever timing did to the steps
-before. A failure prints the seed, the replay command and the step log.
+a step draws the same numbers on a replay whatever timing did to the steps
+before (what it does with them follows the model's state, which timing can
+change: a fix done or not yet). A failure prints the seed, the replay command
+and the step log.
 HSM_MODEL_KEEP_GOING=1 records violations and walks on, failing at the end
 with all of them (the model adopts what hsmd did).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import http.client
 import json
 import os
@@ -60,10 +73,12 @@ SLOTS = (0, 320 * KiB, 832 * KiB, 1600 * KiB)  # all below the smallest size
 SIZES = (2 * MiB, 3 * MiB, 4 * MiB)
 MAX_LIVE = 12
 MAX_DAMAGED = 3
+DAMAGE_KINDS = ("garbage", "torn", "escape", "absolute", "badfields", "alias", "steal", "impostor")
 REPOS = ("local", "second")
 DISK, SNAPSHOT = "disk", "snapshot"
 PENDING, INFLIGHT, DONE = "pending", "inflight", "done"  # an intent: not started, maybe running, complete
-BUSY, NOT_READY, UNREADABLE, UNKNOWN_TASK = 203, 227, 207, 401
+BUSY, NOT_READY, UNREADABLE, UNKNOWN_TASK, MISSING_VOLUME = 203, 227, 207, 401, 201
+TASK_ID_EXISTS, TASK_STATE = 5007, 410
 IMAGE_EXISTS, BAD_PARAMETER, NOT_A_CHAIN, INVALID_FIX = 5010, 1000, 262, 5013
 CRASHED = (OSError, http.client.HTTPException, xmlrpc.client.ProtocolError, ExpatError)
 CI_SEED = 20261201
@@ -111,6 +126,7 @@ class Op:
     must: set[int] = field(default_factory=set)   # refusals the model requires (any one of them)
     maybe: set[int] = field(default_factory=set)  # refusals timing allows
     apply: Callable[[dict], None] | None = None
+    task_id: str = ""             # the caller's task id (transparent mode): a success starts that task
     new: Img | None = None        # the image a success makes
     removes: Img | None = None    # the image a success removes
     why: list[str] = field(default_factory=list)  # what the model expects a refusal for
@@ -171,6 +187,11 @@ class Walk:
         self.strays: set[tuple[str, str]] = set()        # listed without the model knowing them (reported once)
         self.unreported: set[tuple[str, str]] = set()    # damaged records found not reported (reported once)
         self.tasks: dict[str, int] = {}                  # every task id a client saw -> the step it was seen
+        self.transparent = False                         # setTaskMode transparent: verbs carry the caller's ids
+        self.transparent_until = -1                      # the step the transparent stretch ends at
+        self.lost: set[tuple[str, str]] = set()          # images whose volume the test deleted behind hsmd's back
+        self.damaged_files: dict[tuple[str, str], list[str]] = {}  # damaged record -> files the test made for it
+        self.damage_kinds: Counter[str] = Counter()      # damaged records written, by kind
         self.log: list[str] = []
         self.violations: list[str] = []
         self.stats: Counter[str] = Counter()            # what the walk did: verb -> code, reads, restarts
@@ -189,10 +210,13 @@ class Walk:
             rules = [(self.rule_create, 14), (self.rule_snapshot, 12), (self.rule_copy, 10), (self.rule_remove, 10),
                      (self.rule_remove_prepared, 3), (self.rule_fix_some, 7), (self.rule_settle, 2),
                      (self.rule_write, 12), (self.rule_prepare, 4), (self.rule_teardown, 5),
-                     (self.rule_restart, 4), (self.rule_kill_mid_call, 5), (self.rule_damage, 2)]
+                     (self.rule_restart, 4), (self.rule_kill_mid_call, 5), (self.rule_damage, 3),
+                     (self.rule_lose_volume, 2), (self.rule_task_mode, 2), (self.rule_remove_needed, 3)]
             for step in range(self.steps):
                 self.step = step
                 rng = random.Random(f"{self.seed}/{self.step}")
+                if self.transparent and step >= self.transparent_until:
+                    self.set_task_mode(False)
                 rule = rng.choices([r for r, _ in rules], [w for _, w in rules])[0]
                 rule(rng)
                 self.check_step()
@@ -268,20 +292,48 @@ class Walk:
     def chosen(self, rng: random.Random, options: list):
         return rng.choice(options) if options else None
 
-    def options(self, rng: random.Random) -> dict:
-        return {"autoFix": rng.random() < 0.7, "strategy": rng.choice(["space", "performance"])}
+    def options(self, rng: random.Random, auto_fix: bool | None = None) -> dict:
+        opts = {"autoFix": rng.random() < 0.7, "strategy": rng.choice(["space", "performance"])}
+        if auto_fix is not None:
+            opts["autoFix"] = auto_fix
+        return opts
+
+    def give_task_id(self, rng: random.Random, opts: dict, reuse: bool = True) -> bool:
+        """Transparent mode: a verb that starts a fix carries the caller's task id; now and then one that
+        exists already (True), which must be refused (5007) before anything is written."""
+        if not self.transparent or not opts.get("autoFix", True):
+            return False
+        if reuse and self.tasks and rng.random() < 0.25:
+            opts["taskId"] = rng.choice(sorted(self.tasks))
+            return True
+        opts["taskId"] = self.new_id(rng)
+        return False
+
+    def take_task_id(self, op: Op, reused: bool) -> Op:
+        task_id = op.args[-1].get("taskId", "")
+        if reused:
+            op.must.add(TASK_ID_EXISTS)
+            op.why.append(f"task {task_id} exists")
+        else:
+            op.task_id = task_id
+        return op
 
     # -- planning a verb ---------------------------------------------------------
 
-    def plan_create(self, rng: random.Random, caller_id: bool = False) -> Op | None:
+    def plan_create(self, rng: random.Random, caller_id: bool = False, auto_fix: bool | None = None,
+                    on_snapshot: bool = False) -> Op | None:
         repo = rng.choice(REPOS)
         snapshots = self.live(repo, SNAPSHOT)
-        base = self.chosen(rng, snapshots) if rng.random() < 0.6 else None
+        if on_snapshot:  # a complete one, in either repository
+            snapshots = [s for s in self.live(kind=SNAPSHOT) if s.phase == DONE]
+        base = self.chosen(rng, snapshots) if rng.random() < 0.6 or on_snapshot else None
+        repo = base.repo if base else repo
         size = max(rng.choice(SIZES), base.size if base else 0)
-        opts = self.options(rng)
+        opts = self.options(rng, auto_fix)
         new_id = self.new_id(rng) if caller_id else ""
         if new_id:
             opts["imageId"] = new_id
+        reused = self.give_task_id(rng, opts)
         op = Op(f"createVirtualDisk {repo} {size // MiB}M base={base.label if base else '-'} {opts}",
                 "createVirtualDisk", (repo, str(size), base.id if base else "", {}, opts))
         if base:
@@ -294,7 +346,7 @@ class Walk:
             disk.id = answer["imageId"]
             self.add(disk)
         op.apply, op.new = apply, disk
-        return op
+        return self.take_task_id(op, reused)
 
     def plan_snapshot(self, rng: random.Random, caller_id: bool = False) -> Op | None:
         disk = self.chosen(rng, [d for d in self.live(kind=DISK) if d.key not in self.prepared])
@@ -304,6 +356,7 @@ class Walk:
         new_id = self.new_id(rng) if caller_id else ""
         if new_id:
             opts["imageId"] = new_id
+        reused = self.give_task_id(rng, opts)
         op = Op(f"createSnapshot {disk.label} {opts}", "createSnapshot", (disk.repo, disk.id, {}, opts))
         need(disk, op.must, op.maybe, NOT_READY)
         if disk.phase == INFLIGHT or disk.performance and disk.phase != DONE:
@@ -324,19 +377,21 @@ class Walk:
             disk.chain = [snapshot.id, *disk.chain]
             self.add(snapshot)
         op.apply, op.new = apply, snapshot
-        return op
+        return self.take_task_id(op, reused)
 
-    def plan_copy(self, rng: random.Random, caller_id: bool = False) -> Op | None:
-        source = self.chosen(rng, self.live())
+    def plan_copy(self, rng: random.Random, caller_id: bool = False, auto_fix: bool | None = None,
+                  ready: bool = False) -> Op | None:
+        source = self.chosen(rng, [i for i in self.live() if i.phase == DONE] if ready else self.live())
         if source is None:
             return None
         target = rng.choice(REPOS)
         bases = [b for b in source.chain if (source.repo, b) in self.images and (target, b) in self.images]
         base = self.images[(target, rng.choice(bases))] if bases and rng.random() < 0.6 else None
-        opts = {**self.options(rng), "imageHints": {source.id: source.repo}}
+        opts = {**self.options(rng, auto_fix), "imageHints": {source.id: source.repo}}
         new_id = source.id if source.kind == SNAPSHOT else self.new_id(rng) if caller_id else ""
         if new_id and source.kind == DISK:
             opts["imageId"] = new_id
+        reused = self.give_task_id(rng, opts)
         op = Op(f"copyImage {source.label} -> {target} base={base.label if base else '-'} {opts}", "copyImage",
                 (target, source.id, base.id if base else "", {}, opts))
         need(source, op.must, op.maybe, NOT_READY)
@@ -368,13 +423,15 @@ class Walk:
             copy.id = answer["imageId"]
             self.add(copy)
         op.apply, op.new = apply, copy
-        return op
+        return self.take_task_id(op, reused)
 
-    def plan_remove(self, rng: random.Random, target: Img | None = None) -> Op | None:
+    def plan_remove(self, rng: random.Random, target: Img | None = None, reuse: bool = True,
+                    auto_fix: bool | None = None) -> Op | None:
         target = target or self.chosen(rng, self.live())
         if target is None:
             return None
-        opts = {"autoFix": rng.random() < 0.7}
+        opts = {"autoFix": rng.random() < 0.7 if auto_fix is None else auto_fix}
+        reused = self.give_task_id(rng, opts, reuse)
         op = Op(f"removeImage {target.label} {opts}", "removeImage", (target.repo, target.id, opts))
         if target.key in self.prepared:
             op.must.add(BUSY)
@@ -402,7 +459,7 @@ class Walk:
             target.phase = INFLIGHT if opts["autoFix"] else PENDING
             self.removed[target.key] = target
         op.apply, op.removes = apply, target
-        return op
+        return self.take_task_id(op, reused)
 
     def chain_of(self, key: tuple[str, str]) -> list[str]:
         img = self.images.get(key) or self.removed.get(key)
@@ -415,6 +472,9 @@ class Walk:
             op.maybe.add(BUSY)
         if img.performance and img.phase != DONE:
             op.maybe.add(BUSY)  # being optimized
+        gone = [self.removed[(img.repo, below)] for below in img.chain if (img.repo, below) in self.removed]
+        if any(g.phase == INFLIGHT for g in gone):
+            op.maybe.add(BUSY)  # the merge of a removed snapshot below it may be changing its chain now
         for other in self.images.values():
             if other.op == SNAPSHOT and other.key != img.key and (other.repo, other.disk) == img.key:
                 need(other, op.must, op.maybe, BUSY)
@@ -433,13 +493,14 @@ class Walk:
         entry = self.chosen(rng, entries)
         if entry is None:
             return None
-        return self.fix_op(repo, entry)
+        return self.fix_op(repo, entry, rng)
 
-    def fix_op(self, repo: str, entry: dict) -> Op:
+    def fix_op(self, repo: str, entry: dict, rng: random.Random) -> Op:
         key = (repo, entry["imageId"])
         img = self.images.get(key) or self.removed.get(key)
+        opts = {"taskId": self.new_id(rng)} if self.transparent else {}  # a fix already running answers its own
         op = Op(f"fixStorageRepository {repo} {entry['type']} {img.label if img else entry['imageId'] or '-'}",
-                "fixStorageRepository", (repo, entry["fix"], {}), maybe={INVALID_FIX})
+                "fixStorageRepository", (repo, entry["fix"], opts), maybe={INVALID_FIX})
 
         def apply(answer: dict) -> None:
             self.tasks.setdefault(answer["taskId"], self.step)
@@ -462,6 +523,8 @@ class Walk:
         if result not in op.allowed():
             self.violate("unexpected answer", f"{op.text}: {result} {answer['status']['message']!r}, "
                                               f"the model allows {sorted(op.allowed())} {'; '.join(op.why)}")
+        if result == 0 and op.task_id:
+            self.tasks.setdefault(op.task_id, self.step)
         if result == 0 and op.apply:
             op.apply(answer)
         return answer
@@ -484,7 +547,45 @@ class Walk:
         self.perform(self.plan_copy(rng))
 
     def rule_remove(self, rng: random.Random) -> None:
-        self.perform(self.plan_remove(rng))
+        needed = self.needed() if rng.random() < 0.4 else []
+        self.perform(self.plan_remove(rng, self.chosen(rng, needed)))
+
+    def rule_remove_needed(self, rng: random.Random) -> None:
+        """Remove what an intent not yet started needs (a snapshot a pending disk or copy reads through, a
+        copy's source, the disk a snapshot is of): refused, 203. Commits such an intent first (autoFix
+        false: a disk on a snapshot, or a copy) when there is none."""
+        if not self.pending_needs() and len(self.images) < MAX_LIVE:
+            plan = functools.partial(self.plan_copy, ready=True) if rng.random() < 0.5 else \
+                functools.partial(self.plan_create, on_snapshot=True)
+            self.perform(plan(rng, auto_fix=False))
+        needs = self.pending_needs()
+        if needs:
+            needer = rng.choice(sorted(needs))
+            self.perform(self.plan_remove(rng, self.images[rng.choice(sorted(needs[needer]))]))
+
+    def pending_needs(self) -> dict[tuple[str, str], set[tuple[str, str]]]:
+        """Images whose intent has not started -> the live images it needs (what it reads through, its source,
+        the disk it snapshots); a snapshot below a copy's source may go (its merge keeps the source whole)."""
+        needs = {}
+        for img in self.images.values():
+            if img.phase == PENDING:
+                wanted = {(img.repo, below) for below in img.chain} | ({(img.repo, img.disk)} if img.disk else set())
+                if img.source:
+                    wanted.add(img.source)
+                if wanted & set(self.images):
+                    needs[img.key] = wanted & set(self.images)
+        return needs
+
+    def needed(self) -> list[Img]:
+        """Live images an unfinished intent reads: what it is made on, its source, and the source's chain."""
+        keys: set[tuple[str, str]] = set()
+        for img in self.images.values():
+            if img.phase == DONE:
+                continue
+            keys |= {(img.repo, below) for below in img.chain} | ({(img.repo, img.disk)} if img.disk else set())
+            if img.source:
+                keys |= {img.source} | {(img.source[0], below) for below in self.chain_of(img.source)}
+        return [self.images[key] for key in sorted(keys) if key in self.images]
 
     def rule_remove_prepared(self, rng: random.Random) -> None:
         target = self.chosen(rng, sorted(self.prepared))
@@ -496,10 +597,35 @@ class Walk:
         entries = [e for e in self.check(repo) if e.get("fix")]
         rng.shuffle(entries)
         for entry in entries[:rng.randint(1, max(1, len(entries)))]:
-            self.perform(self.fix_op(repo, entry))
+            self.perform(self.fix_op(repo, entry, rng))
 
     def rule_settle(self, rng: random.Random) -> None:
         self.settle(rng, teardown=rng.random() < 0.5)
+
+    def rule_task_mode(self, rng: random.Random) -> None:
+        """setTaskMode transparent for a stretch of steps: every verb that starts a fix then carries the
+        caller's task id (some of them reused); non-transparent again after it."""
+        if not self.transparent:
+            self.transparent_until = self.step + rng.randint(10, 30)
+            self.set_task_mode(True)
+
+    def set_task_mode(self, transparent: bool) -> None:
+        mode = "transparent" if transparent else "non-transparent"
+        self.judge(Op(f"setTaskMode {mode}", "setTaskMode", (mode,)), self.proxy.setTaskMode(mode))
+        self.transparent = transparent
+
+    def recover_waiting(self) -> None:
+        """After a restart, the tasks waiting in waitrecover (transparent ones): recoverTask, or now and then
+        revertTask (the intent then stays for check to offer again)."""
+        rng = random.Random(f"{self.seed}/{self.step}/recover")
+        statuses = ok(self.proxy.getAllTasksStatuses())["allTasksStatus"]
+        for task_id in sorted(t for t, status in statuses.items() if status["state"] == "waitrecover"):
+            self.tasks.setdefault(task_id, self.step)
+            verb = "revertTask" if rng.random() < 0.2 else "recoverTask"
+            answer = self.judge(Op(f"{verb} {task_id}", verb, (task_id,), maybe={TASK_STATE}),
+                                getattr(self.proxy, verb)(task_id))
+            if code(answer) == TASK_STATE:  # its step cannot run again: roll it back
+                self.judge(Op(f"revertTask {task_id}", "revertTask", (task_id,)), self.proxy.revertTask(task_id))
 
     def rule_prepare(self, rng: random.Random) -> None:
         img = self.chosen(rng, [i for i in self.live() if i.key not in self.prepared])
@@ -546,10 +672,13 @@ class Walk:
             self.teardown(disk.key)
 
     def rule_restart(self, rng: random.Random) -> None:
+        """SIGTERM, or kill -9 right after a commit (its task has likely neither run nor been written: the id
+        the client holds must answer after the restart, waiting for recoverTask in transparent mode)."""
         if rng.random() < 0.15:
             self.note("SIGTERM hsmd and start it again")
             self.daemon.stop()
         else:
+            self.perform(self.plan_create(rng, auto_fix=True))  # past MAX_LIVE by one: other rules remove
             self.note("kill -9 hsmd and start it again")
             self.kill()
         self.restart()
@@ -592,6 +721,8 @@ class Walk:
         self.stats["restarts"] += 1
         self.daemon.start(timeout=60)
         self.proxy = self.daemon.proxy(timeout=60)
+        if self.transparent:  # a start takes the configured mode: the caller sets its own again
+            self.set_task_mode(True)
         params = {"path": self.paths["second"]}
         answer = self.proxy.connectStorageRepository("second", "localfs-1", params, {})
         if code(answer) != 0:
@@ -600,16 +731,20 @@ class Walk:
             self.judge(*answered)
         if unanswered is not None:
             self.resolve(unanswered)
+        self.recover_waiting()
         for img in [*self.images.values(), *self.removed.values()]:
             if img.phase == PENDING:
                 img.phase = INFLIGHT  # the start-up resumes every unfinished intent
         self.check_tasks(list(self.tasks))
         for key in sorted(self.prepared):  # prepared state survives a restart
             img = self.images[key]
+            opts = {"taskId": self.new_id(random.Random(f"{self.seed}/{self.step}/prepared"))} if self.transparent \
+                else {}
             self.judge(Op(f"removeImage {img.label} (prepared before the restart)", "removeImage", (), must={BUSY},
-                          apply=lambda answer, img=img: self.adopt_removal(img)),
-                       self.proxy.removeImage(img.repo, img.id, {}))
+                          task_id=opts.get("taskId", ""), apply=lambda answer, img=img: self.adopt_removal(img)),
+                       self.proxy.removeImage(img.repo, img.id, opts))
             break
+        self.check_outside()
         self.check_damaged()
 
     def adopt_removal(self, img: Img) -> None:
@@ -625,22 +760,68 @@ class Walk:
             held = op.new.key in self.images
             self.note(f"  {op.new.label} {'is' if listed else 'is not'} there after the restart")
             if listed and not held:
+                if op.must:
+                    self.violate("a call that must be refused took effect", f"{op.text}: {'; '.join(op.why)}")
                 op.apply({"status": {"code": 0}, "imageId": op.new.id})
+                if op.task_id:
+                    self.tasks.setdefault(op.task_id, self.step)
         if op.removes is not None:
             listed = op.removes.id in ok(self.proxy.getImageList(op.removes.repo))["images"]
             self.note(f"  {op.removes.label} {'is still' if listed else 'is not'} there after the restart")
             if not listed:
+                if op.must:
+                    self.violate("a call that must be refused took effect", f"{op.text}: {'; '.join(op.why)}")
                 op.apply({"status": {"code": 0}})
+                if op.task_id:
+                    self.tasks.setdefault(op.task_id, self.step)
+
+    # -- a volume deleted behind hsmd's back ---------------------------------------------
+
+    def rule_lose_volume(self, rng: random.Random) -> None:
+        """Delete a disk's volume file behind hsmd's back: check lists the disk, broken and not fixable,
+        getImageStatus says broken (201); removing it works and gives back the rest."""
+        busy = {key for img in self.images.values() if img.phase != DONE for key in (img.source, (img.repo, img.disk))}
+        disks = [d for d in self.live(kind=DISK) if d.phase == DONE and d.key not in self.prepared
+                 and d.key not in busy and not any((d.repo, below) in self.removed for below in d.chain)]
+        disk = self.chosen(rng, disks)
+        if disk is None:
+            return
+        self.wait_idle_image(disk)
+        info = ok(self.proxy.getImageInfo(disk.repo, disk.id))["image"]
+        path = info["volumes"][0]["path"]
+        if info["state"] != "optimized" or info["volumes"][0]["image"] != disk.id or not os.path.exists(path):
+            return
+        os.remove(path)
+        self.note(f"delete {disk.label}'s volume {os.path.basename(path)} behind hsmd's back")
+        self.lost.add(disk.key)
+        disk.seen_usable = False
+        entries = [e for e in self.check(disk.repo) if e["imageId"] == disk.id]
+        if not any(e.get("fixable") is False for e in entries):
+            self.violate("check does not report an image whose volume is gone", f"{disk.label}: {entries}")
+        status = ok(self.proxy.getImageStatus(disk.repo, disk.id))["image"]
+        if status["state"] != "broken" or status["lastError"].get("code") != MISSING_VOLUME:
+            self.violate("an image whose volume is gone is not broken (201)", f"{disk.label}: {status}")
+        self.perform(self.plan_remove(rng, disk, reuse=False))
+        if disk.key in self.images:  # refused (keep-going): hsmd keeps it, the model lets it go
+            self.images.pop(disk.key)
+            self.strays.add(disk.key)
 
     # -- damaged records -------------------------------------------------------------
 
     def rule_damage(self, rng: random.Random) -> None:
+        """Write a damaged record (as a bad disk or another host might), kill -9 hsmd and start it again.
+
+        The kinds come in turn, the fewest written first; with MAX_DAMAGED in
+        place, an admin first deletes the oldest one (and the files made for it).
+        """
         if len(self.damaged) >= MAX_DAMAGED:
-            return
+            self.repair(next(iter(self.damaged)))
         repo = rng.choice(REPOS)
         victims = [i for i in self.live(repo) if i.phase == DONE and i.key not in self.prepared]
-        kinds = ["garbage", "torn", "escape", "absolute", "badfields"] + (["alias", "steal"] if victims else [])
-        kind = rng.choice(kinds)
+        kinds = [k for k in DAMAGE_KINDS if victims or k not in ("alias", "steal", "impostor")]
+        fewest = min(self.damage_kinds[k] for k in kinds)
+        kind = rng.choice([k for k in kinds if self.damage_kinds[k] == fewest])
+        self.damage_kinds[kind] += 1
         record_id = self.new_id(rng)
         record = {"id": record_id, "kind": DISK, "size": MiB, "base": "", "userData": {}, "state": "optimized",
                   "intent": {}, "removed": True, "hostId": 1, "stage": "", "percentComplete": 100,
@@ -648,18 +829,26 @@ class Walk:
                   "volumes": [{"id": self.new_id(rng), "image": record_id, "format": "qcow2"}]}
         repo_path = self.paths[repo]
         sentinel = os.path.dirname(repo_path)
+        files: list[str] = []
+
+        def volume(vol_id: str) -> None:  # a volume file the damaged record may own: nothing may touch it
+            path = os.path.join(repo_path, "volumes", vol_id + ".qcow2")
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", path, "1M"], check=True)
+            self.protected[path] = contents(path)
+            files.append(path)
+
         if kind == "garbage":
+            volume(record["volumes"][0]["id"])
             data = b"\x00\xffnot json at all"
         elif kind == "torn":
+            volume(record["volumes"][0]["id"])
             data = json.dumps(record).encode()[:77]
         elif kind in ("escape", "absolute"):
             escape = "../../sentinel/victim" if kind == "escape" else os.path.join(sentinel, "sentinel", "victim-abs")
             record["volumes"][0]["id"] = escape
             data = json.dumps(record).encode()
         elif kind == "badfields":
-            volume = os.path.join(repo_path, "volumes", record["volumes"][0]["id"] + ".qcow2")
-            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", volume, "1M"], check=True)
-            self.protected[volume] = contents(volume)
+            volume(record["volumes"][0]["id"])
             record.update(kind="volume", size="lots", base=["not", "an", "id"])
             data = json.dumps(record).encode()
         else:
@@ -668,8 +857,11 @@ class Walk:
             if kind == "alias":  # a copy of another image's record under a new name, marked removed
                 stolen["removed"] = True
                 record = stolen
-            else:  # a removed record that claims the other image's own volumes
+            elif kind == "steal":  # a removed record that claims the other image's own volumes
                 record["volumes"] = [v for v in stolen["volumes"] if v["image"] == victim.id]
+            else:  # impostor: a live record under a new name whose id names the other image
+                record.update(id=victim.id, removed=False, size=victim.size,
+                              volumes=[{"id": self.new_id(rng), "image": victim.id, "format": "qcow2"}])
             data = json.dumps(record).encode()
             kind = f"{kind} of {victim.label}"
         path = os.path.join(repo_path, "images", record_id + ".json")
@@ -677,10 +869,22 @@ class Walk:
             f.write(data)
         os.rename(path + ".part", path)
         self.damaged[(repo, record_id)] = kind
+        self.damaged_files[(repo, record_id)] = files
         self.stats[f"damaged {kind.split()[0]}"] += 1
         self.note(f"damage: write a {kind} record {record_id} into {repo}; kill -9 hsmd and start it again")
         self.kill()
         self.restart()
+
+    def repair(self, key: tuple[str, str]) -> None:
+        """An admin deletes a damaged record and the files made for it (hsmd reads them again at start-up)."""
+        repo, record_id = key
+        self.note(f"repair: delete the {self.damaged[key]} record {record_id} from {repo}")
+        for path in [os.path.join(self.paths[repo], "images", record_id + ".json"), *self.damaged_files.pop(key)]:
+            self.protected.pop(path, None)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+        del self.damaged[key]
+        self.unreported.discard(key)
 
     def check_damaged(self) -> None:
         for (repo, record_id), kind in sorted(self.damaged.items()):
@@ -809,7 +1013,7 @@ class Walk:
         for entry in entries:
             damaged = (repo, entry["imageId"]) in self.damaged or any(
                 record_id in entry["description"] for r, record_id in self.damaged if r == repo)
-            if entry.get("fixable") is False and not damaged:
+            if entry.get("fixable") is False and not damaged and (repo, entry["imageId"]) not in self.lost:
                 self.violate("an image the model knows is reported unfixable", str(entry))
             if entry.get("fixable") is False and entry.get("fix"):
                 self.violate("an unfixable entry carries a fix", str(entry))
@@ -847,7 +1051,7 @@ class Walk:
                 break
             rng.shuffle(entries)
             for repo, entry in entries:
-                self.perform(self.fix_op(repo, entry))
+                self.perform(self.fix_op(repo, entry, rng))
         else:
             self.violate("check and fixes do not converge", str(entries))
         self.wait_idle()

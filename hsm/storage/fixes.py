@@ -181,9 +181,9 @@ class Fixes:
     def resume(self, repo: FileRepository) -> int:
         """Start the fix of every pending intent and removal that no task works on (non-transparent mode)."""
         started = 0
-        for image in list(repo.images.values()):
+        for image in self._pending_first(repo):
             fix = self.needed(repo, image)
-            if fix and not self.active_on_image(repo, image.id):
+            if fix and not self._working(repo, image.id, fix):
                 # The id the commit handed out, unless a task ran under it already (and failed).
                 task_id = image.task if image.task and not self._known(image.task) else None
                 try:
@@ -194,6 +194,15 @@ class Fixes:
                     log.warning("Cannot resume the %s fix of %s: %s", fix, image.id, e)
         return started
 
+    def _working(self, repo: FileRepository, image_id: str, fix: str) -> bool:
+        """Whether a task of this fix works on the image (a merge that only names it as a child does not)."""
+        return any(self.tasks.get(known).kind == PREFIX + fix for known in self.active_on_image(repo, image_id))
+
+    @staticmethod
+    def _pending_first(repo: FileRepository) -> list[Image]:
+        """Images with a pending intent before removed ones: a merge may wait for a create it reads through."""
+        return sorted(repo.images.values(), key=lambda image: image.removed)
+
     def recover_intents(self, repo: FileRepository) -> int:
         """After a start or a connect: the fixes of pending intents, as the task mode says."""
         return self.adopt(repo) if self.tasks.mode == TRANSPARENT else self.resume(repo)
@@ -202,9 +211,9 @@ class Fixes:
         """Transparent mode: give back, in waitrecover, the tasks whose ids commits handed out but a
         crash cut off before they were written; the caller then says recoverTask or revertTask."""
         adopted = 0
-        for image in list(repo.images.values()):
+        for image in self._pending_first(repo):
             fix = self.needed(repo, image)
-            if fix and image.task and not self._known(image.task) and not self.active_on_image(repo, image.id):
+            if fix and image.task and not self._known(image.task) and not self._working(repo, image.id, fix):
                 try:
                     self.start(repo, fix, image.id, image.verb or "connectStorageRepository", task_id=image.task,
                                waiting=True)
