@@ -22,7 +22,7 @@ import sys, importlib.abc, tempfile, time
 
 class Refuse(importlib.abc.MetaPathFinder):
     # hsmd's other parts and its third-party libraries must not be needed.
-    BLOCKED = ("cheroot", "prometheus_client", "pyudev", "pyinotify", "hsm.rpc", "hsm.api", "hsm.daemon",
+    BLOCKED = ("prometheus_client", "pyudev", "pyinotify", "hsm.rpc", "hsm.api", "hsm.daemon",
                "hsm.config", "hsm.cli", "supervdsm")
     def find_spec(self, name, path=None, target=None):
         if name.startswith(self.BLOCKED):
