@@ -7,7 +7,7 @@ import errno
 import os
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -53,14 +53,6 @@ def journal(daemon, task_id: str) -> list[str]:
 def wait_killed(daemon, timeout: float = 30.0) -> int:
     """Wait for hsmd to die of its own SIGKILL (a crash point); returns the exit status."""
     return daemon.process.wait(timeout)
-
-
-def wait_for(condition: Callable[[], object], timeout: float = 30.0, what: str = "the condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met after {timeout} s")
-        time.sleep(0.01)
 
 
 @contextlib.contextmanager

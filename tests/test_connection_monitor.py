@@ -5,10 +5,10 @@ until the test lets it go, as an iSCSI login to a dead portal does (120 s).
 """
 
 import threading
-import time
 
 from hsm.connections import manager as connections
 from hsm.connections.manager import ConnectionManager
+from tests.waiting import wait_for
 
 
 class SlowLogins:
@@ -49,13 +49,6 @@ class SlowLogins:
 
     def unmanaged_mounts(self, managed: set[str]) -> dict:
         return {}
-
-
-def wait_for(predicate, timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"no {what} after {timeout} s"
-        time.sleep(0.01)
 
 
 def test_slow_logins_delay_no_other_connection_and_are_bounded(tmp_path):

@@ -15,6 +15,7 @@ import pytest
 
 from tests.images_helpers import code, ok, wait_image
 from tests.supervdsmd import Supervdsmd
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounts need root")
 
@@ -42,16 +43,6 @@ def bind_uri(path) -> str:
 
 def servers(proxy) -> dict:
     return ok(proxy.getStorageServerList())["servers"]
-
-
-def wait_for(predicate, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"no {what} after {timeout} s"
-        time.sleep(0.05)
 
 
 def mounted(path: str) -> bool:

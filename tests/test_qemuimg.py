@@ -12,16 +12,7 @@ import time
 import pytest
 
 from hsm.storage import qemuimg
-
-
-def wait_for(predicate, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"no {what} after {timeout} s"
-        time.sleep(0.02)
+from tests.waiting import wait_for
 
 
 def qemu_img_on(path: str) -> int | None:

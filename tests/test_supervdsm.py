@@ -13,6 +13,7 @@ import pytest
 
 from hsm.errors import SupervdsmUnavailable
 from tests.supervdsmd import Supervdsmd
+from tests.waiting import wait_for
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (loop devices, other uids)")
 
@@ -171,16 +172,6 @@ def test_kill_under_load_fails_fast_then_recovers(supervdsmd):
         downs = [o for o in outcome if o[0] == "down"]
         assert max(o[1] for o in downs) < 1.0
         assert all(o[2] > killed_at for o in downs), [(o, killed_at) for o in outcome if o[2] <= killed_at][:3]
-
-
-def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"no {what} after {timeout} s"
-        time.sleep(0.01)
 
 
 def p99(samples: list[float]) -> float:

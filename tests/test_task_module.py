@@ -12,7 +12,8 @@ from hsm.errors import AddTaskError, ResourceTimeout, TaskMetaDataSaveError, Vol
 from hsm.tasks import EXCLUSIVE, SHARED, ResourceManager, State, Step, Task, TaskKind, TaskManager
 from hsm.tasks.states import engine_result, engine_state
 from hsm.tasks.store import TaskStore, read_records
-from tests.tasks_helpers import fill, small_filesystem, wait_for
+from tests.tasks_helpers import fill, small_filesystem
+from tests.waiting import wait_for
 
 # Larger than a page: once the small filesystem is full, no task record fits in the journal's last page.
 PAD = "x" * 8192

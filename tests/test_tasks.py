@@ -18,9 +18,9 @@ from tests.tasks_helpers import (
     small_filesystem,
     start_task,
     status,
-    wait_for,
     wait_state,
 )
+from tests.waiting import wait_for
 
 # Larger than a page: once the small filesystem is full, no task record fits in the journal's last page.
 PAD = "x" * 8192
