@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import ssl
+import stat
 import sys
 import time
 import xmlrpc.client
@@ -28,7 +29,7 @@ from typing import Any, TextIO
 
 from hsm import cli_images, errors
 from hsm import config as hsmconfig
-from hsm.rpc.client import DEFAULT_ADDRESS, ServiceProxy, TlsFiles
+from hsm.rpc.client import DEFAULT_ADDRESS, DEFAULT_UNIX_SOCKET, UNIX_PREFIX, ServiceProxy, TlsFiles, unix_path
 
 EXIT_OK, EXIT_FAILED, EXIT_UNREACHABLE = 0, 1, 2
 DONE_STATES = ("finished", "recovered", "failed")
@@ -61,7 +62,7 @@ def _format_ini(values: dict[str, dict[str, Any]]) -> str:
                 value = "true" if value else "false"
             elif isinstance(value, list):
                 value = ", ".join(value)
-            elif section == "supervdsm" and name == "mode":
+            elif (section, name) in (("supervdsm", "mode"), ("rpc", "unix_socket_mode")):
                 value = f"0{value:o}"
             lines.append(f"{name} = {value}")
         lines.append("")
@@ -140,8 +141,9 @@ def task_wait(proxy: ServiceProxy, task_id: str, interval: float, out: TextIO) -
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hsm-cli", description="Call hsmd verbs; answers are JSON.",
                                      epilog="Any other word is a verb: hsm-cli VERB [ARG...]")
-    parser.add_argument("--address", default=os.environ.get("HSM_ADDRESS", DEFAULT_ADDRESS),
-                        help=f"hsmd's HOST:PORT (default {DEFAULT_ADDRESS}, or $HSM_ADDRESS)")
+    parser.add_argument("--address", default=os.environ.get("HSM_ADDRESS"),
+                        help="hsmd's HOST:PORT or unix:/path/to/socket (default $HSM_ADDRESS, else hsm.conf's "
+                             f"[rpc] unix_socket or {DEFAULT_UNIX_SOCKET} if it exists, else {DEFAULT_ADDRESS})")
     parser.add_argument("--tls", nargs=3, metavar=("KEY", "CERT", "CA"),
                         help="connect with TLS using this client key and certificate, trusting CA")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for an answer")
@@ -165,12 +167,35 @@ def _sub_parser(command: str) -> argparse.ArgumentParser:
     return parser
 
 
+def default_address() -> str:
+    """The Unix socket hsm.conf names (or the packaged one) when it exists on this host, else loopback TCP."""
+    path = DEFAULT_UNIX_SOCKET
+    try:
+        path = hsmconfig.load(hsmconfig.default_path(None)).rpc.unix_socket or path
+    except errors.ConfigError:
+        pass  # an unreadable hsm.conf is hsmd's problem to report; try the usual places
+    try:
+        if stat.S_ISSOCK(os.stat(path).st_mode):
+            return UNIX_PREFIX + path
+    except OSError:
+        pass
+    return DEFAULT_ADDRESS
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     tls = TlsFiles(*args.tls) if args.tls else None
+    if args.address is None:
+        args.address = DEFAULT_ADDRESS if tls else default_address()
+    elif tls and unix_path(args.address) is not None:
+        print("hsm-cli: --tls is not used with a unix: address", file=sys.stderr)
+        return EXIT_UNREACHABLE
+
+    made: list[ServiceProxy] = []
 
     def proxy() -> ServiceProxy:
-        return ServiceProxy(args.address, tls=tls, timeout=args.timeout)
+        made.append(ServiceProxy(args.address, tls=tls, timeout=args.timeout))
+        return made[-1]
 
     try:
         if args.verb in ("config", "errors", "task"):
@@ -197,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hsm-cli: cannot reach hsmd at {args.address}: {e}", file=sys.stderr)
     except errors.ConfigError as e:
         print(f"hsm-cli: {e}", file=sys.stderr)
+    finally:
+        for made_proxy in made:
+            made_proxy.close()
     return EXIT_UNREACHABLE
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import grp
 import ipaddress
 import logging
 import os
@@ -74,11 +75,24 @@ def load_config(args: argparse.Namespace) -> hsmconfig.Config:
     if not config.rpc.ssl and not is_loopback(config.rpc.host):
         raise ConfigError(f"refusing to listen on {config.rpc.host} without TLS: "
                           "set [rpc] ssl = true with key_file, cert_file and ca_file")
+    allowed_uids(config)
+    if config.rpc.unix_socket_group:
+        try:
+            grp.getgrnam(config.rpc.unix_socket_group)
+        except KeyError:
+            raise ConfigError(f"[rpc] unix_socket_group = {config.rpc.unix_socket_group}: no such group") from None
     if config.rpc.ssl:
         for name in ("key_file", "cert_file", "ca_file"):
             if not os.path.isfile(config.get("rpc", name)):
                 raise ConfigError(f"[rpc] {name} = {config.get('rpc', name)}: no such file")
     return config
+
+
+def allowed_uids(config: hsmconfig.Config) -> tuple[int, ...]:
+    try:
+        return tuple(int(uid) for uid in config.rpc.allowed_uids)
+    except ValueError:
+        raise ConfigError(f"[rpc] allowed_uids = {', '.join(config.rpc.allowed_uids)}: expected user ids") from None
 
 
 class Service:
@@ -134,7 +148,9 @@ class Service:
             max_connections=rpc.max_connections, max_connections_per_peer=rpc.max_connections_per_peer,
             max_request_bytes=rpc.max_request_bytes, header_timeout=rpc.header_timeout,
             body_timeout=rpc.body_timeout, idle_timeout=rpc.idle_timeout, shutdown_timeout=rpc.shutdown_timeout,
-            tls=(rpc.key_file, rpc.cert_file, rpc.ca_file) if rpc.ssl else None)
+            tls=(rpc.key_file, rpc.cert_file, rpc.ca_file) if rpc.ssl else None,
+            unix_socket=rpc.unix_socket, unix_socket_group=rpc.unix_socket_group,
+            unix_socket_mode=rpc.unix_socket_mode, allowed_uids=allowed_uids(config))
         self.server = RpcServer(settings, self.dispatcher, Metrics(self.stats, task_counts=self.tasks.counts))
 
     def _connect_default_repository(self) -> FileRepository | None:
@@ -195,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
     serving.start()
     host, port = service.server.address
     log.info("Serving XML-RPC on %s:%d (%s)", host, port, "TLS" if config.rpc.ssl else "plain")
+    if config.rpc.unix_socket:
+        log.info("Serving XML-RPC on Unix socket %s (mode %04o, group %s, uids %s)", config.rpc.unix_socket,
+                 config.rpc.unix_socket_mode, config.rpc.unix_socket_group or "hsmd's own",
+                 ", ".join(config.rpc.allowed_uids) or "none listed")
     sdnotify.notify("READY=1\nSTATUS=serving")
     # Wake often: a signal that the kernel hands to another thread runs its Python handler
     # only when the main thread next runs bytecode.

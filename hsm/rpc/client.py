@@ -1,8 +1,9 @@
-"""ServiceProxy: a client for hsmd, plain or TLS with a client certificate."""
+"""ServiceProxy: a client for hsmd, plain or TLS with a client certificate, or on a Unix socket."""
 
 from __future__ import annotations
 
 import http.client
+import socket
 import ssl
 import xmlrpc.client
 from dataclasses import dataclass
@@ -11,6 +12,13 @@ from typing import Any
 from hsm.rpc.marshal import load_answer
 
 DEFAULT_ADDRESS = "127.0.0.1:54324"
+DEFAULT_UNIX_SOCKET = "/run/hsm/hsmd.sock"  # where the packaged hsm.conf puts it
+UNIX_PREFIX = "unix:"
+
+
+def unix_path(address: str) -> str | None:
+    """The socket path of a `unix:/path` address, None for HOST:PORT."""
+    return address[len(UNIX_PREFIX):] if address.startswith(UNIX_PREFIX) else None
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,37 @@ class _Transport(_WholeBody, xmlrpc.client.Transport):
         return self._connection[1]
 
 
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP/1.1 over a Unix stream socket; the Host header names localhost."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self._path)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class _UnixTransport(_WholeBody, xmlrpc.client.Transport):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__()
+        self._path = path
+        self._timeout = timeout
+
+    def make_connection(self, host: str) -> http.client.HTTPConnection:
+        if self._connection and host == self._connection[0]:
+            return self._connection[1]
+        self._connection = host, UnixHTTPConnection(self._path, self._timeout)
+        return self._connection[1]
+
+
 class _TlsTransport(_WholeBody, xmlrpc.client.SafeTransport):
     def __init__(self, timeout: float, context: ssl.SSLContext) -> None:
         super().__init__(context=context)
@@ -68,15 +107,24 @@ class _TlsTransport(_WholeBody, xmlrpc.client.SafeTransport):
 class ServiceProxy:
     """Calls hsmd verbs as methods: ServiceProxy().ping() -> {"status": {...}}.
 
-    One proxy holds one keep-alive connection and is not for sharing between
-    threads; make one per thread.
+    `address` is HOST:PORT or `unix:/path/to/socket` (no TLS there: the
+    kernel tells hsmd who calls). One proxy holds one keep-alive connection
+    and is not for sharing between threads; make one per thread.
     """
 
     def __init__(self, address: str = DEFAULT_ADDRESS, tls: TlsFiles | None = None,
                  timeout: float = 60.0) -> None:
+        path = unix_path(address)
         scheme = "https" if tls else "http"
-        transport = _TlsTransport(timeout, tls.context()) if tls else _Transport(timeout)
-        self._proxy = xmlrpc.client.ServerProxy(f"{scheme}://{address}/RPC2", transport=transport,
+        if path is not None:
+            if tls:
+                raise ValueError("TLS is not used on a Unix socket")
+            transport: xmlrpc.client.Transport = _UnixTransport(path, timeout)
+            url = "http://localhost/RPC2"
+        else:
+            transport = _TlsTransport(timeout, tls.context()) if tls else _Transport(timeout)
+            url = f"{scheme}://{address}/RPC2"
+        self._proxy = xmlrpc.client.ServerProxy(url, transport=transport,
                                                allow_none=True, use_builtin_types=True)
         self.address = address
 

@@ -4,7 +4,10 @@ A connection costs no worker until its request is whole: the TLS handshake,
 the head and the body are read here, each within its deadline (checked by
 Front's sweep, so the fast path arms no timer), and only then does
 `Front.route` give the request to the worker pool. Connections are capped in
-all and per peer address; those over a cap are closed as they are accepted.
+all and per peer (an address, or on a Unix socket a uid); those over a cap are
+closed as they are accepted. On a Unix socket the peer's credentials
+(SO_PEERCRED) are checked before anything is read: a caller not allowed gets
+403 and the connection closed.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import socket
 import ssl
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,6 +28,7 @@ log = logging.getLogger("hsm.rpc")
 HANDSHAKE, HEAD, BODY, BUSY, IDLE, DONE = "handshake", "head", "body", "busy", "idle", "done"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _MAX_BUFFERED = 256 * 1024  # pipelined bytes held while a worker answers, before reading pauses
+_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 @dataclass(frozen=True)
 class Deadlines:
@@ -57,11 +63,24 @@ class HttpConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         peername = transport.get_extra_info("peername")
         self.peer = peername[0] if isinstance(peername, tuple) else "local"
+        allowed = True
+        if self._front.authorize is not None:
+            try:
+                pid, uid, gid = peer_credentials(transport.get_extra_info("socket"))
+            except OSError as e:
+                log.warning("Cannot read the credentials of a Unix socket peer: %s", e)
+                pid, uid, gid = 0, -1, -1
+            self.peer = f"uid {uid}"
+            allowed = uid >= 0 and self._front.authorize(uid, gid)
         if not self._front.admit(self):
             self._state = DONE
             transport.abort()
             return
         self.deadline = self._front.loop.time() + self._front.deadlines.header
+        if not allowed:
+            log.warning("Refused connection of %s (pid %d, gid %d): not allowed to call hsmd", self.peer, pid, gid)
+            self._refuse(HttpError(403, f"{self.peer} may not call hsmd"))
+            return
         if self._front.tls is None:
             self._state = HEAD
         else:
@@ -248,13 +267,23 @@ class HttpConnection(asyncio.Protocol):
             self.transport.resume_reading()
 
 
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end of a Unix socket, as the kernel saw it connect."""
+    return _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+
+
 class Front:
-    """The connections of one listening socket: caps, deadlines, and handing whole requests to `route`."""
+    """The connections of one listening socket: caps, deadlines, and handing whole requests to `route`.
+
+    `authorize(uid, gid)`, given for a Unix socket, decides from the peer's credentials who may call.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, deadlines: Deadlines, max_body: int,
                  max_connections: int, max_per_peer: int, tls: ssl.SSLContext | None,
-                 route: Callable[[HttpConnection, Head, bytes], None]) -> None:
+                 route: Callable[[HttpConnection, Head, bytes], None],
+                 authorize: Callable[[int, int], bool] | None = None) -> None:
         self.loop = loop
+        self.authorize = authorize
         self.deadlines = deadlines
         self.max_body = max_body
         self.tls = tls

@@ -19,7 +19,8 @@ _DIGITS = re.compile(r"[0-9]{1,19}")
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,15}")
 _VERSION = re.compile(rb"HTTP/1\.[01]")
 
-REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
+REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+           408: "Request Timeout",
            413: "Request Entity Too Large", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
            501: "Not Implemented"}
 

@@ -4,15 +4,24 @@ One event-loop thread accepts connections, runs TLS handshakes and reads each
 request whole, under deadlines (hsm.rpc.connection); only then does a worker
 of a bounded pool parse and run it. Idle, slow or never-handshaking peers
 therefore cost a socket and a little memory, never a worker.
+
+The same API is also served on a Unix socket when `unix_socket` is set, without
+TLS: there the kernel names the caller (SO_PEERCRED), and only the uids listed
+in `allowed_uids`, hsmd's own uid and members of the socket's group may call.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import grp
 import logging
+import os
+import pwd
 import resource
 import socket
 import ssl
+import stat
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,6 +53,10 @@ class ServerSettings:
     idle_timeout: float = 60.0
     shutdown_timeout: float = 30.0
     tls: tuple[str, str, str] | None = None  # key, cert, CA
+    unix_socket: str = ""  # empty: TCP only
+    unix_socket_group: str = ""  # empty: hsmd's own group
+    unix_socket_mode: int = 0o660
+    allowed_uids: tuple[int, ...] = (0,)
 
 
 def _tls_context(key_file: str, cert_file: str, ca_file: str) -> ssl.SSLContext:
@@ -58,6 +71,72 @@ def _tls_context(key_file: str, cert_file: str, ca_file: str) -> ssl.SSLContext:
 def _listen(host: str, port: int, backlog: int) -> socket.socket:
     family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
     return socket.create_server((host, port), family=family, backlog=backlog)
+
+
+def _listen_unix(path: str, group: str, mode: int, backlog: int) -> socket.socket:
+    """A listening Unix socket at `path`, replacing a stale one (a socket nobody listens on)."""
+    if len(os.fsencode(path)) >= 108:
+        raise OSError(errno.ENAMETOOLONG, f"Unix socket path longer than 107 bytes: {path}")
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise OSError(errno.EEXIST, f"{path} exists and is not a socket")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(path)
+            except (ConnectionRefusedError, FileNotFoundError):
+                log.info("Removing stale socket %s", path)
+                os.unlink(path)
+            else:
+                raise OSError(errno.EADDRINUSE, f"another process serves on {path}")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        old_umask = os.umask(0o177)  # nobody can connect before the mode and group are set
+        try:
+            sock.bind(path)
+        finally:
+            os.umask(old_umask)
+        if group:
+            os.chown(path, -1, grp.getgrnam(group).gr_gid)
+        os.chmod(path, mode)
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        _unlink_quietly(path)
+        raise
+    return sock
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+class UnixCallers:
+    """Who may call on the Unix socket: listed uids, hsmd's own uid, members of the socket's group."""
+
+    def __init__(self, allowed_uids: tuple[int, ...], group: str) -> None:
+        self._uids = frozenset(allowed_uids) | {os.getuid()}
+        self._gid = grp.getgrnam(group).gr_gid if group else None
+
+    def __call__(self, uid: int, gid: int) -> bool:
+        if uid in self._uids:
+            return True
+        if self._gid is None:
+            return False
+        if gid == self._gid:
+            return True
+        try:
+            user = pwd.getpwuid(uid)
+            return self._gid in os.getgrouplist(user.pw_name, user.pw_gid)
+        except (KeyError, OSError):
+            return False
 
 
 def _allow_open_files(needed: int) -> None:
@@ -100,6 +179,18 @@ class RpcServer:
         self._app = RpcApplication(dispatcher, metrics)
         self._tls = _tls_context(*settings.tls) if settings.tls else None
         self._sock = _listen(settings.host, settings.port, settings.listen_backlog)
+        self._unix_sock: socket.socket | None = None
+        self._unix_inode: tuple[int, int] | None = None
+        if settings.unix_socket:
+            authorize = UnixCallers(settings.allowed_uids, settings.unix_socket_group)
+            try:
+                self._unix_sock = _listen_unix(settings.unix_socket, settings.unix_socket_group,
+                                               settings.unix_socket_mode, settings.listen_backlog)
+            except BaseException:
+                self._sock.close()
+                raise
+            st = os.stat(settings.unix_socket)
+            self._unix_inode = st.st_dev, st.st_ino
         _allow_open_files(settings.max_connections + 256)
         self._loop = asyncio.new_event_loop()
         self._workers = Workers(settings.threads, self._loop)
@@ -110,6 +201,10 @@ class RpcServer:
         deadlines = Deadlines(settings.header_timeout, settings.body_timeout, settings.idle_timeout)
         self._front = Front(self._loop, deadlines, settings.max_request_bytes, settings.max_connections,
                             settings.max_connections_per_peer, self._tls, self._route)
+        self._unix_front = None
+        if self._unix_sock is not None:
+            self._unix_front = Front(self._loop, deadlines, settings.max_request_bytes, settings.max_connections,
+                                     settings.max_connections_per_peer, None, self._route, authorize=authorize)
         metrics.server_counts = self.counts
 
     @property
@@ -118,7 +213,8 @@ class RpcServer:
 
     def counts(self) -> dict[str, int]:
         """Open connections, and requests with the worker pool (queued or running)."""
-        return {"connections": self._front.count, "in_workers": self._in_workers}
+        unix = self._unix_front.count if self._unix_front is not None else 0
+        return {"connections": self._front.count + unix, "in_workers": self._in_workers}
 
     def serve_forever(self) -> None:
         try:
@@ -126,7 +222,21 @@ class RpcServer:
         finally:
             self._loop.close()
             self._workers.stop()
+            self._remove_unix_socket()
             self._served.set()
+
+    def _remove_unix_socket(self) -> None:
+        """Remove our socket file, unless another process has put its own there meanwhile."""
+        if self._unix_sock is None:
+            return
+        self._unix_sock.close()
+        path = self._settings.unix_socket
+        try:
+            st = os.stat(path)
+            if (st.st_dev, st.st_ino) == self._unix_inode:
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
 
     def stop(self) -> None:
         """Stop accepting; calls in flight finish (up to shutdown_timeout) before this returns."""
@@ -145,16 +255,26 @@ class RpcServer:
         self._stop_requested = loop.create_future()
         server = await loop.create_server(lambda: HttpConnection(self._front), sock=self._sock,
                                           backlog=self._settings.listen_backlog)
+        unix_server = None
+        if self._unix_sock is not None:
+            unix_server = await loop.create_unix_server(lambda: HttpConnection(self._unix_front),
+                                                        sock=self._unix_sock, backlog=self._settings.listen_backlog)
         sweeper = loop.create_task(self._sweep())
         await self._stop_requested
         server.close()
-        await self._front.drain(self._settings.shutdown_timeout)
+        if unix_server is not None:
+            unix_server.close()
+            self._remove_unix_socket()
+        fronts = [self._front] + ([self._unix_front] if self._unix_front is not None else [])
+        await asyncio.gather(*(front.drain(self._settings.shutdown_timeout) for front in fronts))
         sweeper.cancel()
 
     async def _sweep(self) -> None:
         while True:
             await asyncio.sleep(_SWEEP_INTERVAL)
             self._front.sweep()
+            if self._unix_front is not None:
+                self._unix_front.sweep()
 
     def _route(self, conn: HttpConnection, head: Head, body: bytes) -> None:
         if head.path == "/metrics" and head.method == "GET":
