@@ -20,7 +20,7 @@ def code(answer: dict) -> int:
     return answer["status"]["code"]
 
 
-def wait_image(proxy, repo: str, image_id: str, timeout: float = 60.0, states=("optimized",),
+def wait_image(proxy, repo: str, image_id: str, timeout: float = 180.0, states=("optimized",),
                poll: float = 0.02) -> dict:
     """Wait until no fix works on the image and it is in one of `states`; returns its info."""
     deadline = time.monotonic() + timeout

@@ -78,7 +78,7 @@ class Workload:
             self.unexpected.append(answer)
 
 
-def settle(proxy, timeout: float = 60.0) -> None:
+def settle(proxy, timeout: float = 180.0) -> None:
     """Wait until no task runs: first the fixes hsmd resumed by itself, then the ones check offers."""
     for _ in range(3):
         deadline = time.monotonic() + timeout

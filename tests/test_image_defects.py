@@ -28,20 +28,22 @@ from tests.images_helpers import (
 )
 from tests.tasks_helpers import diagnostics_config, start_task, status, wait_state
 
+WAIT = 180.0  # seconds a fix may take: copies run at idle priority, so a busy machine starves them
+
 
 def run_fixes(proxy, repo: str = "local", rounds: int = 4) -> list[dict]:
     """Run every fix check lists until it lists none that can run; returns what is left (unfixable)."""
     for _ in range(rounds):
         for task, state in ok(proxy.getAllTasksStatuses())["allTasksStatus"].items():
             if state["taskState"] == "running":  # the fixes the verbs started themselves go first
-                wait_state(proxy, task)
+                wait_state(proxy, task, timeout=WAIT)
         fixes = ok(proxy.checkStorageRepository(repo))["fixes"]
         runnable = [fix for fix in fixes if fix["fixable"]]
         if not runnable:
             return fixes
         for fix in runnable:
             task = ok(proxy.fixStorageRepository(repo, fix["fix"], {}))["taskId"]
-            assert wait_state(proxy, task)["taskResult"] == "success", status(proxy, task)
+            assert wait_state(proxy, task, timeout=WAIT)["taskResult"] == "success", status(proxy, task)
     raise AssertionError(f"fixes keep coming back: {fixes}")
 
 
@@ -158,7 +160,7 @@ def test_the_task_id_of_a_commit_survives_kill_9(make_hsmd):
     proxy = daemon.proxy()
     stop_blocker(proxy, blocker)
     assert status(proxy, task)["verb"] == "copyImage"
-    assert wait_state(proxy, task, timeout=90)["taskResult"] == "success"
+    assert wait_state(proxy, task, timeout=WAIT)["taskResult"] == "success"
     wait_image(proxy, "local", copy)
 
 
@@ -351,7 +353,7 @@ def test_a_pending_merge_below_does_not_hide_a_create_at_restart(make_hsmd):
     proxy = daemon.proxy()
     stop_blocker(proxy, blocker)
     assert status(proxy, task)["verb"] == "createVirtualDisk"
-    assert wait_state(proxy, task, timeout=90)["taskResult"] == "success"
+    assert wait_state(proxy, task, timeout=WAIT)["taskResult"] == "success"
     assert run_fixes(proxy) == []
     info = wait_image(proxy, "local", new)
     assert below not in [volume["image"] for volume in info["volumes"]]

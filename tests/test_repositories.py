@@ -105,7 +105,7 @@ def test_check_finds_leftovers_and_clean_removes_them(proxy, hsmd):
     assert ok(proxy.getImageStatus("local", disk))["image"]["state"] == "optimized"
 
 
-def wait_task(proxy, task_id: str, timeout: float = 30) -> dict:
+def wait_task(proxy, task_id: str, timeout: float = 180) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status = ok(proxy.getTaskStatus(task_id))["taskStatus"]
