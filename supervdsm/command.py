@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+from collections.abc import Callable
 
 from hsm.errors import InvalidParameterException, NotAvailable, StorageTimeout
 
@@ -29,6 +30,18 @@ def run(argv: list[str], timeout: float, env: dict[str, str] | None = None,
         raise NotAvailable(f"{argv[0]} is not installed") from None
     return {"rc": done.returncode, "out": done.stdout.decode(errors="replace"),
             "err": done.stderr.decode(errors="replace")}
+
+
+Check = Callable[[str], bool]  # an allow-list check of one argument value
+
+
+def matches(pattern: str) -> Check:
+    compiled = re.compile(pattern)
+    return lambda value: compiled.fullmatch(value) is not None
+
+
+def choice(*allowed: str) -> Check:
+    return lambda value: value in allowed
 
 
 def check_value(what: str, value: str) -> str:

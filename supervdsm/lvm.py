@@ -8,24 +8,11 @@ parser reads it, and that value is checked for what the option means.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
-
 from hsm.errors import InvalidParameterException
 from supervdsm import lvmconfig
-from supervdsm.command import check_value, run
-
-Check = Callable[[str], bool]
-
-
-def _matches(pattern: str) -> Check:
-    compiled = re.compile(pattern)
-    return lambda value: compiled.fullmatch(value) is not None
-
-
-def _choice(*allowed: str) -> Check:
-    return lambda value: value in allowed
-
+from supervdsm.command import Check, check_value, run
+from supervdsm.command import choice as _choice
+from supervdsm.command import matches as _matches
 
 _SIZE = _matches(r"\+?[0-9]+(\.[0-9]+)?[bBsSkKmMgGtTpPeE]?")
 _EXTENTS = _matches(r"\+?[0-9]+(%(VG|FREE|PVS|LV|ORIGIN))?")

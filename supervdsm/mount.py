@@ -12,12 +12,12 @@ from __future__ import annotations
 import os
 import re
 import stat
-from collections.abc import Callable
 
 from hsm.errors import InvalidParameterException
-from supervdsm.command import check_path, run
+from supervdsm.command import Check, check_path, run
+from supervdsm.command import choice as _choice
+from supervdsm.command import matches as _matches
 
-Check = Callable[[str], bool]
 FLAG = None  # an option without a value
 
 FORCED = ("nosuid", "nodev", "noexec")
@@ -27,15 +27,6 @@ VFS_TYPES = NETWORK_TYPES | LOCAL_TYPES | {"none"}
 
 MOUNT_FAILED = 32  # mount(8)'s exit code for a failed mount
 _NETWORK_SPEC = re.compile(r"^[A-Za-z0-9_.:\[\],-]+:/[A-Za-z0-9_./-]*$")
-
-
-def _matches(pattern: str) -> Check:
-    compiled = re.compile(pattern)
-    return lambda value: compiled.fullmatch(value) is not None
-
-
-def _choice(*allowed: str) -> Check:
-    return lambda value: value in allowed
 
 
 _NUMBER = _matches(r"[0-9]{1,10}")

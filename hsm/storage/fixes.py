@@ -114,9 +114,9 @@ class Fixes:
         resume() starts it again under that id after a crash (non-transparent mode).
         """
         if image_id:
-            for known in self.active_on_image(repo, image_id):
-                if self.tasks.get(known).kind == PREFIX + fix:
-                    return known
+            known = self._working(repo, image_id, fix)
+            if known:
+                return known
         args = {"repo": repo.uuid, "image": image_id, **(extra or {})}
         intent = repo.images[image_id].intent if image_id in repo.images else {}
         if fix == "create" and intent.get("optimize"):
@@ -194,9 +194,10 @@ class Fixes:
                     log.warning("Cannot resume the %s fix of %s: %s", fix, image.id, e)
         return started
 
-    def _working(self, repo: FileRepository, image_id: str, fix: str) -> bool:
-        """Whether a task of this fix works on the image (a merge that only names it as a child does not)."""
-        return any(self.tasks.get(known).kind == PREFIX + fix for known in self.active_on_image(repo, image_id))
+    def _working(self, repo: FileRepository, image_id: str, fix: str) -> str:
+        """The task of this fix working on the image, or '' (a merge that only names it as a child is not)."""
+        return next((known for known in self.active_on_image(repo, image_id)
+                     if self.tasks.get(known).kind == PREFIX + fix), "")
 
     @staticmethod
     def _pending_first(repo: FileRepository) -> list[Image]:
