@@ -6,6 +6,7 @@ until a writer comes, as on a dead NFS server, but stays killable.
 
 import os
 import subprocess
+import sys
 import threading
 import time
 
@@ -76,3 +77,55 @@ def test_a_copy_runs_at_low_cpu_and_idle_io_priority(tmp_path):
         os.kill(pid, 9)
         copier.join(10)
     assert errors and errors[0].rc == -9
+
+
+_PARENT = """
+import os, sys, time
+from hsm.storage import qemuimg
+argv = qemuimg._die_with_parent() + [qemuimg.QEMU_IMG, "create", "-q", "-f", "qcow2", sys.argv[1], "1M"]
+parent = os.getpid()
+child = os.fork()
+if child == 0:  # what subprocess does, with the parent killed before the child execs
+    while os.getppid() == parent:
+        time.sleep(0.01)
+    os.execvp(argv[0], argv)
+print(child, flush=True)
+"""
+
+
+def ended(pid: int) -> bool:
+    """Gone, or a zombie its new parent has not reaped yet."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.parametrize("parent_dies", ["before", "after"])
+def test_qemu_img_never_outlives_its_parent(tmp_path, parent_dies):
+    """Killed with -9 while qemu-img starts (before setpriv set the parent-death
+    signal) or runs: no orphan goes on writing a volume the next hsmd works on."""
+    if not qemuimg._die_with_parent():
+        pytest.skip("no setpriv on this host")
+    target = tmp_path / "target.qcow2"
+    if parent_dies == "before":
+        done = subprocess.run([sys.executable, "-c", _PARENT, str(target)], check=True, timeout=30,
+                              capture_output=True, text=True)
+        child = int(done.stdout)
+        wait_for(lambda: ended(child), what="the orphaned child ended")
+        assert not target.exists()  # it never started qemu-img
+        return
+    source = str(tmp_path / "source.qcow2")
+    os.mkfifo(source)  # the copy blocks on it: time to kill its parent
+    script = ("import sys\nfrom hsm.storage import qemuimg\n"
+              "qemuimg.convert(sys.argv[1], sys.argv[2])\n")
+    parent = subprocess.Popen([sys.executable, "-c", script, source, str(target)])
+    try:
+        pid = wait_for(lambda: qemu_img_on(source), what="qemu-img running")
+        parent.kill()
+        parent.wait()
+        wait_for(lambda: qemu_img_on(source) is None, what="qemu-img killed with its parent")
+    finally:
+        if qemu_img_on(source):
+            os.kill(pid, 9)

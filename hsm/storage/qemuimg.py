@@ -10,6 +10,7 @@ priority. Calls that only read metadata (info, check) have a timeout.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -41,8 +42,19 @@ CHECK_TIMEOUT = 600.0
 
 # qemu-img must not outlive hsmd: an orphan would go on writing a volume that the
 # next hsmd works on. setpriv (util-linux) sets the parent-death signal and execs,
-# which keeps subprocess's fast vfork path (a preexec_fn would not).
-_DIE_WITH_PARENT = ["setpriv", "--pdeathsig", "KILL"] if shutil.which("setpriv") else []
+# which keeps subprocess's fast vfork path (a preexec_fn would not). A parent that
+# dies before setpriv has set it leaves the child to init, where the signal never
+# comes: sh then sees its parent is no longer hsmd and exits before qemu-img starts.
+# The script is fixed; the command is passed as arguments, never parsed by sh.
+_ORPHAN_GUARD = '[ "$PPID" = "$0" ] && exec "$@"'
+
+
+def _die_with_parent() -> list[str]:
+    if not shutil.which("setpriv"):
+        return []
+    return ["setpriv", "--pdeathsig", "KILL", "sh", "-c", _ORPHAN_GUARD, str(os.getpid())]
+
+
 # Data copies yield the CPU and the disks to the API and to VMs; the parent-death
 # signal survives these execs.
 _LOW_PRIORITY = ((["nice", "-n", "19"] if shutil.which("nice") else [])
@@ -51,7 +63,7 @@ _LOW_PRIORITY = ((["nice", "-n", "19"] if shutil.which("nice") else [])
 
 def _run(argv: list[str], timeout: float | None = None) -> str:
     """Run qemu-img; past `timeout` it is killed and QemuImgTimeout raised."""
-    proc = subprocess.Popen(_DIE_WITH_PARENT + argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    proc = subprocess.Popen(_die_with_parent() + argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             stdin=subprocess.DEVNULL)
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
@@ -71,7 +83,7 @@ def _run(argv: list[str], timeout: float | None = None) -> str:
 
 def _run_with_progress(argv: list[str], progress: Callable[[float], None] | None) -> None:
     """Run a command given `-p`, passing each percentage it prints to `progress`."""
-    proc = subprocess.Popen(_DIE_WITH_PARENT + _LOW_PRIORITY + argv, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(_die_with_parent() + _LOW_PRIORITY + argv, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     try:
         buffer = b""
