@@ -84,6 +84,7 @@ class Option:
     default: str
     description: str
     secret: bool = False
+    packaged: str | None = None  # the value the shipped hsm.conf sets, where it differs from the default
 
     @property
     def type_name(self) -> str:
@@ -120,13 +121,13 @@ def _options() -> list[Option]:
         # [rpc]: the XML-RPC service.
         o("rpc", "host", str, "127.0.0.1", "address to listen on; anything but loopback requires ssl"),
         o("rpc", "port", _int, "54324", "TCP port of the XML-RPC service"),
-        o("rpc", "ssl", _bool, "false", "serve TLS and require client certificates signed by ca_file"),
+        o("rpc", "ssl", _bool, "false", "serve TLS and require client certificates signed by ca_file", packaged="true"),
         o("rpc", "key_file", str, "/etc/pki/hsm/keys/hsmkey.pem", "the server's private key"),
         o("rpc", "cert_file", str, "/etc/pki/hsm/certs/hsmcert.pem", "the server's certificate"),
         o("rpc", "ca_file", str, "/etc/pki/hsm/certs/cacert.pem", "CA certificates that sign accepted client certificates"),
         o("rpc", "threads", _int, "16", "worker threads answering calls"),
-        o("rpc", "unix_socket", str, "", "path of a Unix socket serving the same API to local callers (checked by SO_PEERCRED); empty: none"),
-        o("rpc", "unix_socket_group", str, "", "group owning the Unix socket, whose members may call; empty: the socket keeps hsmd's group, no member check"),
+        o("rpc", "unix_socket", str, "", "path of a Unix socket serving the same API to local callers (checked by SO_PEERCRED); empty: none", packaged="/run/hsm/hsmd.sock"),
+        o("rpc", "unix_socket_group", str, "", "group owning the Unix socket, whose members may call; empty: the socket keeps hsmd's group, no member check", packaged="hsm"),
         o("rpc", "unix_socket_mode", _octal, "0660", "permissions of the Unix socket"),
         o("rpc", "allowed_uids", _list, "0", "user ids allowed to call on the Unix socket, besides hsmd's own and members of unix_socket_group"),
         o("rpc", "listen_backlog", _int, "1024", "pending connections the kernel keeps before refusing"),
@@ -155,9 +156,10 @@ def _options() -> list[Option]:
         o("sanlock", "io_timeout", _int, "10", "sanlock I/O timeout in seconds for new lockspaces"),
         # [supervdsm]
         o("supervdsm", "socket", str, "/run/hsm/supervdsm.sock", "supervdsmd's Unix socket"),
-        o("supervdsm", "group", str, "root", "group owning the socket"),
+        o("supervdsm", "group", str, "root", "group owning the socket", packaged="hsm"),
         o("supervdsm", "mode", _octal, "0660", "permissions of the socket"),
-        o("supervdsm", "allowed_uids", _list, "0", "user ids allowed to call supervdsmd"),
+        o("supervdsm", "allowed_uids", _list, "0", "users (ids or names) allowed to call supervdsmd", packaged="0, hsm"),
+        o("supervdsm", "log_dir", str, "/var/log/supervdsm", "folder of supervdsm.log: root's alone, so hsmd's user cannot touch the record of privileged calls"),
         o("supervdsm", "call_timeout", float, "60", "seconds a privileged call may run"),
         o("supervdsm", "connect_timeout", float, "1", "seconds to reach supervdsmd before a call fails"),
         o("supervdsm", "mount_sources", _list, "", "folders whose contents may be bind-mounted or loop-mounted, besides [irs] repository for loop mounts"),
@@ -262,12 +264,19 @@ def load(path: str | None = None, overrides: dict[tuple[str, str], str] | None =
 
 
 def sample() -> str:
-    """The documented hsm.conf shipped in etc/hsm/: every option commented out at its default."""
-    lines = ["# hsm.conf: hsmd's configuration. Every option is shown at its default.",
+    """The hsm.conf shipped in etc/hsm/: every option at its default, commented out, but
+    for those the package sets (hsmd as user hsm, TLS on, the local Unix socket)."""
+    lines = ["# hsm.conf: the configuration of hsmd and supervdsmd. Every option is shown; those",
+             "# commented out are at their default, the others are what the package sets.",
              "# Unknown options or badly typed values stop hsmd with a message naming them."]
     for section in SECTIONS:
         lines += ["", f"[{section}]"]
         for opt in OPTIONS.values():
-            if opt.section == section:
+            if opt.section != section:
+                continue
+            if opt.packaged is None:
                 lines += ["", f"# {opt.description} ({opt.type_name})", f"# {opt.name} = {opt.default}"]
+            else:
+                lines += ["", f"# {opt.description} ({opt.type_name}; default: {opt.default or 'empty'})",
+                          f"{opt.name} = {opt.packaged}"]
     return "\n".join(lines) + "\n"

@@ -200,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.set())
     log.info("hsmd %s starting (config %s, log %s)", hsm.__version__, config.source or "built-in", log_path)
+    if os.geteuid() == 0:
+        log.warning("hsmd runs as root: fine by hand for development; the packaged unit runs it as user hsm, "
+                    "and supervdsmd does what needs root")
     try:
         hooks.run_hooks(config.irs.hooks_dir, hooks.BEFORE_START, config.irs.hook_timeout)
         service = Service(config)
@@ -211,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     serving.start()
     host, port = service.server.address
     log.info("Serving XML-RPC on %s:%d (%s)", host, port, "TLS" if config.rpc.ssl else "plain")
+    if not config.rpc.ssl:
+        log.warning("TLS is off ([rpc] ssl = false): plain XML-RPC on loopback %s:%d, for development and tests",
+                    host, port)
     if config.rpc.unix_socket:
         log.info("Serving XML-RPC on Unix socket %s (mode %04o, group %s, uids %s)", config.rpc.unix_socket,
                  config.rpc.unix_socket_mode, config.rpc.unix_socket_group or "hsmd's own",

@@ -12,9 +12,9 @@ from hsm.config import Config
 from hsm.logctx import LINE_FORMAT, TaskFilter
 
 
-def setup(config: Config, log_file: str = "hsm.log") -> str:
-    """Configure logging; returns where the log goes."""
-    log_dir = config.logging.log_dir
+def setup(config: Config, log_file: str = "hsm.log", log_dir: str | None = None) -> str:
+    """Configure logging into `log_dir` ([logging] log_dir unless given); returns where the log goes."""
+    log_dir = log_dir or config.logging.log_dir
     os.makedirs(log_dir, exist_ok=True)
     if os.path.exists(config.logging.config_file):
         logging.config.fileConfig(config.logging.config_file, defaults={"log_dir": log_dir, "log_file": log_file},

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         config = hsmconfig.load(hsmconfig.default_path(args.config), overrides)
         allowed = _uids(config.supervdsm.allowed_uids)
         gid = _gid(config.supervdsm.group)
-        logsetup.setup(config, log_file="supervdsm.log")
+        logsetup.setup(config, log_file="supervdsm.log", log_dir=config.supervdsm.log_dir)
     except (ConfigError, OSError) as e:
         print(f"supervdsmd: {e}", file=sys.stderr)
         return 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import signal
 import socket
 import subprocess
@@ -36,8 +37,10 @@ class Hsmd:
     """One hsmd process with its own state, log and hooks folders under `root`."""
 
     def __init__(self, root: str, config: dict[str, dict[str, object]] | None = None,
-                 env: dict[str, str] | None = None, tls: TlsFiles | None = None) -> None:
+                 env: dict[str, str] | None = None, tls: TlsFiles | None = None, user: str | None = None) -> None:
+        """`user`: run hsmd as this user (the test runs as root); `root` is handed to it."""
         self.root = root
+        self.user = user
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.state_dir = os.path.join(root, "state")
@@ -51,6 +54,9 @@ class Hsmd:
         self.env = dict(os.environ, **(env or {}))
         self.process: subprocess.Popen | None = None
         self._proxies: list[ServiceProxy] = []
+        if user is not None:
+            account = pwd.getpwnam(user)
+            os.chown(root, account.pw_uid, account.pw_gid)
 
     @property
     def log_path(self) -> str:
@@ -62,8 +68,9 @@ class Hsmd:
     def start(self, timeout: float = 15.0) -> Hsmd:
         self.output_path = os.path.join(self.root, "hsmd.out")
         with open(self.output_path, "ab") as output:
+            as_user = {"user": self.user, "group": self.user, "extra_groups": []} if self.user else {}
             self.process = subprocess.Popen(self.command(), env=self.env, stdout=output,
-                                            stderr=subprocess.STDOUT)
+                                            stderr=subprocess.STDOUT, **as_user)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

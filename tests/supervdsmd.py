@@ -21,8 +21,8 @@ class Supervdsmd:
         os.makedirs(root, exist_ok=True)
         self.socket = os.path.join(root, "run", "supervdsm.sock")
         self.log_dir = os.path.join(root, "log")
-        options = {"socket": self.socket, **supervdsm_options}
-        sections = {"supervdsm": options, "logging": {"log_dir": self.log_dir}, **(config or {})}
+        options = {"socket": self.socket, "log_dir": self.log_dir, **supervdsm_options}
+        sections = {"supervdsm": options, **(config or {})}
         self.config_path = write_config(os.path.join(root, "supervdsm.conf"), sections)
         self.env = dict(os.environ, **(env or {}))
         self.process: subprocess.Popen | None = None

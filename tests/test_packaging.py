@@ -49,6 +49,63 @@ def test_hsmd_unit_is_notify_after_supervdsmd():
     assert timeout > hsmconfig.load().rpc.shutdown_timeout, "systemd must not kill calls hsmd lets finish"
 
 
+def test_hsmd_unit_runs_unprivileged_and_sandboxed():
+    service = _unit("hsmd.service")["Service"]
+    assert service["User"] == "hsm" and service["Group"] == "hsm"
+    assert service["NoNewPrivileges"] == "yes" and service["CapabilityBoundingSet"] == ""
+    assert service["ProtectSystem"] == "strict"
+    writable = {path.lstrip("-") for path in service["ReadWritePaths"].split()}
+    shipped = hsmconfig.load(os.path.join(REPO, "etc/hsm/hsm.conf"))
+    assert {shipped.irs.state_dir, shipped.logging.log_dir, os.path.dirname(shipped.rpc.unix_socket),
+            shipped.irs.repository} <= writable, "hsmd can write where its configuration sends it"
+    assert shipped.supervdsm.log_dir not in writable
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_hsmd_unit_exposure_is_low(tmp_path):
+    """systemd-analyze security scores exposure from 0 (sandboxed) to 10; a unit with only
+    User= set, as VDSM's vdsmd.service, scores 9.2 here."""
+    with open(os.path.join(REPO, "etc/systemd/hsmd.service")) as f:
+        text = f.read()
+    unit = tmp_path / "hsmd.service"
+    unit.write_text(text.replace("ExecStart=/usr/bin/", f"ExecStart={VENV_BIN}/"))
+    done = subprocess.run(["systemd-analyze", "security", "--offline=true", str(unit)], capture_output=True,
+                          text=True, timeout=60)
+    [score] = [line.split("hsmd.service: ")[1].split()[0] for line in done.stdout.splitlines()
+               if "Overall exposure level" in line]
+    assert float(score) <= 2.0, done.stdout
+
+
+def test_shipped_hsm_conf_turns_on_tls_the_unix_socket_and_the_hsm_user():
+    shipped = hsmconfig.load(os.path.join(REPO, "etc/hsm/hsm.conf"))
+    assert shipped.rpc.ssl is True
+    assert shipped.rpc.unix_socket == "/run/hsm/hsmd.sock" and shipped.rpc.unix_socket_group == "hsm"
+    assert shipped.rpc.unix_socket_mode == 0o660
+    assert shipped.supervdsm.group == "hsm" and shipped.supervdsm.allowed_uids == ["0", "hsm"]
+    built_in = hsmconfig.load(None)
+    assert built_in.rpc.ssl is False and built_in.rpc.unix_socket == ""  # development and tests: as before
+
+
+@pytest.mark.skipif(shutil.which("systemd-tmpfiles") is None, reason="systemd-tmpfiles is not installed")
+def test_tmpfiles_give_hsm_its_folders_and_keep_root_s_apart(tmp_path):
+    (tmp_path / "etc").mkdir()
+    # tmpfiles resolves users in the root it is given: root, and hsm as 990.
+    (tmp_path / "etc/passwd").write_text("root:x:0:0::/root:/bin/sh\nhsm:x:990:990::/var/lib/hsm:/usr/sbin/nologin\n")
+    (tmp_path / "etc/group").write_text("root:x:0:\nhsm:x:990:\n")
+    tmpfiles = os.path.join(REPO, "etc/tmpfiles.d/hsm.conf")
+    subprocess.run(["systemd-tmpfiles", "--create", f"--root={tmp_path}", tmpfiles], check=True, capture_output=True,
+                   timeout=60)
+
+    def seen(path):
+        info = os.stat(tmp_path / path)
+        return info.st_uid, info.st_gid, oct(info.st_mode & 0o7777)
+
+    assert seen("run/hsm") == (0, 990, "0o1775")  # sticky: hsm adds its socket, cannot replace root's
+    assert seen("var/lib/hsm") == (990, 990, "0o750")
+    assert seen("var/log/hsm") == (990, 990, "0o750")
+    assert seen("var/log/supervdsm") == (0, 0, "0o750")
+
+
 def test_supervdsmd_unit_restarts_always():
     unit = _unit("supervdsmd.service")
     assert unit["Service"]["ExecStart"] == "/usr/sbin/supervdsmd"
@@ -86,7 +143,8 @@ def test_rpm_file_list(rpm):
     for path in ["/usr/bin/hsmd", "/usr/bin/hsm-cli", "/usr/sbin/supervdsmd",
                  "/usr/lib/systemd/system/hsmd.service", "/usr/lib/systemd/system/supervdsmd.service",
                  "/usr/lib/tmpfiles.d/hsm.conf", "/etc/hsm/hsm.conf", "/etc/hsm/logger.conf",
-                 "/var/lib/hsm", "/var/log/hsm", "/usr/libexec/hsm/hooks/before_hsmd_start",
+                 "/var/lib/hsm", "/var/log/hsm", "/var/log/supervdsm", "/usr/lib/sysusers.d/hsm.conf",
+                 "/usr/libexec/hsm/hooks/before_hsmd_start",
                  "/usr/libexec/hsm/hooks/after_hsmd_stop"]:
         assert path in files, path
     site = [f for f in files if f.endswith("/site-packages/hsm/daemon.py")]
@@ -101,6 +159,16 @@ def test_rpm_config_files_are_noreplace(rpm):
     flags = dict(line.partition(" ")[::2] for line in lines)
     assert flags["/etc/hsm/hsm.conf"] == "cn"
     assert flags["/etc/hsm/logger.conf"] == "cn"
+
+
+def test_rpm_makes_the_hsm_user_and_gives_it_its_folders(rpm):
+    lines = _query(rpm, "--qf", "[%{FILENAMES} %{FILEUSERNAME}:%{FILEGROUPNAME} %{FILEMODES:perms}\n]").splitlines()
+    owners = {line.split()[0]: line.split()[1:] for line in lines}
+    assert owners["/var/lib/hsm"] == ["hsm:hsm", "drwxr-x---"]
+    assert owners["/var/log/hsm"] == ["hsm:hsm", "drwxr-x---"]
+    assert owners["/var/log/supervdsm"] == ["root:root", "drwxr-x---"]
+    scripts = _query(rpm, "--scripts")
+    assert "useradd -r -g hsm" in scripts and "systemd-tmpfiles --create" in scripts
 
 
 def test_rpm_requires(rpm):

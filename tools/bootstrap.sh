@@ -6,7 +6,7 @@ set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 
-APT_PACKAGES=(lvm2 sanlock python3-sanlock qemu-utils rpm cpio systemd openssl fuse3 libfuse2 xfsprogs
+APT_PACKAGES=(python3.11 python3-venv lvm2 sanlock python3-sanlock qemu-utils rpm cpio systemd openssl fuse3 libfuse2 xfsprogs
               tgt libiscsi-bin open-iscsi multipath-tools nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils libnfs-dev)
 
 missing=()
@@ -23,9 +23,19 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-# Python 3.11: the one sanlock's Debian binding is built for.
+# hsmd's own user (tests run hsmd as it, with supervdsmd as root): the RPM's sysusers file.
+if ! getent passwd hsm >/dev/null; then
+    if [ "$(id -u)" = 0 ]; then
+        systemd-sysusers "$top/etc/sysusers.d/hsm.conf"
+    else
+        echo "bootstrap: no user hsm (needs root: systemd-sysusers etc/sysusers.d/hsm.conf); its tests will skip" >&2
+    fi
+fi
+
+# Debian's Python 3.11: the one sanlock's binding is built for, and one every user can run
+# (hsmd runs unprivileged in the tests; a Python under /root would not start for it).
 python=""
-for candidate in python3.11 python3 /usr/bin/python3; do
+for candidate in /usr/bin/python3.11 python3.11 python3; do
     if command -v "$candidate" >/dev/null &&
        "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then
         python=$(command -v "$candidate")
@@ -34,6 +44,11 @@ for candidate in python3.11 python3 /usr/bin/python3; do
 done
 [ -n "$python" ] || { echo "bootstrap: no Python 3.11 found" >&2; exit 1; }
 
+# A venv made by another Python (an older bootstrap) is made again.
+if [ -x .venv/bin/python ] && ! grep -qx "home = $(dirname "$python")" .venv/pyvenv.cfg; then
+    echo "bootstrap: .venv was made by another Python; making it again with $python"
+    rm -rf .venv
+fi
 if [ ! -x .venv/bin/python ]; then
     "$python" -m venv .venv
 fi

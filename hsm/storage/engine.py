@@ -25,7 +25,6 @@ from hsm.errors import (
     MiscFileWriteException,
     PrepareIllegalVolumeError,
     RepositoryIdInUse,
-    StorageDomainCreationError,
     StorageDomainDoesNotExist,
     StorageDomainFSNotMounted,
     VolumeDoesNotExist,
@@ -84,7 +83,7 @@ class Engine:
                 try:
                     io.makedirs(path)
                 except OSError as e:
-                    raise StorageDomainCreationError(f"{path}: {e}") from None
+                    raise repositories.creation_error(path, e) from None
             return repositories.create(path, repo_format, io, force)
         finally:
             io.close()

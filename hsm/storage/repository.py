@@ -19,6 +19,7 @@ import errno
 import json
 import logging
 import os
+import pwd
 import threading
 import time
 import uuid
@@ -34,6 +35,7 @@ from hsm.errors import (
     StorageDomainDoesNotExist,
     StorageDomainNotEmpty,
     StorageDomainTypeError,
+    StorageServerAccessPermissionError,
     VolumeMetadataReadError,
     VolumeMetadataWriteError,
 )
@@ -60,6 +62,15 @@ def _layout_folder(io: IOProcess, path: str, folder: str) -> bool:
     except OSError as e:
         raise StorageDomainAccessError(f"{os.path.join(path, folder)} is not a plain directory "
                                        f"(a symbolic link?): {e.strerror or e}") from None
+
+
+def creation_error(path: str, e: OSError) -> HsmError:
+    """What a failed write while making a repository answers: 469 when hsmd's user may not write there."""
+    if e.errno in (errno.EACCES, errno.EPERM):
+        user = pwd.getpwuid(os.geteuid()).pw_name
+        return StorageServerAccessPermissionError(f"{path}: hsmd runs as user {user}, who may not write there "
+                                                  f"({e.strerror}); give the folder to {user}")
+    return StorageDomainCreationError(f"{path}: {e}")
 
 
 def create(path: str, repo_format: str, io: IOProcess, force: bool = False) -> str:
@@ -89,7 +100,7 @@ def create(path: str, repo_format: str, io: IOProcess, force: bool = False) -> s
         record = {"format": repo_format, "uuid": repo_uuid, "version": VERSION, "created": time.time()}
         io.write(os.path.join(path, RECORD), json.dumps(record).encode())
     except OSError as e:
-        raise StorageDomainCreationError(f"{path}: {e}") from None
+        raise creation_error(path, e) from None
     log.info("Created %s repository %s at %s", repo_format, repo_uuid, path)
     return repo_uuid
 
