@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from hsm.errors import ConfigError
-from hsm.sizes import format_size
+from hsm.errors import ConfigError, InvalidParameterException
+from hsm.sizes import format_size, parse_size
 
 DEFAULT_PATH = "/etc/hsm/hsm.conf"
 
@@ -40,11 +40,11 @@ def _int(text: str) -> int:
 
 
 def _size(text: str) -> int:
-    """A byte count; getHsmConfig sends it as a decimal string, as every size on the wire."""
-    value = _int(text)
-    if value < 0:
-        raise ValueError(f"{text.strip()!r} is negative")
-    return value
+    """A byte count, read as every size hsm takes (hsm.sizes); getHsmConfig sends it as a decimal string."""
+    try:
+        return parse_size("size", text)
+    except InvalidParameterException as e:
+        raise ValueError(e.detail) from None
 
 
 def _count(text: str) -> int:
@@ -83,8 +83,8 @@ class Option:
     parse: Callable[[str], Any]
     default: str
     description: str
-    secret: bool = False
     packaged: str | None = None  # the value the shipped hsm.conf sets, where it differs from the default
+    coming: str = ""  # the feature that will use it; until then only its default is accepted
 
     @property
     def type_name(self) -> str:
@@ -93,6 +93,12 @@ class Option:
     def wire(self, value: Any) -> Any:
         """The value as getHsmConfig sends it: a size as a decimal string (api.md), others as they are."""
         return format_size(value) if self.parse is _size else value
+
+
+# Options VDSM's configuration has (or hsm's design names) whose features are not built yet.
+_BLOCK = "block repositories"
+_LEASES = "sanlock leases"
+_OFFLOAD = "offload"
 
 
 def _options() -> list[Option]:
@@ -107,14 +113,14 @@ def _options() -> list[Option]:
         o("irs", "process_pool_max_slots_per_domain", _int, "10", "concurrent file operations per repository"),
         o("irs", "task_resource_default_timeout", _int, "120000", "milliseconds a task waits for a resource lock"),
         o("irs", "prepare_image_timeout", _int, "600000", "milliseconds prepareImage waits for its image lock"),
-        o("irs", "lvm_dev_whitelist", _list, "", "devices always accepted by the LVM filter"),
-        o("irs", "lv_activation", _choice("lvm", "loop"), "lvm", "how an LV is made usable: lvchange -ay, or a loop device over its extents"),
+        o("irs", "lvm_dev_whitelist", _list, "", "devices always accepted by the LVM filter", coming=_BLOCK),
+        o("irs", "lv_activation", _choice("lvm", "loop"), "lvm", "how an LV is made usable: lvchange -ay, or a loop device over its extents", coming=_BLOCK),
         o("irs", "qcow2_compat", _choice("0.10", "1.1"), "1.1", "qcow2 compat level of new volumes"),
-        o("irs", "udev_settle_timeout", _int, "5", "seconds to wait for udev events to settle"),
-        o("irs", "scsi_rescan_maximal_timeout", _int, "30", "seconds a SCSI rescan may take"),
-        o("irs", "iscsi_default_ifaces", _list, "default", "iSCSI interfaces used when a connection names none"),
-        o("irs", "use_volume_leases", _bool, "false", "take sanlock volume leases in prepareImage"),
-        o("irs", "maximum_allowed_pvs", _int, "8", "most physical volumes in one block repository"),
+        o("irs", "udev_settle_timeout", _int, "5", "seconds to wait for udev events to settle", coming=_BLOCK),
+        o("irs", "scsi_rescan_maximal_timeout", _int, "30", "seconds a SCSI rescan may take", coming=_BLOCK),
+        o("irs", "iscsi_default_ifaces", _list, "default", "iSCSI interfaces used when a connection names none", coming=_BLOCK),
+        o("irs", "use_volume_leases", _bool, "false", "take sanlock volume leases in prepareImage", coming=_LEASES),
+        o("irs", "maximum_allowed_pvs", _int, "8", "most physical volumes in one block repository", coming=_BLOCK),
         o("irs", "progress_interval", float, "30", "seconds between progress lines in the log for long copies"),
         o("irs", "hooks_dir", str, "/usr/libexec/hsm/hooks", "folder of before_hsmd_start/ and after_hsmd_stop/ hook folders"),
         o("irs", "hook_timeout", float, "60", "seconds one lifecycle hook may run before it is killed"),
@@ -153,7 +159,7 @@ def _options() -> list[Option]:
         o("connections", "reconnect_backoff_max", float, "300", "longest delay between reconnect attempts"),
         # [sanlock]
         o("sanlock", "host_id", _int, "1", "this host's id in every lockspace (1-2000)"),
-        o("sanlock", "io_timeout", _int, "10", "sanlock I/O timeout in seconds for new lockspaces"),
+        o("sanlock", "io_timeout", _int, "10", "sanlock I/O timeout in seconds for new lockspaces", coming=_LEASES),
         # [supervdsm]
         o("supervdsm", "socket", str, "/run/hsm/supervdsm.sock", "supervdsmd's Unix socket"),
         o("supervdsm", "group", str, "root", "group owning the socket", packaged="hsm"),
@@ -165,10 +171,10 @@ def _options() -> list[Option]:
         o("supervdsm", "mount_sources", _list, "", "folders whose contents may be bind-mounted or loop-mounted, besides [irs] repository for loop mounts"),
         o("supervdsm", "max_calls", _count, "8", "privileged calls in flight at once; more fail at once (5003), so a frozen supervdsmd never takes every RPC worker"),
         # [offload]
-        o("offload", "enabled", _bool, "true", "use reflink, copy_file_range or arrays before qemu-img"),
-        o("offload", "arrays", _list, "", "libstoragemgmt URIs of storage arrays"),
-        o("offload", "array_password", str, "", "password for the arrays' libstoragemgmt URIs", secret=True),
-        o("offload", "capabilities_refresh", float, "3600", "seconds between refreshes of array capabilities"),
+        o("offload", "enabled", _bool, "true", "use reflink, copy_file_range or arrays before qemu-img", coming=_OFFLOAD),
+        o("offload", "arrays", _list, "", "libstoragemgmt URIs of storage arrays", coming=_OFFLOAD),
+        o("offload", "array_password", str, "", "password for the arrays' libstoragemgmt URIs", coming=_OFFLOAD),
+        o("offload", "capabilities_refresh", float, "3600", "seconds between refreshes of array capabilities", coming=_OFFLOAD),
         # [logging]
         o("logging", "config_file", str, "/etc/hsm/logger.conf", "logging configuration (Python fileConfig format)"),
         o("logging", "log_dir", str, "/var/log/hsm", "folder of hsm.log"),
@@ -208,19 +214,17 @@ class Config:
     def get(self, section: str, name: str) -> Any:
         return self._values[section][name]
 
-    def as_dict(self, section: str | None = None, secrets: bool = False) -> dict[str, dict[str, Any]]:
-        """{section: {option: value}}; secret options are left out unless asked for."""
+    def as_dict(self, section: str | None = None) -> dict[str, dict[str, Any]]:
+        """{section: {option: value}} of the options hsmd uses (those still coming are left out)."""
         if section is not None and section not in self._values:
             raise ConfigError(f"no section [{section}]")
         names = [section] if section else list(self._values)
-        return {
-            name: {key: value for key, value in self._values[name].items()
-                   if secrets or not OPTIONS[(name, key)].secret}
-            for name in names
-        }
+        used = {name: {key: value for key, value in self._values[name].items() if not OPTIONS[(name, key)].coming}
+                for name in names}
+        return {name: values for name, values in used.items() if values or name == section}
 
     def as_wire(self, section: str | None = None) -> dict[str, dict[str, Any]]:
-        """as_dict() as getHsmConfig answers it: secrets left out, sizes as decimal strings."""
+        """as_dict() as getHsmConfig answers it: sizes as decimal strings."""
         return {name: {key: OPTIONS[(name, key)].wire(value) for key, value in options.items()}
                 for name, options in self.as_dict(section).items()}
 
@@ -260,6 +264,9 @@ def load(path: str | None = None, overrides: dict[tuple[str, str], str] | None =
     values: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
     for key, opt in OPTIONS.items():
         values[opt.section][opt.name] = _parse(opt, texts[key])
+        if opt.coming and values[opt.section][opt.name] != _parse(opt, opt.default):
+            raise ConfigError(f"[{opt.section}] {opt.name} = {texts[key].strip()!r}: not supported yet "
+                              f"(comes with {opt.coming}); leave it at its default, {opt.default or 'empty'}")
     return Config(values, source=path or "")
 
 
@@ -270,9 +277,11 @@ def sample() -> str:
              "# commented out are at their default, the others are what the package sets.",
              "# Unknown options or badly typed values stop hsmd with a message naming them."]
     for section in SECTIONS:
+        if all(opt.coming for opt in OPTIONS.values() if opt.section == section):
+            continue
         lines += ["", f"[{section}]"]
         for opt in OPTIONS.values():
-            if opt.section != section:
+            if opt.section != section or opt.coming:
                 continue
             if opt.packaged is None:
                 lines += ["", f"# {opt.description} ({opt.type_name})", f"# {opt.name} = {opt.default}"]

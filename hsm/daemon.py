@@ -112,7 +112,8 @@ class Service:
         self.engine = Engine(self.tasks, host_id=config.sanlock.host_id, io_timeout=irs.process_pool_timeout,
                              io_slots=irs.process_pool_max_slots_per_domain,
                              monitor_interval=irs.sd_health_check_delay, qcow2_compat=irs.qcow2_compat,
-                             state_dir=state_dir)
+                             state_dir=state_dir, prepare_timeout=irs.prepare_image_timeout / 1000,
+                             progress_interval=irs.progress_interval)
         supervdsm = SupervdsmClient(config.supervdsm.socket, config.supervdsm.connect_timeout,
                                     config.supervdsm.call_timeout, max_calls=config.supervdsm.max_calls)
         conns = config.connections

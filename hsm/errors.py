@@ -8,6 +8,8 @@ table.
 
 from __future__ import annotations
 
+import time
+
 
 class HsmError(Exception):
     """An error a caller can act on; the API turns it into a status struct."""
@@ -27,6 +29,10 @@ class HsmError(Exception):
     def status(self) -> dict:
         return {"code": self.code, "message": str(self)}
 
+    def last_error(self) -> dict:
+        """The status with when it happened, as an image's or a connection's lastError keeps it."""
+        return {**self.status(), "time": f"{time.time():.0f}"}
+
 
 def _error(name: str, code: int, message: str) -> type[HsmError]:
     return type(name, (HsmError,), {"code": code, "message": message})
@@ -38,21 +44,15 @@ VolumeDoesNotExist = _error("VolumeDoesNotExist", 201, "No such volume")
 VolumeIsBusy = _error("VolumeIsBusy", 203, "The volume is in use")
 VolumeImageHasChildren = _error("VolumeImageHasChildren", 204, "The volume has child volumes")
 VolumeCreationError = _error("VolumeCreationError", 205, "The volume could not be created")
-VolumeExtendingError = _error("VolumeExtendingError", 206, "The volume could not be extended")
 VolumeMetadataReadError = _error("VolumeMetadataReadError", 207, "The volume metadata could not be read")
 VolumeMetadataWriteError = _error("VolumeMetadataWriteError", 208, "The volume metadata could not be written")
-VolumeAlreadyExists = _error("VolumeAlreadyExists", 212, "A volume with this id exists")
-VolumeNonWritable = _error("VolumeNonWritable", 213, "The volume is read-only")
 CannotDeleteVolume = _error("CannotDeleteVolume", 222, "The volume could not be deleted")
-CannotDeleteSharedVolume = _error("CannotDeleteSharedVolume", 223, "A volume shared by other images cannot be deleted")
 PrepareIllegalVolumeError = _error("PrepareIllegalVolumeError", 227, "The image is not ready for use")
 VolumeWasNotPreparedBeforeTeardown = _error("VolumeWasNotPreparedBeforeTeardown", 230, "The image was not prepared")
 MergeSnapshotsError = _error("MergeSnapshotsError", 252, "The snapshots could not be merged")
-ImageDeleteError = _error("ImageDeleteError", 256, "Not every volume of the image could be removed")
 CopyImageError = _error("CopyImageError", 261, "The image copy failed")
 ImageIsNotLegalChain = _error("ImageIsNotLegalChain", 262, "The image's volume chain is not valid")
 ImageDoesNotExistInSD = _error("ImageDoesNotExistInSD", 268, "No such image in the repository")
-StoragePoolUnknown = _error("StoragePoolUnknown", 309, "No such storage pool connected")
 StorageDomainCreationError = _error("StorageDomainCreationError", 351, "The repository could not be created")
 StorageDomainDoesNotExist = _error("StorageDomainDoesNotExist", 358, "No such repository")
 StorageDomainFSNotMounted = _error("StorageDomainFSNotMounted", 360, "The repository's file system is not mounted")
@@ -61,30 +61,20 @@ StorageDomainAlreadyExists = _error("StorageDomainAlreadyExists", 365, "The repo
 StorageDomainTypeError = _error("StorageDomainTypeError", 372, "Unknown or wrong repository format")
 StorageDomainAccessError = _error("StorageDomainAccessError", 379, "The repository cannot be reached")
 NoSpaceLeftOnDomain = _error("NoSpaceLeftOnDomain", 397, "No space left in the repository")
-InvalidTask = _error("InvalidTask", 400, "Invalid task id")
 UnknownTask = _error("UnknownTask", 401, "No such task")
-TaskNotFinished = _error("TaskNotFinished", 403, "The task has not finished")
 AddTaskError = _error("AddTaskError", 405, "No room for another task")
-TaskInProgress = _error("TaskInProgress", 406, "The task is in progress")
 TaskMetaDataSaveError = _error("TaskMetaDataSaveError", 407, "The task record could not be saved")
 TaskMetaDataLoadError = _error("TaskMetaDataLoadError", 408, "The task record could not be read")
 TaskStateError = _error("TaskStateError", 410, "Not allowed in the task's current state")
-TaskAborted = _error("TaskAborted", 411, "The task was aborted")
 TaskStateTransitionError = _error("TaskStateTransitionError", 441, "The task cannot move to that state")
 ActionStopped = _error("ActionStopped", 443, "The operation was stopped")
 StorageServerConnectionError = _error("StorageServerConnectionError", 451, "The storage server connection failed")
-StorageServerDisconnectionError = _error("StorageServerDisconnectionError", 452, "The storage server disconnection failed")
 StorageServerAccessPermissionError = _error("StorageServerAccessPermissionError", 469, "The storage path's permissions deny access")
 MountError = _error("MountError", 477, "The storage could not be mounted")
 StorageServerConnectionRefIdAlreadyInUse = _error("StorageServerConnectionRefIdAlreadyInUse", 478, "The connection id is in use")
 StorageServerConnectionRefIdDoesNotExist = _error("StorageServerConnectionRefIdDoesNotExist", 479, "No such connection id")
-VolumeGroupDoesNotExist = _error("VolumeGroupDoesNotExist", 506, "No such volume group")
-LogicalVolumeDoesNotExistError = _error("LogicalVolumeDoesNotExistError", 610, "No such logical volume")
-SpmStatusError = _error("SpmStatusError", 654, "This host does not hold the metadata-writer lease")
-AcquireLockFailure = _error("AcquireLockFailure", 651, "The lock could not be acquired")
 ResourceTimeout = _error("ResourceTimeout", 851, "Timed out waiting for a resource lock")
 InvalidParameterException = _error("InvalidParameterException", 1000, "Invalid parameter")
-MiscFileReadException = _error("MiscFileReadException", 2001, "A file could not be read")
 MiscFileWriteException = _error("MiscFileWriteException", 2002, "A file could not be written")
 
 # New conditions, numbered from 5000.

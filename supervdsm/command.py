@@ -45,13 +45,13 @@ def choice(*allowed: str) -> Check:
 
 
 def check_value(what: str, value: str) -> str:
-    if not isinstance(value, str) or value.startswith("-") or not _VALUE.match(value) or ".." in value:
+    if not isinstance(value, str) or value.startswith("-") or not _VALUE.fullmatch(value) or ".." in value:
         raise InvalidParameterException(f"{what}={value!r}: not an acceptable value")
     return value
 
 
 def check_name(what: str, value: str) -> str:
-    if not isinstance(value, str) or not _NAME.match(value):
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
         raise InvalidParameterException(f"{what}={value!r}: letters, digits, '_', '+', '.', '-' only")
     return value
 
@@ -59,7 +59,7 @@ def check_name(what: str, value: str) -> str:
 def check_path(what: str, value: str, roots: list[str] | None = None) -> str:
     """An absolute, normalized path (no "..", no leading "-"), resolved under one of `roots` if given."""
     if (not isinstance(value, str) or not value.startswith("/") or os.path.normpath(value) != value
-            or not _VALUE.match(value)):
+            or not _VALUE.fullmatch(value)):
         raise InvalidParameterException(f"{what}={value!r}: expected an absolute normalized path")
     if roots is not None:
         real = os.path.realpath(value)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import re
 
 from hsm.errors import InvalidParameterException
+from hsm.ids import IQN
 from supervdsm.command import run
 
-_IQN = re.compile(r"^(iqn\.\d{4}-\d{2}\.[A-Za-z0-9.-]+(:[A-Za-z0-9_.:-]+)?"
-                  r"|eui\.[0-9A-Fa-f]{16}|naa\.[0-9A-Fa-f]{16,32})$")
-_PORTAL = re.compile(r"^(\[[0-9A-Fa-f:]+\]|[A-Za-z0-9.-]+):\d{1,5}(,\d{1,5})?$")
+_PORTAL = re.compile(r"^(\[[0-9A-Fa-f:]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}(,[0-9]{1,5})?$")
 _IFACE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 # Record settings a caller may change; CHAP secrets among them are never logged.
 SETTINGS = frozenset({
@@ -22,13 +21,13 @@ _SETTING_VALUE = re.compile(r"^[A-Za-z0-9_.:@+/=-]{0,255}$")
 
 
 def _check(what: str, pattern: re.Pattern, value: object) -> str:
-    if not isinstance(value, str) or not pattern.match(value):
+    if not isinstance(value, str) or not pattern.fullmatch(value):  # fullmatch: no trailing newline
         raise InvalidParameterException(f"{what}={value!r} is not acceptable")
     return value
 
 
 def node(op: str, target: str, portal: str, iface: str, name: str, value: str, timeout: float) -> dict:
-    argv = ["iscsiadm", "-m", "node", "-T", _check("target", _IQN, target), "-p", _check("portal", _PORTAL, portal),
+    argv = ["iscsiadm", "-m", "node", "-T", _check("target", IQN, target), "-p", _check("portal", _PORTAL, portal),
             "-I", _check("iface", _IFACE, iface)]
     if op in ("new", "delete"):
         argv += [f"--op={op}"]

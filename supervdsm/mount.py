@@ -181,7 +181,7 @@ def _source(spec: str, vfs_type: str, checked: list[str], loop_roots: list[str],
     """(source, descriptor or None, options) of a mount: what mount is given, checked for its type."""
     names = {option.partition("=")[0] for option in checked}
     if vfs_type in NETWORK_TYPES:
-        if not isinstance(spec, str) or not _NETWORK_SPEC.match(spec) or ".." in spec:
+        if not isinstance(spec, str) or not _NETWORK_SPEC.fullmatch(spec) or ".." in spec:
             raise InvalidParameterException(f"spec={spec!r}: expected server:/export")
         return spec, None, checked
     if vfs_type == "none":

@@ -96,7 +96,7 @@ class ConnectionManager:
             return
         for cid, text in stored.items():
             try:
-                if not CID.match(cid):
+                if not CID.fullmatch(cid):
                     raise InvalidParameterException(f"connectionID={cid!r}: 1 to 255 characters, no '/'")
                 self._add(cid, uris.parse(text))
                 self._cids[cid] = text
@@ -115,7 +115,7 @@ class ConnectionManager:
     # -- verbs ----------------------------------------------------------------
 
     def manage(self, text: str, cid: str) -> None:
-        if not isinstance(cid, str) or not CID.match(cid):
+        if not isinstance(cid, str) or not CID.fullmatch(cid):
             raise InvalidParameterException(f"connectionID={cid!r}: 1 to 255 characters, no '/'")
         storage = uris.parse(text)
         with self._lock:
@@ -139,7 +139,7 @@ class ConnectionManager:
         self._wake.set()
 
     def unmanage(self, cid: str) -> None:
-        if not isinstance(cid, str) or not CID.match(cid):
+        if not isinstance(cid, str) or not CID.fullmatch(cid):
             raise InvalidParameterException(f"connectionID={cid!r}: 1 to 255 characters, no '/'")
         with self._lock:
             text = self._cids.get(cid)
@@ -286,5 +286,5 @@ class ConnectionManager:
             low, high = self._backoff
             physical.backoff = min(max(physical.backoff * 2, low), high)
             physical.next_try = time.monotonic() + physical.backoff
-            physical.last_error = {"code": e.code, "message": str(e), "time": f"{time.time():.0f}"}
+            physical.last_error = e.last_error()
             log.warning("Connecting %s failed (next try in %.0f s): %s", storage.key, physical.backoff, e)

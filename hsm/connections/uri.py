@@ -19,11 +19,11 @@ import urllib.parse
 from dataclasses import dataclass, field
 
 from hsm.errors import InvalidConnectionURI
+from hsm.ids import is_iqn
 
 SCHEMES = ("nfs", "posixfs", "iscsi", "localfs")
 NFS_PARAMS = {"version": "vers", "retrans": "retrans", "timeo": "timeo", "proto": "proto"}
 _HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$|^\[[0-9A-Fa-f:.]+\]$")
-_IQN = re.compile(r"^(iqn\.\d{4}-\d{2}\.[A-Za-z0-9.-]+(:[A-Za-z0-9._:-]+)?|eui\.[0-9A-Fa-f]{16})$")
 _VALUE = re.compile(r"^[A-Za-z0-9_.:/=,-]+$")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -61,7 +61,7 @@ def _params(query: str, allowed: set[str], uri: str) -> dict[str, str]:
             raise InvalidConnectionURI(f"{uri}: unknown parameter {name!r} (known: {', '.join(sorted(allowed))})")
         if name in params:
             raise InvalidConnectionURI(f"{uri}: parameter {name!r} given twice")
-        if not _VALUE.match(value):
+        if not _VALUE.fullmatch(value):
             raise InvalidConnectionURI(f"{uri}: {name}={value!r} has characters that are not allowed")
         params[name] = value
     return params
@@ -75,7 +75,7 @@ def _host(netloc: str, uri: str) -> tuple[str, int | None]:
         raise InvalidConnectionURI(f"{uri}: bad port") from None
     host = parsed.hostname or ""
     host = f"[{host}]" if ":" in host else host
-    if not _HOST.match(host):
+    if not _HOST.fullmatch(host):
         raise InvalidConnectionURI(f"{uri}: bad host {host!r}")
     return host.lower(), port
 
@@ -126,7 +126,7 @@ def _posixfs(uri: str, parts: urllib.parse.SplitResult) -> StorageURI:
     if "spec" not in params or "vfsType" not in params:
         raise InvalidConnectionURI(f"{uri}: spec and vfsType are required")
     spec = params["spec"] if ":" in params["spec"] else _clean_path(params["spec"], uri)
-    if not _NAME.match(params["vfsType"]):
+    if not _NAME.fullmatch(params["vfsType"]):
         raise InvalidConnectionURI(f"{uri}: bad vfsType")
     options = ",".join(sorted(filter(None, params.get("options", "").split(","))))
     key = f"posixfs://?spec={spec}&vfsType={params['vfsType']}" + (f"&options={options}" if options else "")
@@ -137,11 +137,11 @@ def _posixfs(uri: str, parts: urllib.parse.SplitResult) -> StorageURI:
 def _iscsi(uri: str, parts: urllib.parse.SplitResult) -> StorageURI:
     host, port = _host(parts.netloc.rpartition("@")[2], uri)
     iqn = urllib.parse.unquote(parts.path.lstrip("/"))
-    if not _IQN.match(iqn):
+    if not is_iqn(iqn):
         raise InvalidConnectionURI(f"{uri}: expected a target name such as iqn.2026-11.org.example:disk1")
     params = _params(parts.query, {"iface"}, uri)
     iface = params.get("iface", "default")
-    if not _NAME.match(iface):
+    if not _NAME.fullmatch(iface):
         raise InvalidConnectionURI(f"{uri}: bad iface")
     user = urllib.parse.unquote(parts.username or "")
     password = urllib.parse.unquote(parts.password or "")

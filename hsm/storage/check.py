@@ -112,8 +112,7 @@ def _verify_files(repo: FileRepository, fixes: Fixes, image: Image, on_storage: 
     if missing and image.state != BROKEN:
         error = VolumeDoesNotExist(f"{image.id}: volume {missing[0]} is missing from storage")
         log.error("%s", error)
-        fixes.update(repo, image, state=BROKEN,
-                    lastError={"code": error.code, "message": str(error), "time": f"{time.time():.0f}"})
+        fixes.update(repo, image, state=BROKEN, lastError=error.last_error())
     elif not missing and image.state == BROKEN and image.lastError.get("code") == VolumeDoesNotExist.code:
         fixes.update(repo, image, state=OPTIMIZED, lastError={})
 
@@ -137,7 +136,7 @@ def run(repo: FileRepository, fixes: Fixes, opaque: object, task_id: str | None)
     if not isinstance(image_id, str) or (image_id and image_id not in repo.images):
         raise InvalidFix(f"image {image_id!r} is not in {repo.id} any more: check again")
     if data["kind"] == "orphans":
-        if not isinstance(files, list) or not all(isinstance(f, str) and _FILE.match(f) for f in files):
+        if not isinstance(files, list) or not all(isinstance(f, str) and _FILE.fullmatch(f) for f in files):
             raise InvalidFix("the fix's file list was changed")
         return fixes.start(repo, "orphans", "", "fixStorageRepository", task_id=task_id, extra={"files": files})
     return fixes.start(repo, data["kind"], image_id, "fixStorageRepository", task_id=task_id)

@@ -25,6 +25,7 @@ from hsm.errors import (
     MiscFileWriteException,
     PrepareIllegalVolumeError,
     RepositoryIdInUse,
+    ResourceTimeout,
     StorageDomainDoesNotExist,
     StorageDomainFSNotMounted,
     VolumeDoesNotExist,
@@ -56,8 +57,11 @@ def _serialized(method: Callable[..., T]) -> Callable[..., T]:
 
 class Engine:
     def __init__(self, tasks: TaskManager, host_id: int = 1, io_timeout: float = 60.0, io_slots: int = 10,
-                 monitor_interval: float = 10.0, qcow2_compat: str = "1.1", state_dir: str | None = None) -> None:
+                 monitor_interval: float = 10.0, qcow2_compat: str = "1.1", state_dir: str | None = None,
+                 prepare_timeout: float = 600.0, progress_interval: float = 30.0) -> None:
         self.tasks = tasks
+        self.prepare_timeout = prepare_timeout  # seconds prepare waits for the repository's commit lock
+        self.progress_interval = progress_interval  # seconds between progress lines of a long fix in the log
         self.host_id = host_id
         self.io_timeout = io_timeout
         self.io_slots = io_slots
@@ -356,13 +360,23 @@ class Engine:
 
     # -- use on this host --------------------------------------------------
 
-    @_serialized
     def prepare(self, repo_id: str, image_id: str, readonly: bool | None = None) -> tuple[str, bool]:
         """Make the chain usable here; returns the top volume's path and whether it is read-only.
 
         Under the repository's commit lock, as removeImage: an image is never
         removed between its checks here and the durable mark that it is prepared.
+        A VM start waits for that lock at most prepare_timeout (851 past it).
         """
+        lock = self.repository(repo_id).lock
+        if not lock.acquire(timeout=self.prepare_timeout):
+            raise ResourceTimeout(f"{image_id}: repository {repo_id} stayed busy for {self.prepare_timeout:g} s "
+                                  "([irs] prepare_image_timeout)")
+        try:
+            return self._prepare(repo_id, image_id, readonly)
+        finally:
+            lock.release()
+
+    def _prepare(self, repo_id: str, image_id: str, readonly: bool | None) -> tuple[str, bool]:
         repo, image = self.find(repo_id, image_id)
         if image.kind == SNAPSHOT and readonly is False:
             raise ImageIsSnapshot(f"{image_id} is a snapshot: prepare it read-only, or make a disk on it")

@@ -278,8 +278,7 @@ class Fixes:
                 error = e if isinstance(e, HsmError) else _data_error(ctx.task.kind)(str(e))
                 current = repo.images.get(ctx.args["image"]) if image is not None else None
                 if current is not None:
-                    self.update(repo, current, lastError={"code": error.code, "message": str(error),
-                                                         "time": f"{time.time():.0f}"})
+                    self.update(repo, current, lastError=error.last_error())
                 raise error from None
         return step
 
@@ -299,11 +298,16 @@ class Fixes:
 
     def _progress(self, ctx: StepContext, repo: FileRepository, image: Image, low: int, high: int):
         last_saved = [time.monotonic()]
+        last_logged = [time.monotonic()]
 
         def report(percent: float) -> None:
             ctx.check_stop()
             whole = int(low + (high - low) * percent / 100)
             ctx.progress(whole)
+            if time.monotonic() - last_logged[0] >= self.engine.progress_interval:
+                last_logged[0] = time.monotonic()
+                log.info("%s of %s in %s: %d%% (stage %s)", ctx.task.kind.removeprefix(PREFIX), image.id, repo.id,
+                         whole, ctx.task.stage)
             current = repo.images.get(image.id)  # the record in the index now (a save replaces it)
             if current is None:
                 return
