@@ -1,6 +1,6 @@
-"""hsm-cli: call any hsmd verb and print its answer as JSON.
+"""hsm-cli: the admin's command line for hsmd.
 
-    hsm-cli ping
+    hsm-cli ping                   # any verb by name: prints its whole answer as JSON
     hsm-cli getHsmConfig rpc
     hsm-cli createVirtualDisk local 1073741824
     hsm-cli config dump            # the running hsmd's effective config
@@ -10,9 +10,12 @@
     hsm-cli image create 10G | snapshot ID | copy ID | list | info ID | remove ID
     hsm-cli repo list | check [REPO] | fix [REPO]
 
-An argument that parses as JSON (a number, true, {"a": 1}, null) is sent as
-that value; anything else is sent as a string. Exit status: 0 when the answer's
-status code is 0, 1 when it is not, 2 when hsmd could not be asked.
+The words (config, errors, image, repo) print a table, or the one id a script
+needs; -o json (or --json) prints the whole answer instead, --noheadings drops
+tables' header line. A verb's argument that parses as JSON (a number, true,
+{"a": 1}, null) is sent as that value; anything else is sent as a string.
+A failure is told on stderr with its code and message. Exit status: 0 when the
+answer's status code is 0, 1 when it is not, 2 when hsmd could not be asked.
 """
 
 from __future__ import annotations
@@ -53,6 +56,28 @@ def _exit_for(answer: Any) -> int:
     return EXIT_OK
 
 
+def report_error(status: dict) -> None:
+    print(f"hsm-cli: error {status.get('code')}: {status.get('message')}", file=sys.stderr)
+
+
+def show(result: cli_images.Result, as_json: bool, headings: bool = True) -> int:
+    """Print a command's result on stdout (its view, or with `as_json` its whole answer), a failure on stderr;
+    returns the exit status."""
+    if as_json:
+        _print_json(result.answer, sys.stdout)
+    else:
+        view = result.view
+        for line in view.lines(headings) if isinstance(view, cli_images.Table) else view:
+            sys.stdout.write(line + "\n")
+        for note in result.notes:
+            print(f"hsm-cli: {note}", file=sys.stderr)
+    error = result.error()
+    if error:
+        report_error(error)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 def _format_ini(values: dict[str, dict[str, Any]]) -> str:
     lines = []
     for section, options in values.items():
@@ -69,7 +94,7 @@ def _format_ini(values: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def config_command(args: argparse.Namespace, proxy_factory) -> int:
+def config_command(args: argparse.Namespace, proxy_factory, as_json: bool) -> int:
     if args.action == "sample":
         sys.stdout.write(hsmconfig.sample())
         return EXIT_OK
@@ -78,19 +103,18 @@ def config_command(args: argparse.Namespace, proxy_factory) -> int:
     else:
         answer = proxy_factory().getHsmConfig()
         if _exit_for(answer) != EXIT_OK:
-            _print_json(answer, sys.stdout)
-            return EXIT_FAILED
+            return show(cli_images.Result(answer), as_json)
         values = answer["config"]
-    if args.json:
+    if as_json:
         _print_json(values, sys.stdout)
     else:
         sys.stdout.write(_format_ini(values))
     return EXIT_OK
 
 
-def errors_command(args: argparse.Namespace) -> int:
+def errors_command(as_json: bool) -> int:
     table = [{"code": cls.code, "name": cls.__name__, "message": cls.message} for cls in errors.all_errors()]
-    if args.json:
+    if as_json:
         _print_json(table, sys.stdout)
     else:
         for row in table:
@@ -111,8 +135,8 @@ def _progress_line(status: dict, width: int = 30) -> tuple[str, str]:
     return f"{bar} stage {stage} {state}", f"state={state} stage={stage} percent={percent}"
 
 
-def task_wait(proxy: ServiceProxy, task_id: str, interval: float, out: TextIO) -> int:
-    """Poll until the task is done; a bar on a terminal, a line per change otherwise."""
+def task_wait(proxy: ServiceProxy, task_id: str, interval: float, out: TextIO, as_json: bool = False) -> int:
+    """Poll until the task is done; a bar on a terminal, a line per change otherwise; then its status as JSON."""
     tty = out.isatty()
     last = None
     while True:
@@ -120,8 +144,7 @@ def task_wait(proxy: ServiceProxy, task_id: str, interval: float, out: TextIO) -
         if _exit_for(answer) != EXIT_OK:
             if tty and last is not None:
                 out.write("\n")
-            _print_json(answer, out)
-            return EXIT_FAILED
+            return show(cli_images.Result(answer), as_json)
         status = answer["taskStatus"]
         bar, plain = _progress_line(status)
         if tty:
@@ -134,13 +157,18 @@ def task_wait(proxy: ServiceProxy, task_id: str, interval: float, out: TextIO) -
             if tty:
                 out.write("\n")
             _print_json(status, out)
-            return EXIT_OK if status.get("taskResult") == "success" else EXIT_FAILED
+            if status.get("taskResult") == "success":
+                return EXIT_OK
+            report_error({"code": status.get("code"), "message": f"task {task_id} ended {status.get('taskResult')}: "
+                                                                 f"{status.get('message')}"})
+            return EXIT_FAILED
         time.sleep(interval)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hsm-cli", description="Call hsmd verbs; answers are JSON.",
-                                     epilog="Any other word is a verb: hsm-cli VERB [ARG...]")
+    parser = argparse.ArgumentParser(prog="hsm-cli", parents=[cli_images.output_options()],
+                                     description="The admin's command line for hsmd.",
+                                     epilog="Any other word is a verb: hsm-cli VERB [ARG...] prints its answer as JSON")
     parser.add_argument("--address", default=os.environ.get("HSM_ADDRESS"),
                         help="hsmd's HOST:PORT or unix:/path/to/socket (default $HSM_ADDRESS, else hsm.conf's "
                              f"[rpc] unix_socket or {DEFAULT_UNIX_SOCKET} if it exists, else {DEFAULT_ADDRESS})")
@@ -153,13 +181,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _sub_parser(command: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"hsm-cli {command}")
+    parser = argparse.ArgumentParser(prog=f"hsm-cli {command}", parents=[cli_images.output_options()])
     if command == "config":
         parser.add_argument("action", choices=["dump", "sample"])
         parser.add_argument("--config", help="compute from this hsm.conf instead of asking hsmd")
-        parser.add_argument("--json", action="store_true")
-    elif command == "errors":
-        parser.add_argument("--json", action="store_true")
     elif command == "task":
         parser.add_argument("action", choices=["wait"])
         parser.add_argument("task_id")
@@ -200,19 +225,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.verb in ("config", "errors", "task"):
             sub = _sub_parser(args.verb).parse_args(args.args)
+            as_json = (sub.output or args.output) == "json"
             if args.verb == "config":
-                return config_command(sub, proxy)
+                return config_command(sub, proxy, as_json)
             if args.verb == "errors":
-                return errors_command(sub)
-            return task_wait(proxy(), sub.task_id, sub.interval, sys.stdout)
+                return errors_command(as_json)
+            return task_wait(proxy(), sub.task_id, sub.interval, sys.stdout, as_json)
         if args.verb in ("image", "repo"):
-            run = cli_images.image_command if args.verb == "image" else cli_images.repo_command
-            answer = run(args.args, proxy())
-            _print_json(answer, sys.stdout)
-            return _exit_for(answer)
-        answer = proxy().call(args.verb, *map(parse_argument, args.args))
-        _print_json(answer, sys.stdout)
-        return _exit_for(answer)
+            if args.verb == "image":
+                sub = cli_images.parser().parse_args(args.args)
+                result = cli_images.image_command(sub, proxy())
+            else:
+                sub = cli_images.repo_parser().parse_args(args.args)
+                result = cli_images.repo_command(sub, proxy())
+            return show(result, (sub.output or args.output) == "json", not (sub.noheadings or args.noheadings))
+        return show(cli_images.Result(proxy().call(args.verb, *map(parse_argument, args.args))), as_json=True)
+    except KeyboardInterrupt:  # Ctrl-C while waiting: what hsmd started goes on
+        print("hsm-cli: interrupted; hsmd goes on with what it started", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # the reader of our output went away (hsm-cli ... | head)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK

@@ -5,6 +5,7 @@ import subprocess
 
 from hsm import errors
 from tests.hsmd import HSM_CLI, free_port
+from tests.tasks_helpers import diagnostics_config, start_task
 
 
 def _cli(*args, address=None):
@@ -25,9 +26,31 @@ def test_any_verb_with_arguments(hsmd):
 
 
 def test_failed_status_exits_one(hsmd):
+    """A verb called by name: the whole answer on stdout as ever, and the failure told on stderr too."""
     done = _cli("getHsmConfig", "nosuch", address=hsmd.address)
     assert done.returncode == 1
     assert json.loads(done.stdout)["status"]["code"] == 1000
+    assert done.stderr == "hsm-cli: error 1000: Invalid parameter: no section [nosuch]\n"
+
+
+def test_output_options_before_or_after_the_word(hsmd):
+    """-o json, --json and --noheadings work at the top level and after the command word alike."""
+    for args in (["-o", "json", "repo", "list"], ["--json", "repo", "list"], ["repo", "list", "-o", "json"],
+                 ["repo", "list", "--json"]):
+        done = _cli(*args, address=hsmd.address)
+        assert done.returncode == 0 and json.loads(done.stdout)["repos"]["local"]["connected"] is True, args
+    for args in (["--noheadings", "repo", "list"], ["repo", "list", "--noheadings"]):
+        assert _cli(*args, address=hsmd.address).stdout.startswith("local  localfs-1  yes  yes  "), args
+    assert _cli("-o", "json", "errors").stdout == _cli("errors", "--json").stdout
+    assert json.loads(_cli("ping", address=hsmd.address).stdout)["status"]["code"] == 0  # verbs answer JSON
+
+
+def test_task_wait_for_an_unknown_task(hsmd):
+    done = _cli("task", "wait", "no-such-task", address=hsmd.address)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr == "hsm-cli: error 401: No such task: no-such-task\n"
+    done = _cli("task", "wait", "no-such-task", "-o", "json", address=hsmd.address)
+    assert done.returncode == 1 and json.loads(done.stdout)["status"]["code"] == 401
 
 
 def test_json_arguments_are_typed(hsmd):
@@ -88,3 +111,12 @@ def test_output_cut_short_is_not_an_error(hsmd):
                           capture_output=True, text=True, timeout=60)
     assert done.stdout == "{\n"
     assert "cannot reach" not in done.stderr
+
+
+def test_task_wait_tells_a_failed_task_on_stderr(make_hsmd):
+    daemon = make_hsmd(config=diagnostics_config()).start()
+    task_id = start_task(daemon.proxy(), [{"seconds": 0}, {"seconds": 0, "fail": True}])
+    done = _cli("task", "wait", task_id, "--interval", "0.05", address=daemon.address)
+    assert done.returncode == 1
+    assert json.loads(done.stdout[done.stdout.index("{"):])["taskResult"] == "cleanSuccess"
+    assert done.stderr.startswith("hsm-cli: error ") and f"task {task_id} ended cleanSuccess: " in done.stderr
