@@ -26,16 +26,15 @@ import os
 import ssl
 import stat
 import sys
-import time
 import xmlrpc.client
 from typing import Any, TextIO
 
 from hsm import cli_images, errors
 from hsm import config as hsmconfig
 from hsm.rpc.client import DEFAULT_ADDRESS, DEFAULT_UNIX_SOCKET, UNIX_PREFIX, ServiceProxy, TlsFiles, unix_path
+from hsm.tasks.states import DONE
 
 EXIT_OK, EXIT_FAILED, EXIT_UNREACHABLE = 0, 1, 2
-DONE_STATES = ("finished", "recovered", "failed")
 
 
 def parse_argument(text: str) -> Any:
@@ -137,32 +136,19 @@ def _progress_line(status: dict, width: int = 30) -> tuple[str, str]:
 
 def task_wait(proxy: ServiceProxy, task_id: str, interval: float, out: TextIO, as_json: bool = False) -> int:
     """Poll until the task is done; a bar on a terminal, a line per change otherwise; then its status as JSON."""
-    tty = out.isatty()
-    last = None
-    while True:
-        answer = proxy.getTaskStatus(task_id)
-        if _exit_for(answer) != EXIT_OK:
-            if tty and last is not None:
-                out.write("\n")
-            return show(cli_images.Result(answer), as_json)
-        status = answer["taskStatus"]
-        bar, plain = _progress_line(status)
-        if tty:
-            out.write("\r" + bar)
-        elif plain != last:
-            out.write(plain + "\n")
-        out.flush()
-        last = plain
-        if status.get("state") in DONE_STATES:
-            if tty:
-                out.write("\n")
-            _print_json(status, out)
-            if status.get("taskResult") == "success":
-                return EXIT_OK
-            report_error({"code": status.get("code"), "message": f"task {task_id} ended {status.get('taskResult')}: "
-                                                                 f"{status.get('message')}"})
-            return EXIT_FAILED
-        time.sleep(interval)
+    answer = cli_images.poll(lambda: proxy.getTaskStatus(task_id),
+                             lambda answer: answer["taskStatus"].get("state") in DONE, out, interval,
+                             lambda answer: _progress_line(answer["taskStatus"])[0],
+                             lambda answer: _progress_line(answer["taskStatus"])[1])
+    if _exit_for(answer) != EXIT_OK:
+        return show(cli_images.Result(answer), as_json)
+    status = answer["taskStatus"]
+    _print_json(status, out)
+    if status.get("taskResult") == "success":
+        return EXIT_OK
+    report_error({"code": status.get("code"), "message": f"task {task_id} ended {status.get('taskResult')}: "
+                                                         f"{status.get('message')}"})
+    return EXIT_FAILED
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -21,6 +21,7 @@ import re
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -142,22 +143,35 @@ def _bar(image: dict, width: int = 30) -> str:
     return f"[{'#' * filled}{' ' * (width - filled)}] {percent:3d}% stage {image.get('stage') or '-'}"
 
 
-def wait_image(proxy: Any, repo: str, image_id: str, progress: TextIO, interval: float = 0.2) -> dict:
-    """Poll until no fix works on the image any more; a progress bar when `progress` is a terminal."""
-    tty = progress.isatty()
+def poll(fetch: Callable[[], dict], done: Callable[[dict], bool], out: TextIO, interval: float,
+         bar: Callable[[dict], str], line: Callable[[dict], str] | None = None) -> dict:
+    """Call `fetch` every `interval` seconds until its answer fails or is `done`, and return that answer.
+
+    Each answer is shown on `out`: as a bar redrawn in place on a terminal, else as a
+    `line` whenever it changes (no line at all without `line`).
+    """
+    tty, last = out.isatty(), None
     while True:
-        answer = proxy.getImageStatus(repo, image_id)
-        if _failed(answer):
-            return answer
-        image = answer["image"]
-        if tty:
-            progress.write("\r" + _bar(image))
-            progress.flush()
-        if not image["tasks"]:
+        answer = fetch()
+        if not _failed(answer):
+            shown = bar(answer) if tty else line(answer) if line else None
             if tty:
-                progress.write("\n")
+                out.write("\r" + shown)
+            elif shown is not None and shown != last:
+                out.write(shown + "\n")
+            out.flush()
+            last = shown
+        if _failed(answer) or done(answer):
+            if tty and last is not None:
+                out.write("\n")
             return answer
         time.sleep(interval)
+
+
+def wait_image(proxy: Any, repo: str, image_id: str, progress: TextIO, interval: float = 0.2) -> dict:
+    """Poll until no fix works on the image any more; a progress bar when `progress` is a terminal."""
+    return poll(lambda: proxy.getImageStatus(repo, image_id), lambda answer: not answer["image"]["tasks"],
+                progress, interval, lambda answer: _bar(answer["image"]))
 
 
 def _broken(image_id: str, image: dict) -> dict:
