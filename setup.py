@@ -6,7 +6,7 @@ setup(
     description="Host Storage Manager: VDSM's storage as a standalone service",
     python_requires=">=3.11",
     packages=find_packages(include=["hsm", "hsm.*", "supervdsm", "supervdsm.*", "vdsm_shim", "vdsm_shim.*"]),
-    install_requires=["prometheus_client", "pyudev", "pyinotify"],
+    install_requires=["prometheus_client", "pyudev", "inotify_simple"],
     entry_points={"console_scripts": [
         "hsmd = hsm.daemon:main",
         "hsm-cli = hsm.cli:main",

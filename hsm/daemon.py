@@ -36,6 +36,7 @@ from hsm.storage import repository
 from hsm.storage.engine import Engine
 from hsm.storage.repository import FileRepository
 from hsm.tasks import TaskManager
+from hsm.watch import Watcher, watch_for_file
 from supervdsm.client import SupervdsmClient
 
 log = logging.getLogger("hsm.daemon")
@@ -103,6 +104,7 @@ class Service:
         state_dir = config.irs.state_dir
         os.makedirs(state_dir, exist_ok=True)
         self.stats = CallStats()
+        self.watcher = Watcher()
         self.tasks = TaskManager(
             os.path.join(state_dir, "tasks"), mode=config.tasks.mode, pool_size=config.tasks.thread_pool_size,
             max_tasks=config.tasks.max_tasks, finished_ttl=config.tasks.finished_ttl,
@@ -113,7 +115,7 @@ class Service:
                              io_slots=irs.process_pool_max_slots_per_domain,
                              monitor_interval=irs.sd_health_check_delay, qcow2_compat=irs.qcow2_compat,
                              state_dir=state_dir, prepare_timeout=irs.prepare_image_timeout / 1000,
-                             progress_interval=irs.progress_interval)
+                             progress_interval=irs.progress_interval, watcher=self.watcher)
         supervdsm = SupervdsmClient(config.supervdsm.socket, config.supervdsm.connect_timeout,
                                     config.supervdsm.call_timeout, max_calls=config.supervdsm.max_calls)
         conns = config.connections
@@ -139,6 +141,7 @@ class Service:
                               max_answers=config.rpc.max_request_ids)
         self.dispatcher = Dispatcher(groups, requests, self.stats)
         self.connections.start()
+        watch_for_file(self.watcher, config.supervdsm.socket, self._supervdsmd_is_back)
         local = self._connect_default_repository()
         self.tasks.recover_all()
         if local is not None:
@@ -153,6 +156,10 @@ class Service:
             unix_socket=rpc.unix_socket, unix_socket_group=rpc.unix_socket_group,
             unix_socket_mode=rpc.unix_socket_mode, allowed_uids=allowed_uids(config))
         self.server = RpcServer(settings, self.dispatcher, Metrics(self.stats, task_counts=self.tasks.counts))
+
+    def _supervdsmd_is_back(self) -> None:
+        log.info("supervdsmd's socket is back: reconnecting lost storage now")
+        self.connections.retry_now()
 
     def _connect_default_repository(self) -> FileRepository | None:
         """The embedded default: a localfs-1 repository connected as 'local', made on first start."""
@@ -175,6 +182,7 @@ class Service:
         self.server.stop()
         self.tasks.shutdown(self.config.rpc.shutdown_timeout)
         self.connections.stop()
+        self.watcher.close()
         self.engine.close()
         if self.dispatcher.requests is not None:
             self.dispatcher.requests.expire()

@@ -7,12 +7,21 @@ checks read /proc/self/mountinfo, which never blocks on the storage itself.
 from __future__ import annotations
 
 import os
+import re
 
 from hsm.connections.uri import StorageURI, mountpoint
 from hsm.errors import HsmError, MountError, StorageServerConnectionError
 from supervdsm.client import SupervdsmClient
 
 MOUNTED_SCHEMES = ("nfs", "posixfs")
+
+
+_ESCAPE = re.compile(r"\\([0-7]{3})")
+
+
+def _unescape(field: str) -> str:
+    """A mountinfo field as the kernel escaped it (space, tab, newline, backslash as \\ooo) made plain."""
+    return _ESCAPE.sub(lambda match: chr(int(match.group(1), 8)), field)
 
 
 def mounted_paths() -> dict[str, dict]:
@@ -22,8 +31,18 @@ def mounted_paths() -> dict[str, dict]:
         for line in f:
             fields = line.split()
             dash = fields.index("-")
-            path = fields[4].replace("\\040", " ")
-            found[path] = {"spec": fields[dash + 2], "vfsType": fields[dash + 1]}
+            found[_unescape(fields[4])] = {"spec": _unescape(fields[dash + 2]), "vfsType": fields[dash + 1]}
+    return found
+
+
+def filesystem_of(path: str) -> str:
+    """The type of the file system `path` is on, from the mount table alone (never touching the path)."""
+    path = os.path.abspath(path)
+    best, found = "", ""
+    for mount, info in mounted_paths().items():
+        inside = path == mount or path.startswith(mount.rstrip("/") + "/")
+        if inside and len(mount) >= len(best):
+            best, found = mount, info["vfsType"]
     return found
 
 

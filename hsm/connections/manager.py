@@ -223,6 +223,13 @@ class ConnectionManager:
         self._stop.set()
         self._wake.set()
 
+    def retry_now(self) -> None:
+        """Try every lost connection again at once, past its backoff (supervdsmd is back)."""
+        with self._lock:
+            for physical in self._physical.values():
+                physical.next_try = 0.0
+        self._wake.set()
+
     def _watch(self) -> None:
         while not self._stop.is_set():
             with self._lock:

@@ -39,7 +39,9 @@ from hsm.storage.ioprocess import IOProcess
 from hsm.storage.options import ImageOptions, check_id, parse_image_size
 from hsm.storage.prepared import PreparedImages
 from hsm.storage.repository import FileRepository
+from hsm.storage.watching import RepositoryWatch
 from hsm.tasks import TaskManager
+from hsm.watch import Watcher
 
 log = logging.getLogger("hsm.storage")
 
@@ -58,8 +60,10 @@ def _serialized(method: Callable[..., T]) -> Callable[..., T]:
 class Engine:
     def __init__(self, tasks: TaskManager, host_id: int = 1, io_timeout: float = 60.0, io_slots: int = 10,
                  monitor_interval: float = 10.0, qcow2_compat: str = "1.1", state_dir: str | None = None,
-                 prepare_timeout: float = 600.0, progress_interval: float = 30.0) -> None:
+                 prepare_timeout: float = 600.0, progress_interval: float = 30.0,
+                 watcher: Watcher | None = None) -> None:
         self.tasks = tasks
+        self.watcher = watcher  # inotify, for changes made behind hsmd's back (hsm.storage.watching)
         self.prepare_timeout = prepare_timeout  # seconds prepare waits for the repository's commit lock
         self.progress_interval = progress_interval  # seconds between progress lines of a long fix in the log
         self.host_id = host_id
@@ -71,6 +75,7 @@ class Engine:
         self.connections = None  # hsm.connections.manager.ConnectionManager, for nfs-1 and posixfs-1
         self.prepared = PreparedImages(os.path.join(state_dir, "prepared.json") if state_dir else None)
         self._lock = threading.Lock()  # the table of connected repositories
+        self._watches: dict[str, RepositoryWatch | None] = {}
         self.fixes = Fixes(self)
         self.fixes.register(tasks)
 
@@ -115,6 +120,7 @@ class Engine:
             self.repositories[repo_id] = repo
         repo.keep_reserve()
         repo.start_monitor(self.monitor_interval)
+        self._watches[repo_id] = RepositoryWatch.start(repo, self.watcher, self.fixes)
         log.info("Connected repository %s (%s, %s)", repo_id, repo_format, path)
         return repo
 
@@ -129,6 +135,9 @@ class Engine:
                                f"({', '.join(prepared[:5])}); tear them down, or options.force disconnects")
         with self._lock:
             self.repositories.pop(repo_id, None)
+        watch = self._watches.pop(repo_id, None)
+        if watch is not None:
+            watch.stop()
         repo.close()
         log.info("Disconnected repository %s", repo_id)
 

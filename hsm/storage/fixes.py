@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import threading
 import time
 import uuid
@@ -39,7 +38,7 @@ from hsm.errors import (
 )
 from hsm.storage import qemuimg
 from hsm.storage.image import DEGRADED, OPTIMIZED, Image, Volume
-from hsm.storage.repository import FileRepository
+from hsm.storage.repository import VOLUMES, FileRepository
 from hsm.tasks import EXCLUSIVE, SHARED, Step, StepContext, TaskKind, TaskManager
 from hsm.tasks.manager import TRANSPARENT
 from hsm.tasks.resources import IMAGE, REPOSITORY
@@ -429,7 +428,7 @@ class Fixes:
             raise VolumeImageHasChildren(f"{image.id}: images read through it; it needs a merge fix")
         self._check_unused(repo, image)
         for vol in image.own:
-            repo.io.remove(repo.volume_path(vol))
+            repo.remove_file(f"{VOLUMES}/{vol.filename}")
 
     def _check_unused(self, repo: FileRepository, image: Image) -> None:
         """A removed image's volumes go only once no VM and no pending copy reads them."""
@@ -480,7 +479,7 @@ class Fixes:
 
     def _clean_files(self, ctx: StepContext, repo: FileRepository, image: None) -> None:
         for name in sorted(repo.unowned(set(ctx.args.get("files", [])))):
-            repo.io.remove(os.path.join(repo.path, name))
+            repo.remove_file(name)
 
 
 def _images_touched(args: dict) -> list[tuple[str, str]]:

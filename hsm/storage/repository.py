@@ -42,6 +42,7 @@ from hsm.errors import (
 from hsm.ids import is_id
 from hsm.storage.image import Image, Volume
 from hsm.storage.ioprocess import IOProcess
+from hsm.watch import OwnChanges
 
 log = logging.getLogger("hsm.storage.repository")
 
@@ -132,6 +133,7 @@ class FileRepository:
         self.lock = threading.RLock()  # the commit lock: a check and the record write it allows, as one step
         self.health = Health()
         self._monitor_stop = threading.Event()
+        self.own = OwnChanges()  # what hsmd itself writes and removes, while a watch looks (hsm.storage.watching)
 
     # -- connect ----------------------------------------------------------
 
@@ -212,6 +214,54 @@ class FileRepository:
                     self._note_intent(image)
                     repaired.append(image_id)
         return repaired
+
+    def refresh(self, image_id: str) -> None:
+        """Read one record again after a change made behind hsmd's back, and make the index say what it says.
+
+        Under the commit lock, so no commit of hsmd's interleaves; storage is never
+        older than the index (a record is durable before the index shows it).
+        """
+        with self.lock:
+            known = self.images.get(image_id)
+            try:
+                data = self.io.read(self.meta_path(image_id), 1 << 20)
+            except FileNotFoundError:
+                if known is not None or image_id in self.unreadable:
+                    log.warning("Image record %s was removed from %s behind hsmd's back", image_id, self.id)
+                self.unreadable.pop(image_id, None)
+                if known is not None:
+                    self._drop(known)
+                return
+            except OSError as e:
+                log.warning("Cannot read record %s of %s again: %s", image_id, self.id, e)
+                return
+            try:
+                image = self._parse(image_id, data)
+                others = {key: value for key, value in self.images.items() if key != image_id}
+                conflict = _conflicts({**others, image_id: image}).get(image_id)
+                if conflict:
+                    raise ValueError(conflict)
+            except ValueError as e:
+                log.error("Image record %s in %s was changed behind hsmd's back and is unreadable: %s",
+                          image_id, self.id, e)
+                self.unreadable[image_id] = str(e)
+                if known is not None:
+                    self._drop(known)
+                return
+            if known is not None and known.to_json() == image.to_json():
+                return
+            log.warning("Image record %s in %s was %s behind hsmd's back", image_id, self.id,
+                        "repaired" if image_id in self.unreadable else "changed")
+            self.unreadable.pop(image_id, None)
+            self.images[image_id] = image
+            self._note_intent(image)
+
+    def _drop(self, image: Image) -> None:
+        """Take an image out of the index and of the pending-intent indexes (the object is left as it was)."""
+        del self.images[image.id]
+        gone = image.copy()
+        gone.removed = True
+        self._note_intent(gone)
 
     # -- paths ------------------------------------------------------------
 
@@ -299,6 +349,8 @@ class FileRepository:
         filesystem the reserve is let go to make room for it.
         """
         image.generation += 1
+        name = f"{IMAGES}/{image.id}{META_SUFFIX}"
+        self.own.expect(name)
         try:
             try:
                 self.io.write(self.meta_path(image.id), image.to_json())
@@ -310,6 +362,7 @@ class FileRepository:
                 self.io.remove(os.path.join(self.path, RESERVE))
                 self.io.write(self.meta_path(image.id), image.to_json())
         except OSError as e:
+            self.own.consume(name)  # nothing was written: no event comes
             image.generation -= 1
             if e.errno == errno.ENOSPC:
                 raise NoSpaceLeftOnDomain(f"{self.id}: no room for the record of {image.id}") from None
@@ -326,9 +379,18 @@ class FileRepository:
         except OSError as e:
             log.warning("Repository %s: no room for its reserve yet: %s", self.id, e)
 
+    def remove_file(self, relative: str) -> None:
+        """Remove `images/...` or `volumes/...`: hsmd's own removal, whose event a watch lets pass."""
+        self.own.expect(relative)
+        try:
+            self.io.remove(os.path.join(self.path, relative))
+        except OSError:
+            self.own.consume(relative)  # nothing was removed: no event comes
+            raise
+
     def forget(self, image_id: str) -> None:
         try:
-            self.io.remove(self.meta_path(image_id))
+            self.remove_file(f"{IMAGES}/{image_id}{META_SUFFIX}")
         except OSError as e:
             raise VolumeMetadataWriteError(f"{image_id}: {e}") from None
         with self.lock:
