@@ -358,3 +358,38 @@ def test_a_pending_merge_below_does_not_hide_a_create_at_restart(make_hsmd):
     info = wait_image(proxy, "local", new)
     assert below not in [volume["image"] for volume in info["volumes"]]
     assert qemu_reads(info["volumes"][0]["path"], 0x27, 0, MiB)
+
+
+# Found by the model walk ---------------------------------------------------------------------------
+def test_a_copy_made_on_a_base_still_runs_after_its_source_was_optimized(make_hsmd):
+    """A copy of a degraded disk committed (with autoFix off) while the disk read through its
+    base snapshot, whose fix runs after the disk's optimize made it stand alone: the copy still
+    reads what the disk held, over its base (its fix once failed: the source had no second volume)."""
+    daemon = make_hsmd(config={"tasks": {"mode": "transparent"}}).start()  # no fix runs by itself
+    proxy = daemon.proxy()
+    origin = new_disk(proxy, size=4 * MiB, taskId="make-origin")
+    qemu_write(top_path(proxy, "local", origin), 0x21, 0, MiB)
+    base = ok(proxy.createSnapshot("local", origin, {}, {"taskId": "make-base"}))["imageId"]
+    wait_image(proxy, "local", base)
+    disk = ok(proxy.createVirtualDisk("local", str(4 * MiB), base, {}, {"taskId": "make-disk"}))["imageId"]
+    wait_image(proxy, "local", disk)
+    qemu_write(top_path(proxy, "local", disk), 0x22, MiB, MiB)
+    daemon.stop()
+    with open(record_path(daemon, disk)) as f:  # as if made with strategy=performance, its optimize not run yet
+        record = json.load(f)
+    record.update(state="degraded", intent={"op": "optimize"}, percentComplete=-1)
+    with open(record_path(daemon, disk), "w") as f:
+        json.dump(record, f)
+    daemon.start()
+    proxy = daemon.proxy()
+    copy = ok(proxy.copyImage("local", disk, base, {}, {"autoFix": False}))["imageId"]
+    fixes = {fix["imageId"]: fix for fix in ok(proxy.checkStorageRepository("local"))["fixes"]}
+    task = ok(proxy.fixStorageRepository("local", fixes[disk]["fix"], {"taskId": "optimize-disk"}))["taskId"]
+    assert wait_state(proxy, task, timeout=WAIT)["taskResult"] == "success"
+    assert len(ok(proxy.getImageInfo("local", disk))["image"]["volumes"]) == 1  # it stands alone now
+    task = ok(proxy.fixStorageRepository("local", fixes[copy]["fix"], {"taskId": "copy-disk"}))["taskId"]
+    assert wait_state(proxy, task, timeout=WAIT)["taskResult"] == "success", status(proxy, task)
+    info = wait_image(proxy, "local", copy)
+    assert info["baseSnapshotId"] == base and len(info["volumes"]) > 1  # still over its base
+    top = info["volumes"][0]["path"]
+    assert qemu_reads(top, 0x21, 0, MiB) and qemu_reads(top, 0x22, MiB, MiB) and qemu_reads(top, 0, 2 * MiB, 2 * MiB)

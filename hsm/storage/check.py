@@ -13,7 +13,7 @@ import os
 import re
 import time
 
-from hsm.errors import HsmError, ImageDoesNotExistInSD, InvalidFix, VolumeDoesNotExist, VolumeMetadataReadError
+from hsm.errors import ImageDoesNotExistInSD, InvalidFix, VolumeDoesNotExist, VolumeMetadataReadError
 from hsm.storage.fixes import FIX_TYPES, Fixes
 from hsm.storage.image import BROKEN, OPTIMIZED, Image
 from hsm.storage.repository import IMAGES, VOLUMES, FileRepository
@@ -22,16 +22,6 @@ log = logging.getLogger("hsm.storage.check")
 
 TMP_AGE = 60.0   # seconds after which an atomic write's temporary file is surely abandoned
 _FILE = re.compile(r"^(images|volumes)/(?!\.\.?$)[A-Za-z0-9_.-]+$")  # never "." or ".."
-
-DESCRIPTIONS = {
-    "create": "finish creating the image",
-    "snapshot": "finish the snapshot",
-    "copy": "finish copying the image",
-    "optimize": "copy the base into the disk so it stands alone",
-    "clean": "give back the space of the removed image",
-    "merge": "fold the removed snapshot into the images that read through it",
-}
-
 
 def _listing(repo: FileRepository) -> set[str]:
     return {f"{folder}/{name}" for folder in (IMAGES, VOLUMES)
@@ -59,37 +49,21 @@ def check(repo: FileRepository, fixes: Fixes) -> list[dict]:
             continue
         if image.removed and (fixes.engine.needed_by(repo, image) or fixes.engine.is_prepared(repo, image.id)):
             continue  # its space comes back once what reads it is done
-        missing = _missing_input(repo, fixes, image)
+        missing = "" if image.removed else fixes.kinds[fix].missing_input(repo, image)
         if missing:
             found.append(_unfixable(image.id, missing, ImageDoesNotExistInSD.code))
             continue
-        entry = _entry(repo, FIX_TYPES[fix], image.id, f"{image.id}: {DESCRIPTIONS[fix]}", {"kind": fix})
+        kind = fixes.kinds[fix]
+        entry = _entry(repo, kind.fix_type, image.id, f"{image.id}: {kind.description}", {"kind": fix})
         if image.lastError:
             entry["reason"] = image.lastError.get("message", "")
         found.append(entry)
     leftovers = sorted(name for name in repo.unowned(on_storage) if _abandoned(repo, name))
     if leftovers:
-        found.append(_entry(repo, "clean", "", f"remove {len(leftovers)} files no image owns",
+        found.append(_entry(repo, fixes.kinds["orphans"].fix_type, "", f"remove {len(leftovers)} files no image owns",
                             {"kind": "orphans", "files": leftovers}))
     log.info("Checked repository %s: %d entries", repo.id, len(found))
     return found
-
-
-def _missing_input(repo: FileRepository, fixes: Fixes, image: Image) -> str:
-    """Why the fix of a pending intent cannot run at all (what it reads is gone), or ''."""
-    intent = image.intent
-    if image.removed or not intent:
-        return ""
-    if intent["op"] == "snapshot" and intent["disk"] not in repo.images:
-        return f"the disk {intent['disk']} it snapshots is gone"
-    if intent["op"] == "copy":
-        try:
-            source_repo = fixes.engine.by_uuid(intent["sourceRepo"])
-        except HsmError:
-            return f"the repository {intent['sourceRepo']} of its source is not connected"
-        if intent["source"] not in source_repo.images:
-            return f"its source {intent['source']} is gone from {source_repo.id}"
-    return ""
 
 
 def _unfixable(image_id: str, reason: str, code: int) -> dict:

@@ -35,6 +35,7 @@ from hsm.errors import (
 from hsm.storage import repository as repositories
 from hsm.storage.fixes import Fixes
 from hsm.storage.image import DISK, SNAPSHOT, Image, Volume
+from hsm.storage.intents import CopyIntent, CreateIntent, SnapshotIntent
 from hsm.storage.ioprocess import IOProcess
 from hsm.storage.options import ImageOptions, check_id, parse_image_size
 from hsm.storage.prepared import PreparedImages
@@ -270,7 +271,7 @@ class Engine:
                 return image_id  # the same disk asked for again: idempotent on the caller's id
         optimize = bool(base_id) and opts.strategy == "performance"
         image = Image(id=image_id, kind=DISK, size=size, volumes=[Volume(str(uuid.uuid4()), image_id), *volumes],
-                      base=base_id or "", userData=user_data, intent={"op": "create", "optimize": optimize},
+                      base=base_id or "", userData=user_data, intent=CreateIntent(optimize),
                       stage="0/1")
         return self._commit(repo, image, "create", "createVirtualDisk", opts)
 
@@ -289,7 +290,7 @@ class Engine:
         volumes = [Volume(vol.id, image_id if vol.image == disk.id else vol.image, vol.format)
                    for vol in disk.volumes]
         image = Image(id=image_id, kind=SNAPSHOT, size=disk.size, volumes=volumes, base=disk.base,
-                      userData=user_data, intent={"op": "snapshot", "disk": disk.id, "top": str(uuid.uuid4())},
+                      userData=user_data, intent=SnapshotIntent(disk.id, str(uuid.uuid4())),
                       stage="0/3")
         return self._commit(repo, image, "snapshot", "createSnapshot", opts)
 
@@ -324,15 +325,14 @@ class Engine:
             return new_id  # the target holds this snapshot already (its copy, or itself): nothing to do
         image = Image(id=new_id, kind=source.kind, size=source.size, volumes=[Volume(str(uuid.uuid4()), new_id),
                       *volumes], base=base_id or "", userData=user_data or dict(source.userData),
-                      intent={"op": "copy", "sourceRepo": source_repo.uuid, "source": source.id,
-                              "base": base_id or ""}, stage="0/2")
+                      intent=CopyIntent(source_repo.uuid, source.id, base_id or ""), stage="0/2")
         return self._commit(target, image, "copy", "copyImage", opts)
 
     @_serialized
     def remove(self, repo_id: str, image_id: str, opts: ImageOptions) -> None:
         repo, image = self.find(repo_id, image_id)
         self._check_quiet(repo, image)
-        if image.intent.get("op") == "snapshot":  # it still shares the disk's top volume
+        if isinstance(image.intent, SnapshotIntent):  # it still shares the disk's top volume
             raise VolumeIsBusy(f"{image_id}: the snapshot is not complete; its fix must run first")
         waiting = self.needed_by(repo, image)
         if waiting:
@@ -351,7 +351,7 @@ class Engine:
 
         Removing it first could lose data they need, so its removal waits for them.
         """
-        waiting = [f"{other.intent['op']} of {other.id}" for other in repo.dependents(image)
+        waiting = [f"{other.intent.op} of {other.id}" for other in repo.dependents(image)
                    if not other.removed and other.intent]
         for target in list(self.repositories.values()):
             waiting += [f"copy {copy} in {target.id}" for copy in target.copies_pending(repo.uuid, image.id)]

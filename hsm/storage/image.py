@@ -21,6 +21,8 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 
 from hsm.ids import is_id
+from hsm.storage import intents
+from hsm.storage.intents import Intent
 
 DISK = "disk"
 SNAPSHOT = "snapshot"
@@ -31,7 +33,6 @@ DEGRADED = "degraded"
 BROKEN = "broken"
 STATES = (OPTIMIZED, DEGRADED, BROKEN)
 FORMATS = ("qcow2", "raw")
-OPS = ("create", "snapshot", "copy", "optimize")
 
 
 @dataclass
@@ -56,7 +57,7 @@ class Image:
     base: str = ""                  # the snapshot this image was made on
     userData: dict = field(default_factory=dict)
     state: str = BROKEN
-    intent: dict = field(default_factory=dict)
+    intent: Intent | None = None    # hsm.storage.intents
     removed: bool = False
     hostId: int = 0
     stage: str = ""
@@ -87,7 +88,9 @@ class Image:
     # -- persistence ----------------------------------------------------
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), sort_keys=True).encode()
+        record = asdict(self)
+        record["intent"] = intents.to_json(self.intent)
+        return json.dumps(record, sort_keys=True).encode()
 
     @classmethod
     def from_json(cls, data: bytes) -> Image:
@@ -107,6 +110,7 @@ class Image:
         if not isinstance(volumes, list) or not volumes:
             raise ValueError("volumes: not a list of volumes")
         values["volumes"] = [_volume(vol) for vol in volumes]
+        values["intent"] = intents.from_json(values.get("intent", {}))
         image = cls(**values)
         image._check()
         return image
@@ -118,7 +122,7 @@ class Image:
         _require(self.base == "" or is_id(self.base), "base", self.base)
         _require(self.state in STATES, "state", self.state)
         _require(isinstance(self.removed, bool), "removed", self.removed)
-        for name in ("userData", "intent", "lastError"):
+        for name in ("userData", "lastError"):
             _require(isinstance(getattr(self, name), dict), name, getattr(self, name))
         for name in ("hostId", "percentComplete", "generation"):
             _require(_integer(getattr(self, name)), name, getattr(self, name))
@@ -127,7 +131,6 @@ class Image:
             _require(isinstance(getattr(self, name), str) and len(getattr(self, name)) < 256, name,
                      getattr(self, name))
         _require(self.task == "" or is_id(self.task), "task", self.task)
-        _check_intent(self.intent)
         # The chain: the image's own volumes first (its top among them), then those it reads through.
         owners = [vol.image == self.id for vol in self.volumes]
         _require(owners[0] and owners == sorted(owners, reverse=True), "volumes (own ones first)",
@@ -158,25 +161,3 @@ def _volume(data: object) -> Volume:
     _require(is_id(data.get("image")), "volume owner", data.get("image"))
     _require(data.get("format", "qcow2") in FORMATS, "volume format", data.get("format"))
     return Volume(data["id"], data["image"], data.get("format", "qcow2"))
-
-
-# Each intent's fields: the names a fix reads, and whether each must be an id (else a bool).
-_INTENT_FIELDS = {
-    "create": {"optimize": bool},
-    "snapshot": {"disk": "id", "top": "id"},
-    "copy": {"sourceRepo": "id", "source": "id", "base": "id?"},
-    "optimize": {},
-}
-
-
-def _check_intent(intent: dict) -> None:
-    if not intent:
-        return
-    op = intent.get("op")
-    _require(op in OPS, "intent op", op)
-    for name, kind in _INTENT_FIELDS[op].items():
-        value = intent.get(name)
-        if kind is bool:
-            _require(isinstance(value, bool), f"intent {name}", value)
-        else:
-            _require(is_id(value) or (kind == "id?" and value == ""), f"intent {name}", value)

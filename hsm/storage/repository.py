@@ -41,6 +41,7 @@ from hsm.errors import (
 )
 from hsm.ids import is_id
 from hsm.storage.image import Image, Volume
+from hsm.storage.intents import CopyIntent, SnapshotIntent
 from hsm.storage.ioprocess import IOProcess
 from hsm.watch import OwnChanges
 
@@ -298,10 +299,10 @@ class FileRepository:
                 del self._copying[source]
         if image.removed:
             return
-        if image.intent.get("op") == "snapshot":
-            self._snapshotting[image.intent["disk"]] = image.id
-        elif image.intent.get("op") == "copy":
-            self._copying.setdefault((image.intent["sourceRepo"], image.intent["source"]), set()).add(image.id)
+        if isinstance(image.intent, SnapshotIntent):
+            self._snapshotting[image.intent.disk] = image.id
+        elif isinstance(image.intent, CopyIntent):
+            self._copying.setdefault((image.intent.sourceRepo, image.intent.source), set()).add(image.id)
 
     def copies_pending(self, repo_uuid: str, image_id: str) -> list[str]:
         """Images here whose pending copy reads image `image_id` of repository `repo_uuid`."""
@@ -338,8 +339,8 @@ class FileRepository:
         for image in list(self.images.values()):
             keep.add(f"{IMAGES}/{image.id}{META_SUFFIX}")
             keep.update(f"{VOLUMES}/{vol.filename}" for vol in image.own)
-            if image.intent.get("op") == "snapshot":
-                keep.add(f"{VOLUMES}/{image.intent['top']}.qcow2")
+            if isinstance(image.intent, SnapshotIntent):
+                keep.add(f"{VOLUMES}/{image.intent.top}.qcow2")
         return keep
 
     def save(self, image: Image, freeing: bool = False) -> None:
@@ -459,7 +460,7 @@ def _conflicts(images: dict[str, Image]) -> dict[str, str]:
     for vol_id, claims in owners.items():
         if len(claims) < 2:
             continue
-        snapshots = {c.intent.get("disk") for c in claims if c.intent.get("op") == "snapshot" and not c.removed}
+        snapshots = {c.intent.disk for c in claims if isinstance(c.intent, SnapshotIntent) and not c.removed}
         if len(claims) == 2 and any(c.id in snapshots for c in claims):
             continue
         live = [c for c in claims if not c.removed]

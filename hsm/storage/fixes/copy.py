@@ -1,0 +1,66 @@
+"""copy: qemu-img convert the source (or only its difference from the base) into the new image's volume."""
+
+from __future__ import annotations
+
+from hsm.errors import CopyImageError, HsmError
+from hsm.storage import qemuimg
+from hsm.storage.fixes.base import Fix, StepFunc, backing_name
+from hsm.storage.image import OPTIMIZED, Image
+from hsm.storage.intents import CopyIntent
+from hsm.storage.repository import FileRepository
+from hsm.tasks import StepContext
+
+
+class CopyFix(Fix):
+    name = "copy"
+    fix_type = "mend"
+    description = "finish copying the image"
+    data_error = CopyImageError
+
+    def plan(self, args: dict) -> list[tuple[str, StepFunc]]:
+        return [("copy the data", self._data), ("mark complete", self._done)]
+
+    def extra_args(self, repo: FileRepository, image: Image) -> dict:
+        intent = image.intent
+        return {"sourceRepo": intent.sourceRepo, "source": intent.source} if isinstance(intent, CopyIntent) else {}
+
+    def missing_input(self, repo: FileRepository, image: Image) -> str:
+        intent = image.intent
+        if not isinstance(intent, CopyIntent):
+            return ""
+        try:
+            source_repo = self.engine.by_uuid(intent.sourceRepo)
+        except HsmError:
+            return f"the repository {intent.sourceRepo} of its source is not connected"
+        if intent.source not in source_repo.images:
+            return f"its source {intent.source} is gone from {source_repo.id}"
+        return ""
+
+    def _data(self, ctx: StepContext, repo: FileRepository, image: Image) -> None:
+        intent = image.intent
+        if not isinstance(intent, CopyIntent):
+            return
+        source_repo = self.engine.by_uuid(intent.sourceRepo)
+        source = source_repo.get(intent.source)
+        src, target = source_repo.volume_path(source.top), repo.volume_path(image.top)
+        compat = self.engine.qcow2_compat
+        if not intent.base:
+            qemuimg.convert(src, target, compat=compat, progress=self.fixes.progress(ctx, repo, image, 0, 99))
+            return
+        base_name = backing_name(image, 0)
+        below = source.volumes[1] if len(source.volumes) > 1 else None
+        if below is not None and below.image == intent.base:  # the source reads straight through the base
+            qemuimg.convert(src, target, backing=base_name, compat=compat,
+                            progress=self.fixes.progress(ctx, repo, image, 0, 99))
+            return
+        # Deeper, or the source stands alone now (optimized since the copy was committed): copy what
+        # its top holds over its own next volume, or all of it, then let a safe rebase onto the
+        # target's base copy leave the data as it is and point the volume at that base.
+        qemuimg.convert(src, target, backing=source_repo.volume_path(below) if below else None, compat=compat,
+                        progress=self.fixes.progress(ctx, repo, image, 0, 50))
+        qemuimg.rebase(target, base_name, progress=self.fixes.progress(ctx, repo, image, 50, 99))
+
+    def _done(self, ctx: StepContext, repo: FileRepository, image: Image) -> None:
+        if isinstance(image.intent, CopyIntent):
+            self.fixes.update(repo, image, state=OPTIMIZED, intent=None, percentComplete=100, lastError={},
+                              stage=ctx.task.stage)
