@@ -126,7 +126,7 @@ class Service:
         self.connections.users = self.engine.users_of
         groups: list[object] = [
             ServiceAPI(config, self.stats, task_mode=lambda: self.tasks.mode, task_counts=self.tasks.counts,
-                       repositories=lambda: {r.id: r.health.valid for r in list(self.engine.repositories.values())},
+                       repositories=self.engine.health,
                        repo_formats=["localfs-1", "nfs-1", "posixfs-1"]),
             TasksAPI(self.tasks),
             RepositoriesAPI(self.engine),
@@ -155,7 +155,8 @@ class Service:
             tls=(rpc.key_file, rpc.cert_file, rpc.ca_file) if rpc.ssl else None,
             unix_socket=rpc.unix_socket, unix_socket_group=rpc.unix_socket_group,
             unix_socket_mode=rpc.unix_socket_mode, allowed_uids=allowed_uids(config))
-        self.server = RpcServer(settings, self.dispatcher, Metrics(self.stats, task_counts=self.tasks.counts))
+        self.server = RpcServer(settings, self.dispatcher, Metrics(self.stats, task_counts=self.tasks.counts,
+                                                                    repositories=self.engine.health))
 
     def _supervdsmd_is_back(self) -> None:
         log.info("supervdsmd's socket is back: reconnecting lost storage now")

@@ -12,13 +12,15 @@ from hsm.api.stats import CallStats
 from hsm.api.verbs import verb
 from hsm.config import Config
 from hsm.errors import ConfigError, InvalidParameterException
+from hsm.sizes import format_size
+from hsm.storage.repository import Health
 
 
 class ServiceAPI:
     def __init__(self, config: Config, stats: CallStats,
                  task_mode: Callable[[], str] | None = None,
                  task_counts: Callable[[], dict[str, int]] = dict,
-                 repositories: Callable[[], dict[str, bool]] = dict, repo_formats: list[str] | None = None) -> None:
+                 repositories: Callable[[], dict[str, Health]] = dict, repo_formats: list[str] | None = None) -> None:
         self._config = config
         self._stats = stats
         self._task_mode = task_mode or (lambda: config.tasks.mode)
@@ -63,5 +65,8 @@ class ServiceAPI:
                       for name, s in verbs.items()},
             "errors": {str(code): count for code, count in codes.items()},
             "tasks": self._task_counts(),
-            "repositories": {repo_id: {"valid": valid} for repo_id, valid in self._repositories().items()},
+            "repositories": {repo_id: {"valid": health.valid, "freeBytes": format_size(health.free),
+                                       "totalBytes": format_size(health.total),
+                                       "readDelay": f"{health.read_delay:.6f}"}
+                             for repo_id, health in self._repositories().items()},
         }}

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from hsm.api.stats import LATENCY_BUCKETS, CallStats
 
+if TYPE_CHECKING:
+    from hsm.storage.repository import Health
+
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
 
 class _Collector:
     def __init__(self, stats: CallStats, task_counts: Callable[[], dict[str, int]],
-                 repositories: Callable[[], dict[str, bool]], server_counts: Callable[[], dict[str, int]]) -> None:
+                 repositories: Callable[[], dict[str, Health]], server_counts: Callable[[], dict[str, int]]) -> None:
         self._stats = stats
         self._server_counts = server_counts
         self._task_counts = task_counts
@@ -40,20 +44,29 @@ class _Collector:
             tasks.add_metric([state], count)
         repos = GaugeMetricFamily("hsm_repository_up", "1 when the repository's last check passed",
                                   labels=["repo"])
-        for repo_id, valid in sorted(self._repositories().items()):
-            repos.add_metric([repo_id], 1 if valid else 0)
+        free = GaugeMetricFamily("hsm_repository_free_bytes", "Free space at the repository's last check",
+                                 labels=["repo"])
+        total = GaugeMetricFamily("hsm_repository_size_bytes", "Size of the repository's file system",
+                                  labels=["repo"])
+        delay = GaugeMetricFamily("hsm_repository_read_delay_seconds",
+                                  "Time the repository's last check took to read its record", labels=["repo"])
+        for repo_id, health in sorted(self._repositories().items()):
+            repos.add_metric([repo_id], 1 if health.valid else 0)
+            free.add_metric([repo_id], health.free)
+            total.add_metric([repo_id], health.total)
+            delay.add_metric([repo_id], health.read_delay)
         server = self._server_counts()
         connections = GaugeMetricFamily("hsm_rpc_connections", "Open connections, requests in progress or not",
                                         value=server.get("connections", 0))
         in_workers = GaugeMetricFamily("hsm_rpc_requests_in_workers",
                                        "Whole requests queued for or running on a worker",
                                        value=server.get("in_workers", 0))
-        yield from (calls, latency, errors, tasks, repos, connections, in_workers)
+        yield from (calls, latency, errors, tasks, repos, free, total, delay, connections, in_workers)
 
 
 class Metrics:
     def __init__(self, stats: CallStats, task_counts: Callable[[], dict[str, int]] = dict,
-                 repositories: Callable[[], dict[str, bool]] = dict) -> None:
+                 repositories: Callable[[], dict[str, Health]] = dict) -> None:
         self.server_counts: Callable[[], dict[str, int]] = dict  # set by the RpcServer that serves these
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(_Collector(stats, task_counts, repositories, lambda: self.server_counts()))

@@ -39,7 +39,7 @@ from hsm.storage.intents import CopyIntent, CreateIntent, SnapshotIntent
 from hsm.storage.ioprocess import IOProcess
 from hsm.storage.options import ImageOptions, check_id, parse_image_size
 from hsm.storage.prepared import PreparedImages
-from hsm.storage.repository import FileRepository
+from hsm.storage.repository import FileRepository, Health
 from hsm.storage.watching import RepositoryWatch
 from hsm.tasks import TaskManager
 from hsm.watch import Watcher
@@ -171,6 +171,10 @@ class Engine:
         if not isinstance(subdir, str) or subdir.startswith("/") or ".." in subdir.split("/"):
             raise InvalidParameterException(f"subdir={subdir!r}: a relative path without '..'")
         return os.path.normpath(os.path.join(root, subdir))
+
+    def health(self) -> dict[str, Health]:
+        """What each connected repository's monitor saw last: the one source for getStats and /metrics."""
+        return {repo.id: repo.health for repo in list(self.repositories.values())}
 
     def repository(self, repo_id: str) -> FileRepository:
         check_id("repoId", repo_id)
