@@ -111,19 +111,19 @@ class Service:
             max_finished=config.tasks.max_finished,
             lock_timeout=config.irs.task_resource_default_timeout / 1000)
         irs = config.irs
-        self.engine = Engine(self.tasks, host_id=config.sanlock.host_id, io_timeout=irs.process_pool_timeout,
-                             io_slots=irs.process_pool_max_slots_per_domain,
-                             monitor_interval=irs.sd_health_check_delay, qcow2_compat=irs.qcow2_compat,
-                             state_dir=state_dir, prepare_timeout=irs.prepare_image_timeout / 1000,
-                             progress_interval=irs.progress_interval, watcher=self.watcher)
         supervdsm = SupervdsmClient(config.supervdsm.socket, config.supervdsm.connect_timeout,
                                     config.supervdsm.call_timeout, max_calls=config.supervdsm.max_calls)
         conns = config.connections
         self.connections = ConnectionManager(
             state_dir, Backends(supervdsm, os.path.join(irs.repository, "mnt")), interval=conns.monitor_interval,
-            backoff_min=conns.reconnect_backoff_min, backoff_max=conns.reconnect_backoff_max)
-        self.engine.connections = self.connections
-        self.connections.users = self.engine.users_of
+            backoff_min=conns.reconnect_backoff_min, backoff_max=conns.reconnect_backoff_max,
+            users=lambda cids: self.engine.users_of(cids))
+        self.engine = Engine(self.tasks, host_id=config.sanlock.host_id, io_timeout=irs.process_pool_timeout,
+                             io_slots=irs.process_pool_max_slots_per_domain,
+                             monitor_interval=irs.sd_health_check_delay, qcow2_compat=irs.qcow2_compat,
+                             state_dir=state_dir, prepare_timeout=irs.prepare_image_timeout / 1000,
+                             progress_interval=irs.progress_interval, watcher=self.watcher,
+                             connections=self.connections)
         groups: list[object] = [
             ServiceAPI(config, self.stats, task_mode=lambda: self.tasks.mode, task_counts=self.tasks.counts,
                        repositories=self.engine.health,

@@ -6,10 +6,9 @@ import json
 
 from hsm.api.dispatch import options_of
 from hsm.api.verbs import verb
-from hsm.errors import InvalidParameterException, VolumeMetadataReadError
-from hsm.sizes import format_size
+from hsm.errors import InvalidParameterException
+from hsm.storage import answers
 from hsm.storage.engine import Engine
-from hsm.storage.image import BROKEN
 from hsm.storage.options import ImageOptions, check_id
 
 MAX_USER_DATA = 64 * 1024
@@ -61,41 +60,11 @@ class ImagesAPI:
 
     @verb()
     def getImageStatus(self, repoId: str, imageId: str, options: dict | None = None) -> dict:
-        unreadable = self._unreadable(repoId, imageId)
-        if unreadable:
-            return {"image": unreadable}
-        repo, image = self._engine.find(repoId, imageId)
-        return {"image": image.status(self._engine.image_tasks(repo, image))}
-
-    def _unreadable(self, repo_id: str, image_id: str) -> dict:
-        """The status of an image whose record is damaged: broken, with the reason; {} for any other."""
-        repo = self._engine.repository(repo_id)
-        reason = repo.unreadable.get(check_id("imageId", image_id))
-        if reason is None:
-            return {}
-        error = VolumeMetadataReadError(f"{image_id}: {reason}")
-        return {"state": BROKEN, "kind": "", "size": "0", "hostId": 0, "stage": "", "percentComplete": -1,
-                "lastError": error.status(), "tasks": []}
+        return {"image": answers.image_status(self._engine, repoId, imageId)}
 
     @verb()
     def getImageInfo(self, repoId: str, imageId: str, options: dict | None = None) -> dict:
-        unreadable = self._unreadable(repoId, imageId)
-        if unreadable:
-            return {"image": dict(unreadable, id=imageId, volumes=[], baseSnapshotId="", userData={}, lease={})}
-        repo, image = self._engine.find(repoId, imageId)
-        volumes = []
-        for vol in image.volumes:
-            path = repo.volume_path(vol)
-            try:
-                allocated = repo.io.stat(path)["blocks"] * 512
-            except FileNotFoundError:
-                allocated = 0
-            volumes.append({"id": vol.id, "format": vol.format, "path": path, "image": vol.image,
-                            "capacity": format_size(image.size), "allocated": format_size(allocated)})
-        info = image.status(self._engine.image_tasks(repo, image))
-        info.update(id=image.id, volumes=volumes, baseSnapshotId=image.base, userData=image.userData, lease={},
-                    generation=image.generation)
-        return {"image": info}
+        return {"image": answers.image_info(self._engine, repoId, imageId)}
 
     @verb()
     def getImageList(self, repoId: str, options: dict | None = None) -> dict:

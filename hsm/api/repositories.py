@@ -5,7 +5,7 @@ from __future__ import annotations
 from hsm.api.dispatch import options_of
 from hsm.api.verbs import require_str, verb
 from hsm.errors import InvalidParameterException
-from hsm.storage import check
+from hsm.storage import answers
 from hsm.storage.engine import Engine
 from hsm.storage.options import ImageOptions
 
@@ -34,7 +34,7 @@ class RepositoriesAPI:
         opts = ImageOptions.parse(options_of(options))
         repo = self._engine.connect(repoId, require_str("repoFormat", repoFormat), _params(connectionParameters))
         if opts.autoFix:
-            self._engine.fixes.recover_intents(repo)
+            self._engine.recover_intents(repo)
         return {"repoUuid": repo.uuid}
 
     @verb(mutating=True)
@@ -46,18 +46,14 @@ class RepositoriesAPI:
     @verb()
     def getStorageRepositoryList(self, options: dict | None = None) -> dict:
         options_of(options)
-        return {"repos": {repo_id: repo.wire() for repo_id, repo in list(self._engine.repositories.items())}}
+        return {"repos": answers.repository_list(self._engine)}
 
     @verb()
     def checkStorageRepository(self, repoId: str, options: dict | None = None) -> dict:
         options_of(options)
-        repo = self._engine.repository(repoId)
-        return {"fixes": check.check(repo, self._engine.fixes)}
+        return {"fixes": self._engine.check(repoId)}
 
     @verb(mutating=True)
     def fixStorageRepository(self, repoId: str, fix: str, options: dict | None = None) -> dict:
         opts = ImageOptions.parse(options_of(options))
-        repo = self._engine.repository(repoId)
-        opts.autoFix = True
-        self._engine.fixes.check_can_start(opts)
-        return {"taskId": check.run(repo, self._engine.fixes, fix, opts.taskId)}
+        return {"taskId": self._engine.fix(repoId, fix, opts)}

@@ -59,7 +59,8 @@ def _transient(what: str) -> str:
 
 class ConnectionManager:
     def __init__(self, state_dir: str, backends: Backends, interval: float = 10.0, backoff_min: float = 1.0,
-                 backoff_max: float = 300.0) -> None:
+                 backoff_max: float = 300.0, users: Callable[[set[str]], list[str]] = lambda cids: []) -> None:
+        """`users(cids)`: the connected repositories that sit on these CIDs (the engine knows)."""
         self._path = os.path.join(state_dir, "connections.json")
         self.backends = backends
         self._interval = interval
@@ -71,7 +72,7 @@ class ConnectionManager:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._nodes: set[tuple[str, str]] = set()  # iSCSI node records seen by the monitor's last round
-        self.users: Callable[[set[str]], list[str]] = lambda cids: []  # repositories connected through CIDs
+        self.users = users
         self._load()
 
     # -- persistence --------------------------------------------------------

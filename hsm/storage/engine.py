@@ -14,7 +14,7 @@ import os
 import threading
 import uuid
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from hsm.errors import (
     ImageDoesNotExistInSD,
@@ -32,6 +32,7 @@ from hsm.errors import (
     VolumeIsBusy,
     VolumeWasNotPreparedBeforeTeardown,
 )
+from hsm.storage import check
 from hsm.storage import repository as repositories
 from hsm.storage.fixes import Fixes
 from hsm.storage.image import DISK, SNAPSHOT, Image, Volume
@@ -43,6 +44,9 @@ from hsm.storage.repository import FileRepository, Health
 from hsm.storage.watching import RepositoryWatch
 from hsm.tasks import TaskManager
 from hsm.watch import Watcher
+
+if TYPE_CHECKING:
+    from hsm.connections.manager import ConnectionManager
 
 log = logging.getLogger("hsm.storage")
 
@@ -62,7 +66,7 @@ class Engine:
     def __init__(self, tasks: TaskManager, host_id: int = 1, io_timeout: float = 60.0, io_slots: int = 10,
                  monitor_interval: float = 10.0, qcow2_compat: str = "1.1", state_dir: str | None = None,
                  prepare_timeout: float = 600.0, progress_interval: float = 30.0,
-                 watcher: Watcher | None = None) -> None:
+                 watcher: Watcher | None = None, connections: ConnectionManager | None = None) -> None:
         self.tasks = tasks
         self.watcher = watcher  # inotify, for changes made behind hsmd's back (hsm.storage.watching)
         self.prepare_timeout = prepare_timeout  # seconds prepare waits for the repository's commit lock
@@ -73,7 +77,7 @@ class Engine:
         self.monitor_interval = monitor_interval
         self.qcow2_compat = qcow2_compat
         self.repositories: dict[str, FileRepository] = {}
-        self.connections = None  # hsm.connections.manager.ConnectionManager, for nfs-1 and posixfs-1
+        self.connections = connections  # where nfs-1 and posixfs-1 repositories are mounted
         self.prepared = PreparedImages(os.path.join(state_dir, "prepared.json") if state_dir else None)
         self._lock = threading.Lock()  # the table of connected repositories
         self._watches: dict[str, RepositoryWatch | None] = {}
@@ -171,6 +175,20 @@ class Engine:
         if not isinstance(subdir, str) or subdir.startswith("/") or ".." in subdir.split("/"):
             raise InvalidParameterException(f"subdir={subdir!r}: a relative path without '..'")
         return os.path.normpath(os.path.join(root, subdir))
+
+    def recover_intents(self, repo: FileRepository) -> int:
+        """The fixes of pending intents after a start or a connect, as the task mode says."""
+        return self.fixes.recover_intents(repo)
+
+    def check(self, repo_id: str) -> list[dict]:
+        return check.check(self.repository(repo_id), self.fixes)
+
+    def fix(self, repo_id: str, fix: object, opts: ImageOptions) -> str:
+        """Start a fix check gave (fixStorageRepository); its task id."""
+        repo = self.repository(repo_id)
+        opts.autoFix = True
+        self.fixes.check_can_start(opts)
+        return check.run(repo, self.fixes, fix, opts.taskId)
 
     def health(self) -> dict[str, Health]:
         """What each connected repository's monitor saw last: the one source for getStats and /metrics."""
