@@ -10,7 +10,7 @@ its work is already done (every step is idempotent).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from hsm.errors import HsmError, VolumeCreationError
 from hsm.storage.image import Image
@@ -21,7 +21,8 @@ from hsm.tasks.resources import IMAGE, REPOSITORY
 if TYPE_CHECKING:
     from hsm.storage.fixes.manager import Fixes
 
-StepFunc = Callable[[StepContext, FileRepository, Image | None], None]
+# A step: (its context, the repository, the image it works on: an Image, or None for a fix on no image).
+StepFunc = Callable[[StepContext, FileRepository, Any], None]
 
 
 class Fix:

@@ -18,7 +18,7 @@ class CreateFix(Fix):
     def plan(self, args: dict) -> list[tuple[str, StepFunc]]:
         steps: list[tuple[str, StepFunc]] = [("create the volume", self._volume), ("mark usable", self._done)]
         if args.get("optimize"):  # strategy=performance: then the copy of the base, in the same task
-            steps.append(("copy the base in", self.fixes.kinds["optimize"].run))
+            steps.append(("copy the base in", self.fixes.kind(OptimizeFix).run))
         return steps
 
     def extra_args(self, repo: FileRepository, image: Image) -> dict:

@@ -26,6 +26,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 from hsm.errors import AddTaskError, HsmError, TaskIdExists, TaskIdRequired, UnknownTask, VolumeIsBusy
 from hsm.storage import qemuimg
@@ -42,6 +43,7 @@ from hsm.tasks.manager import TRANSPARENT
 
 log = logging.getLogger("hsm.storage.fixes")
 
+F = TypeVar("F", bound=Fix)
 PREFIX = "fix."
 KINDS: tuple[type[Fix], ...] = (CreateFix, SnapshotFix, CopyFix, OptimizeFix, CleanFix, MergeFix, OrphansFix)
 FIX_TYPES = {cls.name: cls.fix_type for cls in KINDS}  # what checkStorageRepository calls each
@@ -219,6 +221,10 @@ class Fixes:
         if image.removed:
             return "merge" if repo.dependents(image) else "clean"
         return image.intent.op if image.intent else ""
+
+    def kind(self, cls: type[F]) -> F:
+        """The registered fix of this class (a fix whose steps reuse another kind's)."""
+        return next(fix for fix in self.kinds.values() if isinstance(fix, cls))
 
     # -- steps ------------------------------------------------------------
 

@@ -7,6 +7,7 @@ import logging
 from hsm.errors import MergeSnapshotsError
 from hsm.storage import qemuimg
 from hsm.storage.fixes.base import Fix, StepFunc
+from hsm.storage.fixes.clean import CleanFix
 from hsm.storage.image import Image, Volume
 from hsm.storage.repository import FileRepository
 from hsm.tasks import EXCLUSIVE, StepContext
@@ -22,7 +23,7 @@ class MergeFix(Fix):
     data_error = MergeSnapshotsError
 
     def plan(self, args: dict) -> list[tuple[str, StepFunc]]:
-        clean = self.fixes.kinds["clean"]
+        clean = self.fixes.kind(CleanFix)
         return [("rebase the children", self._rebase), ("update the children", self._records),
                 ("remove volumes", clean.volumes), ("remove the record", clean.record)]
 
@@ -37,7 +38,7 @@ class MergeFix(Fix):
             return
         below = snapshot.volumes[len(snapshot.own)] if len(snapshot.volumes) > len(snapshot.own) else None
         above: dict[str, Volume] = {}
-        self.fixes.kinds["clean"].check_unused(repo, snapshot)
+        self.fixes.kind(CleanFix).check_unused(repo, snapshot)
         children = repo.dependents(snapshot)
         for child in children:
             index = next(i for i, vol in enumerate(child.volumes) if vol.id == snapshot.top.id)
@@ -49,7 +50,8 @@ class MergeFix(Fix):
                 path = repo.volume_path(vol)
                 if not repo.io.exists(path):  # gone behind hsmd's back: its image is reported broken
                     continue
-                current = qemuimg.info(path).get("backing-filename", "")
+                report = qemuimg.info(path)
+                current = report.get("backing-filename", "") if isinstance(report, dict) else ""
                 wanted = below.filename if below else ""
                 if current != wanted:
                     log.info("Merging snapshot %s into volume %s", snapshot.id, vol.id)
