@@ -75,7 +75,7 @@ class RepositoryWatch:
                 continue  # nothing to mark: a pending intent's fix or the clean says what it needs
             lost = next((vol for vol in image.volumes if vol.filename == name), None)
             if lost is not None:
-                error = VolumeDoesNotExist(f"{image.id}: volume {lost.id} was removed from storage behind "
-                                           "hsmd's back")
+                error = VolumeDoesNotExist(f"{image.id}: volume {lost.id} is missing from storage (removed "
+                                           "behind hsmd's back)")
                 log.error("%s", error)
                 self.fixes.update(self.repo, image, state=BROKEN, lastError=error.last_error())
