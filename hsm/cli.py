@@ -24,14 +24,20 @@ import argparse
 import json
 import os
 import ssl
-import stat
 import sys
 import xmlrpc.client
 from typing import Any, TextIO
 
 from hsm import cli_images, errors
 from hsm import config as hsmconfig
-from hsm.rpc.client import DEFAULT_ADDRESS, DEFAULT_UNIX_SOCKET, UNIX_PREFIX, ServiceProxy, TlsFiles, unix_path
+from hsm.rpc.client import (
+    DEFAULT_ADDRESS,
+    DEFAULT_UNIX_SOCKET,
+    ServiceProxy,
+    TlsFiles,
+    default_address,
+    unix_path,
+)
 from hsm.tasks.states import DONE
 
 EXIT_OK, EXIT_FAILED, EXIT_UNREACHABLE = 0, 1, 2
@@ -176,21 +182,6 @@ def _sub_parser(command: str) -> argparse.ArgumentParser:
         parser.add_argument("task_id")
         parser.add_argument("--interval", type=float, default=0.5)
     return parser
-
-
-def default_address() -> str:
-    """The Unix socket hsm.conf names (or the packaged one) when it exists on this host, else loopback TCP."""
-    path = DEFAULT_UNIX_SOCKET
-    try:
-        path = hsmconfig.load(hsmconfig.default_path(None)).rpc.unix_socket or path
-    except errors.ConfigError:
-        pass  # an unreadable hsm.conf is hsmd's problem to report; try the usual places
-    try:
-        if stat.S_ISSOCK(os.stat(path).st_mode):
-            return UNIX_PREFIX + path
-    except OSError:
-        pass
-    return DEFAULT_ADDRESS
 
 
 def main(argv: list[str] | None = None) -> int:

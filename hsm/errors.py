@@ -93,6 +93,7 @@ ImageIsSnapshot = _error("ImageIsSnapshot", 5011, "A snapshot never changes")
 RepositoryIdInUse = _error("RepositoryIdInUse", 5012, "The repository id is connected to other storage")
 InvalidConnectionURI = _error("InvalidConnectionURI", 5014, "The storage URI is not valid")
 InvalidFix = _error("InvalidFix", 5013, "The fix is not one checkStorageRepository gave for this repository")
+HsmdUnavailable = _error("HsmdUnavailable", 5015, "hsmd is not reachable")
 
 
 def all_errors() -> list[type[HsmError]]:

@@ -91,7 +91,8 @@ def test_errors_table():
 def test_new_error_codes_start_at_5000():
     new_names = {"RequestIdConflict", "ConfigError", "NotAvailable", "SupervdsmUnavailable", "SupervdsmCallError",
                  "StorageTimeout", "HookError", "TaskIdExists", "TaskIdRequired", "SupervdsmPeerRefused",
-                 "ImageExists", "ImageIsSnapshot", "RepositoryIdInUse", "InvalidFix", "InvalidConnectionURI"}
+                 "ImageExists", "ImageIsSnapshot", "RepositoryIdInUse", "InvalidFix", "InvalidConnectionURI",
+                 "HsmdUnavailable"}
     for cls in errors.all_errors():
         if cls.__name__ in new_names:
             assert cls.code >= 5000, cls

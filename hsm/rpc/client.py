@@ -3,17 +3,36 @@
 from __future__ import annotations
 
 import http.client
+import os
 import socket
 import ssl
+import stat
 import xmlrpc.client
 from dataclasses import dataclass
 from typing import Any
 
+from hsm import config as hsmconfig
+from hsm.errors import ConfigError
 from hsm.rpc.marshal import load_answer
 
 DEFAULT_ADDRESS = "127.0.0.1:54324"
 DEFAULT_UNIX_SOCKET = "/run/hsm/hsmd.sock"  # where the packaged hsm.conf puts it
 UNIX_PREFIX = "unix:"
+
+
+def default_address(config_path: str | None = None) -> str:
+    """The Unix socket hsm.conf names (or the packaged one) when it exists on this host, else loopback TCP."""
+    path = DEFAULT_UNIX_SOCKET
+    try:
+        path = hsmconfig.load(hsmconfig.default_path(config_path)).rpc.unix_socket or path
+    except ConfigError:
+        pass  # an unreadable hsm.conf is hsmd's problem to report; try the usual places
+    try:
+        if stat.S_ISSOCK(os.stat(path).st_mode):
+            return UNIX_PREFIX + path
+    except OSError:
+        pass
+    return DEFAULT_ADDRESS
 
 
 def unix_path(address: str) -> str | None:

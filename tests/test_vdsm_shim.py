@@ -1,0 +1,132 @@
+"""vdsm_shim as VDSM uses it: a proxy to a real hsmd (Unix socket or TCP), or hsm in-process without one."""
+
+import threading
+import time
+import xmlrpc.client
+
+import pytest
+
+from tests.hsmd import free_port
+from tests.images_helpers import MiB, ok, wait_image
+from vdsm_shim import APIBase, ServiceProxy, choose
+from vdsm_shim.inprocess import InProcess
+
+
+@pytest.fixture
+def shim_hsmd(make_hsmd, tmp_path):
+    """hsmd in its default (non-transparent) task mode, also on a Unix socket of its own."""
+    socket_path = str(tmp_path / "hsmd.sock")
+    daemon = make_hsmd(config={"rpc": {"unix_socket": socket_path}}).start()
+    return daemon, "unix:" + socket_path
+
+
+@pytest.fixture(autouse=True)
+def fresh_choice():
+    yield
+    APIBase.forget_choice()
+
+
+def test_a_proxy_to_hsmd_is_true_and_puts_it_in_transparent_mode(shim_hsmd):
+    daemon, address = shim_hsmd
+    with ServiceProxy(address) as proxy:
+        assert proxy
+        assert ok(proxy.getCapabilities())["info"]["taskMode"] == "transparent"  # VDSM's task ids name hsmd's
+        disk = ok(proxy.createVirtualDisk("local", str(MiB), "", {}, {"taskId": "vdsm-task-1"}))["imageId"]
+        wait_image(proxy, "local", disk)
+        assert ok(proxy.getTaskStatus("vdsm-task-1"))["taskStatus"]["taskResult"] == "success"
+
+
+def test_no_hsmd_makes_a_false_proxy_at_once(tmp_path):
+    begin = time.monotonic()
+    assert not ServiceProxy(f"127.0.0.1:{free_port()}")
+    assert not ServiceProxy("unix:" + str(tmp_path / "nobody.sock"))
+    assert time.monotonic() - begin < 5
+
+
+def test_the_local_socket_is_the_default_where_hsm_conf_names_it(shim_hsmd, tmp_path):
+    daemon, address = shim_hsmd
+    conf = tmp_path / "vdsm-host-hsm.conf"
+    conf.write_text(f"[rpc]\nunix_socket = {address[len('unix:'):]}\n")
+    with ServiceProxy(config_path=str(conf)) as proxy:
+        assert proxy.address == address and proxy
+
+
+def test_an_outage_fails_fast_and_the_proxy_comes_back_by_itself(shim_hsmd):
+    daemon, address = shim_hsmd
+    with ServiceProxy(address) as proxy:
+        assert ok(proxy.ping())
+        daemon.kill()
+        begin = time.monotonic()
+        answer = proxy.ping()
+        assert answer["status"]["code"] == 5015 and time.monotonic() - begin < 5
+        daemon.start()  # in non-transparent mode, as configured
+        assert ok(proxy.ping())
+        assert ok(proxy.getCapabilities())["info"]["taskMode"] == "transparent"  # switched again
+
+
+def test_vdsm_threads_share_one_proxy(shim_hsmd):
+    daemon, address = shim_hsmd
+    proxy = ServiceProxy(address)
+    answers: list[int] = []
+
+    def calls() -> None:
+        for _ in range(20):
+            answers.append(proxy.getImageList("local")["status"]["code"])
+
+    threads = [threading.Thread(target=calls) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    proxy.close()
+    assert answers == [0] * 160
+
+
+def test_in_process_answers_as_hsmd_does(shim_hsmd, tmp_path):
+    """One small flow both ways: the same answers, ids and paths aside."""
+    daemon, address = shim_hsmd
+    here = InProcess({"state_dir": str(tmp_path / "in-process"), "sd_health_check_delay": 1,
+                      "not_an_hsm_option": "VDSM has many"})
+    try:
+        assert here.config.tasks.mode == "transparent"
+        remote = ServiceProxy(address)
+        seen: list = []
+        for irs in (remote, here):
+            flows = []
+            disk = ok(irs.createVirtualDisk("local", str(MiB), "", {"name": "d"}, {"taskId": f"t-{id(irs)}"}))
+            wait_image(irs, "local", disk["imageId"])
+            info = ok(irs.getImageInfo("local", disk["imageId"]))["image"]
+            flows.append((info["state"], info["kind"], info["size"], info["userData"], len(info["volumes"])))
+            flows.append(irs.removeImage("local", "no-such-image", {})["status"]["code"])
+            flows.append(irs.createVirtualDisk("local", "-1", "", {}, {"taskId": "x"})["status"]["code"])
+            with pytest.raises(xmlrpc.client.Fault) as fault:
+                irs.noSuchVerb()
+            flows.append(fault.value.faultCode)
+            if irs is here:
+                assert flows == seen
+            seen = flows
+    finally:
+        remote.close()
+        here.close()
+
+
+def test_api_base_chooses_once_and_can_be_forced(shim_hsmd, tmp_path, caplog):
+    daemon, address = shim_hsmd
+    caplog.set_level("INFO", logger="vdsm_shim")
+
+    class Storage(APIBase):
+        pass
+
+    first, second = Storage(address=address), Storage(address=f"127.0.0.1:{free_port()}")
+    assert isinstance(first._irs, ServiceProxy) and second._irs is first._irs  # made once, by the first
+    assert sum("VDSM's storage: hsmd at" in r.message for r in caplog.records) == 1
+    APIBase.forget_choice()
+    nowhere = f"127.0.0.1:{free_port()}"
+    irs = {"state_dir": str(tmp_path / "fallback")}
+    assert isinstance(Storage(irs, address=nowhere)._irs, InProcess)  # hsmd does not answer: in-process
+    APIBase.forget_choice()
+    assert isinstance(Storage({**irs, "hsm": "hsmd"}, address=nowhere)._irs, ServiceProxy)  # forced
+    APIBase.forget_choice()
+    assert isinstance(Storage({**irs, "hsm": "in-process"}, address=address)._irs, InProcess)
+    with pytest.raises(ValueError):
+        choose({"hsm": "sometimes"})
