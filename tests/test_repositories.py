@@ -23,6 +23,7 @@ from tests.images_helpers import (
     volume_files,
     wait_image,
 )
+from tests.waiting import wait_for
 
 
 def test_create_formats_only_empty_storage_unless_forced(proxy, tmp_path):
@@ -80,11 +81,18 @@ def test_the_monitor_keeps_checking(make_hsmd):
     daemon = make_hsmd(config={"irs": {"sd_health_check_delay": "0.2"}}).start()
     proxy = daemon.proxy()
     first = ok(proxy.getStorageRepositoryList())["repos"]["local"]
-    time.sleep(0.6)
-    later = ok(proxy.getStorageRepositoryList())["repos"]["local"]
-    assert later["valid"] and float(later["lastCheck"]) < 0.5 and int(later["freeBytes"]) > 0
+
+    def checked_after(moment: float) -> dict | None:
+        repo = ok(proxy.getStorageRepositoryList())["repos"]["local"]
+        # lastCheck is the check's age, to 0.1 s: the check came after `moment` when this is past it.
+        return repo if repo["lastCheck"] and time.time() - float(repo["lastCheck"]) > moment + 0.1 else None
+
+    for _ in range(2):  # a check after each moment: one, then another
+        moment = time.time()
+        later = wait_for(lambda moment=moment: checked_after(moment), what="a check after the last one seen")
+    assert later["valid"] and int(later["freeBytes"]) > 0
     assert first["uuid"] == later["uuid"]
-    assert ok(proxy.getStats())["stats"]["repositories"] == {"local": {"valid": True}}
+    assert ok(proxy.getStats())["stats"]["repositories"]["local"]["valid"] is True
 
 
 def test_check_finds_leftovers_and_clean_removes_them(proxy, hsmd):
@@ -106,13 +114,11 @@ def test_check_finds_leftovers_and_clean_removes_them(proxy, hsmd):
 
 
 def wait_task(proxy, task_id: str, timeout: float = 180) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def finished() -> dict | None:
         status = ok(proxy.getTaskStatus(task_id))["taskStatus"]
-        if status["taskState"] == "finished":
-            return status
-        time.sleep(0.02)
-    raise AssertionError(f"{task_id} did not finish")
+        return status if status["taskState"] == "finished" else None
+
+    return wait_for(finished, timeout, what=f"end of {task_id}")
 
 
 def test_a_volume_deleted_behind_hsmds_back_is_reported_broken(proxy):
