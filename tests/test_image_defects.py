@@ -393,3 +393,7 @@ def test_a_copy_made_on_a_base_still_runs_after_its_source_was_optimized(make_hs
     assert info["baseSnapshotId"] == base and len(info["volumes"]) > 1  # still over its base
     top = info["volumes"][0]["path"]
     assert qemu_reads(top, 0x21, 0, MiB) and qemu_reads(top, 0x22, MiB, MiB) and qemu_reads(top, 0, 2 * MiB, 2 * MiB)
+    mapped = json.loads(subprocess.run(["qemu-img", "map", "-U", "--output=json", top], capture_output=True,
+                                       text=True, check=True).stdout)
+    own = [(m["start"], m["start"] + m["length"]) for m in mapped if m["depth"] == 0 and m["data"]]
+    assert own and all(start >= MiB for start, _ in own)  # only what differs from the base: no copy of its data

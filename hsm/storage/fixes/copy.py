@@ -53,10 +53,15 @@ class CopyFix(Fix):
             qemuimg.convert(src, target, backing=base_name, compat=compat,
                             progress=self.fixes.progress(ctx, repo, image, 0, 99))
             return
-        # Deeper, or the source stands alone now (optimized since the copy was committed): copy what
-        # its top holds over its own next volume, or all of it, then let a safe rebase onto the
-        # target's base copy leave the data as it is and point the volume at that base.
-        qemuimg.convert(src, target, backing=source_repo.volume_path(below) if below else None, compat=compat,
+        if below is None:
+            # The source stands alone now (optimized since the copy was committed): an empty overlay
+            # of it, safely rebased onto the target's base copy, takes in just what differs from that base.
+            qemuimg.create(target, image.size, backing=src, compat=compat)
+            qemuimg.rebase(target, base_name, progress=self.fixes.progress(ctx, repo, image, 0, 99))
+            return
+        # Deeper: copy what the top holds over the source's own next volume, then let a
+        # safe rebase onto the target's base copy in whatever else differs.
+        qemuimg.convert(src, target, backing=source_repo.volume_path(below), compat=compat,
                         progress=self.fixes.progress(ctx, repo, image, 0, 50))
         qemuimg.rebase(target, base_name, progress=self.fixes.progress(ctx, repo, image, 50, 99))
 
