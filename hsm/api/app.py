@@ -13,6 +13,9 @@ from hsm.api.diagnostics import DiagnosticsAPI
 from hsm.api.dispatch import Dispatcher
 from hsm.api.images import ImagesAPI
 from hsm.api.legacy_connections import LegacyConnectionsAPI
+from hsm.api.legacy_domains import LegacyDomainsAPI
+from hsm.api.legacy_pool import LegacyPoolAPI
+from hsm.api.legacy_tasks import LegacyTasksAPI
 from hsm.api.repositories import RepositoriesAPI
 from hsm.api.requests import RequestLog
 from hsm.api.service import ServiceAPI
@@ -21,7 +24,9 @@ from hsm.api.tasks import TasksAPI
 from hsm.connections.backends import Backends
 from hsm.connections.manager import ConnectionManager
 from hsm.storage import repository
+from hsm.storage.domains import Domains
 from hsm.storage.engine import Engine
+from hsm.storage.pools import Pools
 from hsm.storage.repository import FileRepository
 from hsm.tasks import TaskManager
 from hsm.watch import Watcher, watch_for_file
@@ -63,6 +68,8 @@ class Application:
                              state_dir=state_dir, prepare_timeout=irs.prepare_image_timeout / 1000,
                              progress_interval=irs.progress_interval, watcher=self.watcher,
                              connections=self.connections)
+        self.domains = Domains(self.engine, self.connections, state_dir)  # VDSM's storage domains and pool
+        self.pools = Pools(self.domains, state_dir)
         groups: list[object] = [
             ServiceAPI(config, self.stats, task_mode=lambda: self.tasks.mode, task_counts=self.tasks.counts,
                        repositories=self.engine.health,
@@ -73,6 +80,9 @@ class Application:
             DevicesAPI(supervdsm),
             ConnectionsAPI(self.connections),
             LegacyConnectionsAPI(self.connections),
+            LegacyDomainsAPI(self.engine, self.domains, self.pools),
+            LegacyPoolAPI(self.pools, self.tasks),
+            LegacyTasksAPI(self.tasks),
         ]
         if config.tasks.diagnostics:
             groups.append(DiagnosticsAPI(self.tasks, os.path.join(state_dir, "diagnostics")))

@@ -1,7 +1,12 @@
-"""The task verbs, with VDSM's names and answer keys."""
+"""The task verbs, with VDSM's names and answer keys.
+
+Called with VDSM's spUUID argument (hsm.api.legacy_tasks) they answer exactly
+VDSM's shapes; with the task id alone, the new API's (a superset of VDSM's).
+"""
 
 from __future__ import annotations
 
+from hsm.api import legacy_tasks as legacy
 from hsm.api.verbs import verb
 from hsm.tasks.manager import TaskManager
 
@@ -11,37 +16,41 @@ class TasksAPI:
         self._tasks = manager
 
     @verb()
-    def getTaskStatus(self, taskID: str, spUUID: str | None = None) -> dict:
-        return {"taskStatus": self._tasks.get(taskID).status()}
+    def getTaskStatus(self, taskID: str, spUUID: str | None = None, options: dict | None = None) -> dict:
+        task = self._tasks.get(taskID)
+        return {"taskStatus": legacy.status(task) if legacy.is_legacy(spUUID, options) else task.status()}
 
     @verb()
-    def getTaskInfo(self, taskID: str, spUUID: str | None = None) -> dict:
-        return {"TaskInfo": self._tasks.get(taskID).info()}
+    def getTaskInfo(self, taskID: str, spUUID: str | None = None, options: dict | None = None) -> dict:
+        task = self._tasks.get(taskID)
+        return {"TaskInfo": legacy.info(task) if legacy.is_legacy(spUUID, options) else task.info()}
 
     @verb()
-    def getAllTasksStatuses(self, spUUID: str | None = None) -> dict:
-        return {"allTasksStatus": {task.id: task.status() for task in self._tasks.all()}}
+    def getAllTasksStatuses(self, spUUID: str | None = None, options: dict | None = None) -> dict:
+        shape = legacy.status if legacy.is_legacy(spUUID, options) else lambda task: task.status()
+        return {"allTasksStatus": {task.id: shape(task) for task in legacy.pool_tasks(self._tasks)}}
 
     @verb()
-    def getAllTasksInfo(self, spUUID: str | None = None) -> dict:
-        return {"allTasksInfo": {task.id: task.info() for task in self._tasks.all()}}
-
-    @verb()
-    def getAllTasks(self, spUUID: str | None = None) -> dict:
-        return {"tasks": {task.id: task.info() for task in self._tasks.all()}}
+    def getAllTasksInfo(self, spUUID: str | None = None, options: dict | None = None) -> dict:
+        shape = legacy.info if legacy.is_legacy(spUUID, options) else lambda task: task.info()
+        return {"allTasksInfo": {task.id: shape(task) for task in legacy.pool_tasks(self._tasks)}}
 
     @verb(mutating=True)
-    def stopTask(self, taskID: str, spUUID: str | None = None) -> dict:
+    def stopTask(self, taskID: str, spUUID: str | None = None, options: dict | None = None) -> dict:
+        # VDSM's options.force is taken and changes nothing: a stopped task here always rolls back what it did.
+        legacy.is_legacy(spUUID, options)
         self._tasks.stop(taskID)
         return {}
 
     @verb(mutating=True)
-    def clearTask(self, taskID: str, spUUID: str | None = None) -> dict:
+    def clearTask(self, taskID: str, spUUID: str | None = None, options: dict | None = None) -> dict:
+        legacy.is_legacy(spUUID, options)
         self._tasks.clear(taskID)
         return {}
 
     @verb(mutating=True)
-    def revertTask(self, taskID: str, spUUID: str | None = None) -> dict:
+    def revertTask(self, taskID: str, spUUID: str | None = None, options: dict | None = None) -> dict:
+        legacy.is_legacy(spUUID, options)
         self._tasks.revert(taskID)
         return {}
 

@@ -26,6 +26,7 @@ from hsm.errors import (
     PrepareIllegalVolumeError,
     RepositoryIdInUse,
     ResourceTimeout,
+    StorageDomainAccessError,
     StorageDomainDoesNotExist,
     StorageDomainFSNotMounted,
     VolumeDoesNotExist,
@@ -40,7 +41,7 @@ from hsm.storage.intents import CopyIntent, CreateIntent, SnapshotIntent
 from hsm.storage.ioprocess import IOProcess
 from hsm.storage.options import ImageOptions, check_id, parse_image_size
 from hsm.storage.prepared import PreparedImages
-from hsm.storage.repository import FileRepository, Health
+from hsm.storage.repository import IMAGES, VOLUMES, FileRepository, Health
 from hsm.storage.watching import RepositoryWatch
 from hsm.tasks import TaskManager
 from hsm.watch import Watcher
@@ -89,7 +90,9 @@ class Engine:
     def _io(self, name: str) -> IOProcess:
         return IOProcess(name, timeout=self.io_timeout, slots=self.io_slots)
 
-    def create_repository(self, repo_format: str, params: dict, force: bool = False) -> str:
+    def create_repository(self, repo_format: str, params: dict, force: bool = False, repo_uuid: str | None = None,
+                          labels: dict | None = None) -> str:
+        """Format storage as a repository; `repo_uuid` and `labels` as repository.create takes them."""
         path = self._local_path(repo_format, params)
         io = self._io("create")
         try:
@@ -98,9 +101,31 @@ class Engine:
                     io.makedirs(path)
                 except OSError as e:
                     raise repositories.creation_error(path, e) from None
-            return repositories.create(path, repo_format, io, force)
+            return repositories.create(path, repo_format, io, force, repo_uuid, labels)
         finally:
             io.close()
+
+    def remove_repository(self, repo_id: str) -> None:
+        """Disconnect a repository and delete it with everything in it (VDSM's formatStorageDomain).
+
+        The record goes last, so a removal cut short leaves a repository that can be removed again.
+        """
+        repo = self.repository(repo_id)
+        self.disconnect(repo_id)
+        io = self._io("remove")
+        try:
+            for folder in (VOLUMES, IMAGES, *repositories.EXTRA_FOLDERS):
+                if io.is_folder(os.path.join(repo.path, folder)):
+                    io.empty_folder(os.path.join(repo.path, folder))
+                    io.rmdir(os.path.join(repo.path, folder))
+            io.remove(os.path.join(repo.path, repositories.RESERVE))
+            io.remove(os.path.join(repo.path, repositories.RECORD))
+            io.rmdir(repo.path)
+        except OSError as e:
+            raise StorageDomainAccessError(f"{repo.path}: {e}") from None
+        finally:
+            io.close()
+        log.info("Removed repository %s (%s) at %s", repo_id, repo.uuid, repo.path)
 
     def connect(self, repo_id: str, repo_format: str, params: dict) -> FileRepository:
         check_id("repoId", repo_id)
@@ -164,13 +189,14 @@ class Engine:
         if repo_format == "localfs-1":
             if not isinstance(params.get("path"), str) or not os.path.isabs(params["path"]):
                 raise InvalidParameterException("connectionParameters: localfs-1 needs {path: an absolute path}")
-            return os.path.normpath(params["path"])
-        if self.connections is None or not isinstance(params.get("connectionId"), str):
-            raise InvalidParameterException(f"connectionParameters: {repo_format} needs {{connectionId, subdir}}, "
-                                            "a connection managed with manageStorageServer")
-        root, connected = self.connections.path_of(params["connectionId"])
-        if not connected or not root:
-            raise StorageDomainFSNotMounted(f"connection {params['connectionId']} is not connected (yet)")
+            root = params["path"]
+        else:
+            if self.connections is None or not isinstance(params.get("connectionId"), str):
+                raise InvalidParameterException(f"connectionParameters: {repo_format} needs {{connectionId, subdir}}, "
+                                                "a connection managed with manageStorageServer")
+            root, connected = self.connections.path_of(params["connectionId"])
+            if not connected or not root:
+                raise StorageDomainFSNotMounted(f"connection {params['connectionId']} is not connected (yet)")
         subdir = params.get("subdir", "")
         if not isinstance(subdir, str) or subdir.startswith("/") or ".." in subdir.split("/"):
             raise InvalidParameterException(f"subdir={subdir!r}: a relative path without '..'")

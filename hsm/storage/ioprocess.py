@@ -161,3 +161,6 @@ class IOProcess:
 
     def empty_folder(self, path: str) -> int:
         return self.call("empty_folder", path)
+
+    def rmdir(self, path: str) -> None:
+        self.call("rmdir", path)

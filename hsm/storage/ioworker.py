@@ -19,8 +19,8 @@ from hsm.atomicfile import atomic_remove, atomic_write, fsync_dir
 
 def _stat(path: str) -> dict:
     st = os.stat(path)
-    return {"mode": st.st_mode, "size": st.st_size, "mtime": st.st_mtime, "uid": st.st_uid, "gid": st.st_gid,
-            "blocks": st.st_blocks}
+    return {"mode": st.st_mode, "size": st.st_size, "mtime": st.st_mtime, "ctime": st.st_ctime, "uid": st.st_uid,
+            "gid": st.st_gid, "blocks": st.st_blocks}
 
 
 def _read(path: str, limit: int) -> bytes:
@@ -55,6 +55,15 @@ def _empty_folder(path: str) -> int:
     finally:
         os.close(fd)
     return len(names)
+
+
+def _rmdir(path: str) -> None:
+    """Remove an empty directory durably; a missing one is not an error."""
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        return
+    fsync_dir(os.path.dirname(path))
 
 
 def _read_all(folder: str, suffix: str) -> dict[str, bytes]:
@@ -108,6 +117,7 @@ OPS = {
     "reserve": _reserve,
     "is_folder": _is_folder,
     "empty_folder": _empty_folder,
+    "rmdir": _rmdir,
 }
 
 

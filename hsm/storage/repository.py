@@ -2,9 +2,11 @@
 
 Layout under the repository's path:
 
-    repository.json        {format, uuid, version, created}
+    repository.json        {format, uuid, version, created}, and the labels of a
+                           storage domain made by createStorageDomain (LABELS)
     images/<id>.json       one record per image (hsm.storage.image.Image)
     volumes/<vol>.qcow2    the volume files
+    iso/                   an ISO domain's files (getFileList)
 
 Every file operation goes through the repository's IOProcess, so a hung
 mount blocks only that helper. The records are loaded once, at connect, into
@@ -55,6 +57,12 @@ VOLUMES = "volumes"
 META_SUFFIX = ".json"
 RESERVE = "reserve"         # real blocks kept free so that removeImage works on a full filesystem
 RESERVE_BYTES = 1 << 20     # some hundreds of record writes
+# What VDSM kept in a storage domain's metadata: its name (DESCRIPTION), class and version. Optional in the record,
+# so records written before them, and repositories made by createStorageRepository, read as they did.
+LABELS = ("name", "domainClass", "domainVersion")
+ISO_FOLDER = "iso"          # an ISO domain's files (VDSM's images/<ISO_IMAGE_UUID>); never an image's
+EXTRA_FOLDERS = (ISO_FOLDER,)
+MAX_LABEL = 256             # characters of a label read back from storage
 
 
 def _layout_folder(io: IOProcess, path: str, folder: str) -> bool:
@@ -75,10 +83,16 @@ def creation_error(path: str, e: OSError) -> HsmError:
     return StorageDomainCreationError(f"{path}: {e}")
 
 
-def create(path: str, repo_format: str, io: IOProcess, force: bool = False) -> str:
-    """Format `path` as an empty repository; returns its uuid."""
+def create(path: str, repo_format: str, io: IOProcess, force: bool = False, repo_uuid: str | None = None,
+           labels: dict | None = None) -> str:
+    """Format `path` as an empty repository; returns its uuid.
+
+    `repo_uuid`: the caller's uuid (a storage domain's sdUUID) instead of a new one; a repository already
+    there with that uuid, format and `labels` is the same one made again, and answers its uuid.
+    """
     if repo_format not in FILE_FORMATS:
         raise StorageDomainTypeError(repo_format)
+    labels = {name: value for name, value in (labels or {}).items() if name in LABELS}
     try:
         if not io.stat(path)["mode"] & 0o040000:
             raise StorageDomainCreationError(f"{path} is not a directory")
@@ -87,24 +101,58 @@ def create(path: str, repo_format: str, io: IOProcess, force: bool = False) -> s
         raise StorageDomainDoesNotExist(f"{path}: no such directory") from None
     except OSError as e:
         raise StorageDomainAccessError(f"{path}: {e}") from None
+    if repo_uuid and RECORD in entries and not force:
+        known = read_record(path, io)
+        if known.get("uuid") == repo_uuid and known.get("format") == repo_format \
+                and all(known.get(name) == value for name, value in labels.items()):
+            return repo_uuid
+        raise StorageDomainAlreadyExists(f"{path} holds repository {known.get('uuid')} made with other arguments")
     if entries and not force:
         if RECORD in entries:
             raise StorageDomainAlreadyExists(f"{path} holds a repository; options.force replaces it")
         raise StorageDomainNotEmpty(f"{path} is not empty; options.force formats it anyway")
-    repo_uuid = str(uuid.uuid4())
+    repo_uuid = repo_uuid or str(uuid.uuid4())
     try:
-        for folder in (IMAGES, VOLUMES):
+        folders = (IMAGES, VOLUMES, ISO_FOLDER) if labels.get("domainClass") == "Iso" else (IMAGES, VOLUMES)
+        for folder in folders:
             if not _layout_folder(io, path, folder):
                 io.makedirs(os.path.join(path, folder))
         if force:
             for folder in (IMAGES, VOLUMES):
                 io.empty_folder(os.path.join(path, folder))
-        record = {"format": repo_format, "uuid": repo_uuid, "version": VERSION, "created": time.time()}
+        record = {"format": repo_format, "uuid": repo_uuid, "version": VERSION, "created": time.time(), **labels}
         io.write(os.path.join(path, RECORD), json.dumps(record).encode())
     except OSError as e:
         raise creation_error(path, e) from None
     log.info("Created %s repository %s at %s", repo_format, repo_uuid, path)
     return repo_uuid
+
+
+def _labels(record: dict) -> dict:
+    """The labels a repository record carries, each checked (it comes from shared storage): others are left out."""
+    found = {}
+    for name in LABELS:
+        value = record.get(name)
+        number = isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1000
+        if (isinstance(value, str) and len(value) <= MAX_LABEL) or number:
+            found[name] = value
+        elif value is not None:
+            log.warning("Repository record at %s: %s=%r is not valid, left out", record.get("uuid"), name,
+                        str(value)[:80])
+    return found
+
+
+def read_record(path: str, io: IOProcess) -> dict:
+    """The repository record at `path`: 358 when there is none, 379 when it cannot be read."""
+    try:
+        record = json.loads(io.read(os.path.join(path, RECORD)))
+    except FileNotFoundError:
+        raise StorageDomainDoesNotExist(f"{path} holds no repository") from None
+    except (OSError, ValueError) as e:
+        raise StorageDomainAccessError(f"{path}: {e}") from None
+    if not isinstance(record, dict):
+        raise StorageDomainAccessError(f"{path}: {RECORD} is not a JSON object")
+    return record
 
 
 @dataclass
@@ -126,6 +174,7 @@ class FileRepository:
         self.io = io
         self.connection_id = ""  # the managed connection it sits on (nfs-1, posixfs-1)
         self.uuid = ""
+        self.labels: dict = {}  # LABELS found in the record
         self.images: dict[str, Image] = {}
         self.unreadable: dict[str, str] = {}  # image id -> why its record cannot be read; never cleaned
         self.rewriting: collections.Counter[str] = collections.Counter()  # images a merge or optimize changes now
@@ -140,14 +189,7 @@ class FileRepository:
 
     def load(self) -> None:
         """Read the repository record and every image record into the index."""
-        try:
-            record = json.loads(self.io.read(os.path.join(self.path, RECORD)))
-        except FileNotFoundError:
-            raise StorageDomainDoesNotExist(f"{self.path} holds no repository") from None
-        except (OSError, ValueError) as e:
-            raise StorageDomainAccessError(f"{self.path}: {e}") from None
-        if not isinstance(record, dict):
-            raise StorageDomainAccessError(f"{self.path}: {RECORD} is not a JSON object")
+        record = read_record(self.path, self.io)
         if record.get("format") != self.format:
             raise StorageDomainTypeError(f"{self.path} is a {record.get('format')} repository, not {self.format}")
         for folder in (IMAGES, VOLUMES):
@@ -156,6 +198,7 @@ class FileRepository:
         if not is_id(record.get("uuid")):
             raise StorageDomainAccessError(f"{self.path}: {RECORD} holds no valid uuid")
         self.uuid = record["uuid"]
+        self.labels = _labels(record)
         try:
             found = self.io.read_all(os.path.join(self.path, IMAGES), META_SUFFIX)
         except OSError as e:
@@ -263,6 +306,17 @@ class FileRepository:
         gone = image.copy()
         gone.removed = True
         self._note_intent(gone)
+
+    def relabel(self, **labels: object) -> None:
+        """Change labels of the record (a domain's description), durably, under the commit lock."""
+        with self.lock:
+            record = read_record(self.path, self.io)
+            record.update({name: value for name, value in labels.items() if name in LABELS})
+            try:
+                self.io.write(os.path.join(self.path, RECORD), json.dumps(record).encode())
+            except OSError as e:
+                raise StorageDomainAccessError(f"{self.path}: {e}") from None
+            self.labels = _labels(record)
 
     # -- paths ------------------------------------------------------------
 

@@ -1,0 +1,164 @@
+"""VDSM's storage pool and SPM verbs, for the single-host pool view (hsm.storage.pools).
+
+The host that connects a pool holds its SPM role: getSpmStatus answers "SPM"
+with the host id given at connect, spmStart is a task that bumps the lease
+version, spmStop and fenceSpmStorage change nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from hsm.api.dispatch import options_of
+from hsm.api.verbs import verb
+from hsm.errors import InvalidParameterException, UnsupportedDomainVersion
+from hsm.storage.domains import VERSIONS, check_uuid, number
+from hsm.storage.options import check_id
+from hsm.storage.pools import Pools
+from hsm.tasks import Step, StepContext, TaskKind, TaskManager
+
+SPM_START = "legacy-spmStart"
+
+
+def _domain_list(value: object) -> list:
+    """domList as a list of sdUUIDs, or as vdsClient sent it: one comma-separated string."""
+    if isinstance(value, str):
+        return [sd for sd in value.split(",") if sd]
+    if not isinstance(value, list):
+        raise InvalidParameterException(f"domList={value!r}: expected a list of sdUUIDs")
+    return value
+
+
+class LegacyPoolAPI:
+    def __init__(self, pools: Pools, tasks: TaskManager) -> None:
+        self._pools = pools
+        self._tasks = tasks
+        tasks.register(TaskKind(SPM_START, lambda args: [Step("spmStart", self._spm_start, idempotent=True)]))
+
+    def _spm_start(self, ctx: StepContext) -> dict:
+        return {"lver": self._pools.spm_start(ctx.args["spUUID"])}
+
+    @verb(mutating=True)
+    def createStoragePool(self, poolType: int, spUUID: str, poolName: str, masterDom: str, domList: list,
+                          masterVersion: int, lockPolicy: object = None, lockRenewalIntervalSec: object = None,
+                          leaseTimeSec: object = None, ioOpTimeoutSec: object = None, leaseRetries: object = None,
+                          options: dict | None = None) -> dict:
+        options_of(options)
+        self._pools.create(spUUID, poolName, masterDom, _domain_list(domList), number("masterVersion", masterVersion))
+        return {}
+
+    @verb(mutating=True)
+    def connectStoragePool(self, spUUID: str, hostID: int, scsiKey: str, msdUUID: str, masterVersion: int,
+                           options: dict | None = None) -> dict:
+        options_of(options)
+        host_id = number("hostID", hostID)
+        if host_id < 0:
+            raise InvalidParameterException(f"hostID={hostID!r}: expected a host id")
+        if msdUUID:
+            check_uuid("msdUUID", msdUUID)
+        self._pools.connect(spUUID, host_id, str(scsiKey), msdUUID, number("masterVersion", masterVersion, 0))
+        return {}
+
+    @verb(mutating=True)
+    def disconnectStoragePool(self, spUUID: str, hostID: int, scsiKey: str, remove: bool = False,
+                              options: dict | None = None) -> dict:
+        options_of(options)
+        number("hostID", hostID)
+        self._pools.disconnect(spUUID)
+        return {}
+
+    @verb(mutating=True)
+    def destroyStoragePool(self, spUUID: str, hostID: int, scsiKey: str, options: dict | None = None) -> dict:
+        options_of(options)
+        self._pools.destroy(spUUID, number("hostID", hostID))
+        return {}
+
+    @verb()
+    def getStoragePoolInfo(self, spUUID: str, options: dict | None = None) -> dict:
+        options_of(options)
+        return self._pools.info(spUUID)
+
+    @verb()
+    def getConnectedStoragePoolsList(self, options: dict | None = None) -> dict:
+        options_of(options)
+        return {"poollist": self._pools.connected_list()}
+
+    @verb(mutating=True)
+    def attachStorageDomain(self, sdUUID: str, spUUID: str, options: dict | None = None) -> dict:
+        options_of(options)
+        self._pools.attach(sdUUID, spUUID)
+        return {}
+
+    @verb(mutating=True)
+    def detachStorageDomain(self, sdUUID: str, spUUID: str, msdUUID: str | None = None,
+                            masterVersion: int | None = None, options: dict | None = None) -> dict:
+        options_of(options)
+        self._pools.detach(sdUUID, spUUID)
+        return {}
+
+    @verb(mutating=True)
+    def forcedDetachStorageDomain(self, sdUUID: str, spUUID: str, options: dict | None = None) -> dict:
+        options_of(options)
+        self._pools.detach(sdUUID, spUUID, forced=True)
+        return {}
+
+    @verb(mutating=True)
+    def activateStorageDomain(self, sdUUID: str, spUUID: str, options: dict | None = None) -> dict:
+        options_of(options)
+        self._pools.activate(sdUUID, spUUID)
+        return {}
+
+    @verb(mutating=True)
+    def deactivateStorageDomain(self, sdUUID: str, spUUID: str, msdUUID: str, masterVersion: int,
+                                options: dict | None = None) -> dict:
+        options_of(options)
+        self._pools.deactivate(sdUUID, spUUID, msdUUID or "", number("masterVersion", masterVersion, 0))
+        return {}
+
+    @verb(mutating=True)
+    def setStoragePoolDescription(self, spUUID: str, description: str, options: dict | None = None) -> dict:
+        options_of(options)
+        self._pools.set_description(spUUID, description)
+        return {}
+
+    @verb(mutating=True)
+    def refreshStoragePool(self, spUUID: str, msdUUID: str, masterVersion: int, options: dict | None = None) -> dict:
+        options_of(options)
+        self._pools.refresh(spUUID, msdUUID, number("masterVersion", masterVersion))
+        return {}
+
+    @verb()
+    def prepareForShutdown(self, options: dict | None = None) -> dict:
+        """Nothing to let go on this host: tasks and pools are durable, and hsmd's own stop ends the rest."""
+        options_of(options)
+        return {}
+
+    # -- SPM: this host holds it --------------------------------------
+
+    @verb(mutating=True)
+    def spmStart(self, spUUID: str, prevID: int, prevLVER: int, recoveryMode: object, scsiFencing: object,
+                 maxHostID: int | str = "", domVersion: int | str = "", options: dict | None = None) -> dict:
+        opts = options_of(options)
+        pool = self._pools.connected(spUUID)
+        if domVersion not in ("", None) and number("domVersion", domVersion) not in VERSIONS:
+            raise UnsupportedDomainVersion(f"domVersion={domVersion}: expected one of {VERSIONS}")
+        task_id = check_id("options.taskId", opts["taskId"]) if "taskId" in opts else str(uuid.uuid4())
+        # VDSM tagged this task "hsm": the pool task listings leave it out.
+        task = self._tasks.start(SPM_START, "spmStart", {"spUUID": pool.uuid}, tags=["hsm"], task_id=task_id)
+        return {"uuid": task.id}
+
+    @verb(mutating=True)
+    def spmStop(self, spUUID: str, options: dict | None = None) -> dict:
+        options_of(options)
+        self._pools.connected(spUUID)
+        return {}
+
+    @verb()
+    def getSpmStatus(self, spUUID: str, options: dict | None = None) -> dict:
+        options_of(options)
+        return {"spm_st": self._pools.spm_status(spUUID)}
+
+    @verb(mutating=True)
+    def fenceSpmStorage(self, spUUID: str, lastOwner: object, lastLver: object, options: dict | None = None) -> dict:
+        options_of(options)
+        return {"spm_st": self._pools.spm_status(spUUID)}

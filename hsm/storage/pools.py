@@ -1,0 +1,291 @@
+"""VDSM's storage pool, seen from one host: a named set of domains with one master domain.
+
+VDSM kept a pool's metadata on its master domain and its SPM lease on
+shared storage. hsm serves a single host: the pool records live in
+`<state_dir>/pools.json` (written through the atomic-write helper) and
+survive a restart, connected or not; the host that connects a pool holds
+its SPM role (sanlock leases come later). One pool is connected at a time,
+as in VDSM.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import asdict, dataclass, field
+
+from hsm.errors import (
+    CannotConnectMultiplePools,
+    CannotDetachMasterStorageDomain,
+    CannotFormatAttachedStorageDomain,
+    CannotFormatStorageDomainInConnectedPool,
+    HostIdMismatch,
+    HsmError,
+    InvalidParameterException,
+    StorageDomainAlreadyAttached,
+    StorageDomainNotInPool,
+    StorageDomainNotMemberOfPool,
+    StoragePoolAlreadyExists,
+    StoragePoolDescriptionTooLongError,
+    StoragePoolMasterNotFound,
+    StoragePoolUnknown,
+    StoragePoolWrongMaster,
+)
+from hsm.storage.domains import BLANK_UUID, Domains, check_description, check_uuid, load_table, save_table
+from hsm.storage.repository import ISO_FOLDER
+
+log = logging.getLogger("hsm.storage.pools")
+
+ACTIVE, ATTACHED = "Active", "Attached"  # a domain's status in its pool, VDSM's words
+
+
+@dataclass
+class Pool:
+    uuid: str
+    name: str
+    master: str
+    masterVersion: int
+    domains: dict[str, str] = field(default_factory=dict)  # sdUUID -> ACTIVE or ATTACHED
+    connected: bool = False
+    hostId: int = -1
+    scsiKey: str = ""
+    lver: int = -1  # bumped by each spmStart: VDSM's lease version
+
+
+def check_name(value: object) -> str:
+    return check_description(value, "poolName", StoragePoolDescriptionTooLongError)
+
+
+class Pools:
+    def __init__(self, domains: Domains, state_dir: str) -> None:
+        self._domains = domains
+        self._path = os.path.join(state_dir, "pools.json")
+        self._lock = threading.RLock()
+        self._pools: dict[str, Pool] = load_table(self._path, Pool)
+
+    def _change(self, pool: Pool | None, uuid: str, **changes: object) -> None:
+        """Apply changes to a pool (or add or drop one) in memory only once pools.json says so."""
+        before = dict(self._pools)
+        if pool is None:
+            self._pools.pop(uuid, None)
+        else:
+            self._pools[uuid] = Pool(**{**asdict(pool), **changes})
+        try:
+            save_table(self._path, self._pools)
+        except OSError:
+            self._pools = before
+            raise
+
+    # -- lookups --------------------------------------------------------
+
+    def connected(self, sp_uuid: object) -> Pool:
+        """A pool connected on this host: 309 otherwise (as VDSM's getPool)."""
+        sp_uuid = check_uuid("spUUID", sp_uuid)
+        pool = self._pools.get(sp_uuid)
+        if pool is None or not pool.connected:
+            raise StoragePoolUnknown(sp_uuid)
+        return pool
+
+    def connected_list(self) -> list[str]:
+        return sorted(sp for sp, pool in self._pools.items() if pool.connected)
+
+    def of_domain(self, sd_uuid: str) -> list[Pool]:
+        return [pool for pool in self._pools.values() if sd_uuid in pool.domains]
+
+    def _member(self, sp_uuid: object, sd_uuid: object, missing: type = StorageDomainNotMemberOfPool) -> Pool:
+        pool = self.connected(sp_uuid)
+        sd_uuid = check_uuid("sdUUID", sd_uuid)
+        if sd_uuid not in pool.domains:
+            raise missing(f"{sd_uuid} in pool {pool.uuid}")
+        return pool
+
+    # -- the pool -------------------------------------------------------
+
+    def create(self, sp_uuid: object, name: object, master: object, domains: list, version: int) -> None:
+        sp_uuid = check_uuid("spUUID", sp_uuid)
+        name = check_name(name)
+        domains = [check_uuid("domList", sd) for sd in domains]
+        if master not in domains:
+            raise InvalidParameterException(f"masterDom={master!r}: not in domList")
+        for sd in domains:
+            self._domains.validate(self._domains.get(sd))
+        wanted = {sd: ACTIVE if sd == master else ATTACHED for sd in domains}
+        with self._lock:
+            known = self._pools.get(sp_uuid)
+            if known is not None:
+                if (known.name, known.master, known.masterVersion, set(known.domains)) == \
+                        (name, master, version, set(domains)):
+                    return  # the same pool asked for again
+                raise StoragePoolAlreadyExists(sp_uuid)
+            for sd in domains:
+                taken = [pool.uuid for pool in self.of_domain(sd)]
+                if taken:
+                    raise StorageDomainAlreadyAttached(f"{sd} is in pool {taken[0]}")
+            self._change(Pool(sp_uuid, name, master, version, wanted), sp_uuid)
+        log.info("Created storage pool %s (%s), master %s, domains %s", sp_uuid, name, master, sorted(domains))
+
+    def connect(self, sp_uuid: object, host_id: int, scsi_key: str, master: object, version: int) -> None:
+        sp_uuid = check_uuid("spUUID", sp_uuid)
+        with self._lock:
+            others = [sp for sp in self.connected_list() if sp != sp_uuid]
+            if others:
+                raise CannotConnectMultiplePools(f"pool {others[0]} is connected")
+            pool = self._pools.get(sp_uuid)
+            if pool is None:
+                raise StoragePoolMasterNotFound(f"pool {sp_uuid} is not known on this host")
+            if master and version and (master, version) != (pool.master, pool.masterVersion):
+                raise StoragePoolWrongMaster(f"pool {sp_uuid} has master {pool.master} version {pool.masterVersion}")
+            self._domains.get(pool.master)
+            for sd in pool.domains:  # the others come back when they can be reached
+                try:
+                    self._domains.get(sd)
+                except HsmError as e:  # a lost domain does not keep its pool down, as in VDSM
+                    log.warning("Pool %s: domain %s cannot be reached: %s", sp_uuid, sd, e)
+            if not pool.connected or pool.hostId != host_id:
+                self._change(pool, sp_uuid, connected=True, hostId=host_id, scsiKey=scsi_key)
+        log.info("Connected storage pool %s as host %d", sp_uuid, host_id)
+
+    def disconnect(self, sp_uuid: object) -> None:
+        """Unknown or not connected: nothing to do, as in VDSM."""
+        sp_uuid = check_uuid("spUUID", sp_uuid)
+        with self._lock:
+            pool = self._pools.get(sp_uuid)
+            if pool is not None and pool.connected:
+                self._change(pool, sp_uuid, connected=False)
+
+    def destroy(self, sp_uuid: object, host_id: int) -> None:
+        with self._lock:
+            pool = self.connected(sp_uuid)
+            if pool.hostId != host_id:
+                raise HostIdMismatch(f"pool {pool.uuid} is connected as host {pool.hostId}, not {host_id}")
+            self._change(None, pool.uuid)
+        log.info("Destroyed storage pool %s", pool.uuid)
+
+    def refresh(self, sp_uuid: object, master: object, version: int) -> None:
+        """A wrong master disconnects the pool, as VDSM did."""
+        with self._lock:
+            pool = self.connected(sp_uuid)
+            if (master, version) != (pool.master, pool.masterVersion):
+                self._change(pool, pool.uuid, connected=False)
+                raise StoragePoolWrongMaster(f"pool {pool.uuid} has master {pool.master} "
+                                             f"version {pool.masterVersion}; disconnected")
+
+    def set_description(self, sp_uuid: object, description: object) -> None:
+        with self._lock:
+            pool = self.connected(sp_uuid)
+            self._change(pool, pool.uuid, name=check_name(description))
+
+    def spm_start(self, sp_uuid: str) -> int:
+        with self._lock:
+            pool = self.connected(sp_uuid)
+            self._change(pool, pool.uuid, lver=pool.lver + 1)
+            return pool.lver + 1
+
+    # -- its domains ----------------------------------------------------
+
+    def attach(self, sd_uuid: object, sp_uuid: object) -> None:
+        with self._lock:
+            pool = self.connected(sp_uuid)
+            repo = self._domains.get(sd_uuid)
+            if repo.uuid in pool.domains:
+                return
+            taken = [other.uuid for other in self.of_domain(repo.uuid)]
+            if taken:
+                raise StorageDomainAlreadyAttached(f"{repo.uuid} is in pool {taken[0]}")
+            self._change(pool, pool.uuid, domains={**pool.domains, repo.uuid: ATTACHED})
+
+    def detach(self, sd_uuid: object, sp_uuid: object, forced: bool = False) -> None:
+        with self._lock:
+            pool = self.connected(sp_uuid)
+            sd_uuid = check_uuid("sdUUID", sd_uuid)
+            if sd_uuid == pool.master:
+                raise CannotDetachMasterStorageDomain(sd_uuid)
+            if sd_uuid not in pool.domains:
+                if forced:
+                    return
+                raise StorageDomainNotMemberOfPool(f"{sd_uuid} in pool {pool.uuid}")
+            self._change(pool, pool.uuid, domains={sd: st for sd, st in pool.domains.items() if sd != sd_uuid})
+
+    def activate(self, sd_uuid: object, sp_uuid: object) -> None:
+        with self._lock:
+            pool = self._member(sp_uuid, sd_uuid, missing=StorageDomainNotInPool)
+            self._domains.validate(self._domains.get(sd_uuid))
+            if pool.domains[sd_uuid] != ACTIVE:
+                self._change(pool, pool.uuid, domains={**pool.domains, sd_uuid: ACTIVE})
+
+    def deactivate(self, sd_uuid: object, sp_uuid: object, new_master: object, version: int) -> None:
+        """Deactivating the master moves the role to `new_master`; with the blank UUID it is ignored, as in VDSM."""
+        with self._lock:
+            pool = self._member(sp_uuid, sd_uuid)
+            domains = {**pool.domains, sd_uuid: ATTACHED}
+            if sd_uuid != pool.master:
+                self._change(pool, pool.uuid, domains=domains)
+                return
+            if new_master in ("", BLANK_UUID):
+                log.info("Pool %s: deactivating master %s without a new master is ignored", pool.uuid, sd_uuid)
+                return
+            new_master = check_uuid("msdUUID", new_master)
+            if new_master not in pool.domains or new_master == sd_uuid:
+                raise StorageDomainNotInPool(f"new master {new_master} in pool {pool.uuid}")
+            self._domains.validate(self._domains.get(new_master))
+            domains[new_master] = ACTIVE
+            self._change(pool, pool.uuid, domains=domains, master=new_master, masterVersion=version)
+
+    def release_for_format(self, sd_uuid: str, auto_detach: bool) -> None:
+        """Before a domain is formatted: refused in a connected pool; in others only with autoDetach, which
+        takes it out of them (a pool whose master it was goes with it, as its metadata did in VDSM)."""
+        with self._lock:
+            pools = self.of_domain(sd_uuid)
+            if any(pool.connected for pool in pools):
+                raise CannotFormatStorageDomainInConnectedPool(sd_uuid)
+            if pools and not auto_detach:
+                raise CannotFormatAttachedStorageDomain(f"{sd_uuid} is in pool {pools[0].uuid}")
+            for pool in pools:
+                if pool.master == sd_uuid:
+                    self._change(None, pool.uuid)
+                else:
+                    self._change(pool, pool.uuid, domains={sd: st for sd, st in pool.domains.items() if sd != sd_uuid})
+
+    # -- answers --------------------------------------------------------
+
+    def info(self, sp_uuid: object) -> dict:
+        """getStoragePoolInfo: {info, dominfo} with VDSM's keys."""
+        pool = self.connected(sp_uuid)
+        master = self._domains.get(pool.master)
+        master_info = self._domains.info(master)
+        isoprefix, dominfo = "", {}
+        for sd, status in sorted(pool.domains.items()):
+            entry: dict = {"status": status}
+            if status == ACTIVE:
+                try:
+                    repo = self._domains.get(sd)
+                    stats = self._domains.stats(repo)
+                    entry.update(disktotal=stats["disktotal"], diskfree=stats["diskfree"], alerts=[])
+                    if repo.labels.get("domainClass") == "Iso":
+                        isoprefix = os.path.join(repo.path, ISO_FOLDER)
+                except HsmError as e:  # an unreachable domain shows its status only, as in VDSM
+                    log.warning("Pool %s: no stats for domain %s: %s", pool.uuid, sd, e)
+            dominfo[sd] = entry
+        info = {"type": master_info["type"], "name": pool.name,
+                "domains": ",".join(f"{sd}:{status}" for sd, status in sorted(pool.domains.items())),
+                "master_uuid": pool.master, "master_ver": pool.masterVersion, "lver": pool.lver,
+                "spm_id": pool.hostId, "isoprefix": isoprefix, "pool_status": "connected",
+                "version": master_info["version"]}
+        return {"info": info, "dominfo": dominfo}
+
+    def spm_status(self, sp_uuid: object) -> dict:
+        """This host holds the SPM role of a pool it connected."""
+        pool = self.connected(sp_uuid)
+        return {"spmStatus": "SPM", "spmLver": pool.lver, "spmId": pool.hostId}
+
+    def domain_info(self, sd_uuid: str) -> dict:
+        """The pool keys of getStorageDomainInfo: role, pool, and the master's lver, spm_id and master_ver."""
+        pools = self.of_domain(sd_uuid)
+        info = {"role": "Regular", "pool": [pool.uuid for pool in pools], "lver": -1, "spm_id": -1, "master_ver": 0}
+        for pool in pools:
+            if pool.master == sd_uuid:
+                info["role"] = "Master"
+                if pool.connected:
+                    info.update(lver=pool.lver, spm_id=pool.hostId, master_ver=pool.masterVersion)
+        return info
