@@ -155,7 +155,7 @@ def poll(fetch: Callable[[], dict], done: Callable[[dict], bool], out: TextIO, i
         answer = fetch()
         if not _failed(answer):
             shown = bar(answer) if tty else line(answer) if line else None
-            if tty:
+            if tty and shown is not None:
                 out.write("\r" + shown)
             elif shown is not None and shown != last:
                 out.write(shown + "\n")

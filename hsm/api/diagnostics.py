@@ -69,7 +69,7 @@ class SleepSteps:
                     break
                 time.sleep(min(left, 0.02))
                 done = 1 - left / max(float(spec["seconds"]), 1e-9)
-                context.progress(100 * (index + done) / count)
+                context.progress(int(100 * (index + done) / count))
             if spec.get("journal", True):
                 self.journal(context, f"run {index + 1}")
             if spec.get("fail"):

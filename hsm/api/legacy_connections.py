@@ -29,10 +29,10 @@ def legacy_uri(dom_type: int, con: dict) -> str:
     if dom_type == LOCALFS:
         return f"localfs://{connection}"
     if dom_type == POSIXFS:
-        query = {"spec": connection, "vfsType": con.get("vfs_type") or "none"}
+        params = {"spec": connection, "vfsType": con.get("vfs_type") or "none"}
         if con.get("mnt_options"):
-            query["options"] = con["mnt_options"]
-        return "posixfs://?" + "&".join(f"{name}={value}" for name, value in query.items())
+            params["options"] = con["mnt_options"]
+        return "posixfs://?" + "&".join(f"{name}={value}" for name, value in params.items())
     if dom_type == ISCSI:
         auth = f"{_quote(con['user'])}:{_quote(con.get('password', ''))}@" if con.get("user") else ""
         return f"iscsi://{auth}{con.get('portal') or connection}:{con.get('port') or 3260}/{con.get('iqn', '')}"

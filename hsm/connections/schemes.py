@@ -170,7 +170,7 @@ class NfsScheme(MountedScheme):
             options.append(f"port={port}")
         query = "&".join(f"{name}={value}" for name, value in sorted(params.items()))
         key = f"nfs://{host}{f':{port}' if port else ''}{export}" + (f"?{query}" if query else "")
-        info = {"scheme": self.name, "server": host, "export": export, "spec": f"{host}:{export}",
+        info: dict[str, object] = {"scheme": self.name, "server": host, "export": export, "spec": f"{host}:{export}",
                 "vfsType": "nfs", "options": ",".join(["soft", "nosharecache", *options])}
         if port:
             info["port"] = port

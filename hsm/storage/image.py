@@ -156,7 +156,8 @@ def _require(ok: bool, name: str, value: object) -> None:
 
 
 def _volume(data: object) -> Volume:
-    _require(isinstance(data, dict), "volume", data)
+    if not isinstance(data, dict):
+        raise ValueError(f"volume={str(data)[:80]!r} is not valid")
     _require(is_id(data.get("id")), "volume id", data.get("id"))
     _require(is_id(data.get("image")), "volume owner", data.get("image"))
     _require(data.get("format", "qcow2") in FORMATS, "volume format", data.get("format"))

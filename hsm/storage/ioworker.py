@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 
@@ -103,7 +104,7 @@ def _reserve(path: str, size: int) -> bool:
     return True
 
 
-OPS = {
+OPS: dict[str, Callable[..., object]] = {
     "stat": _stat,
     "exists": os.path.exists,
     "listdir": lambda path: sorted(os.listdir(path)),

@@ -14,7 +14,7 @@ STRATEGIES = ("space", "performance")
 
 def check_id(name: str, value: object) -> str:
     """Ids become file names: letters, digits, '-' and '_' only, so never '/' or '..'."""
-    if not is_id(value):
+    if not isinstance(value, str) or not is_id(value):
         raise InvalidParameterException(f"{name}={value!r}: letters, digits, '-' and '_' only (at most 128)")
     return value
 

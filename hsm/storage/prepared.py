@@ -35,11 +35,11 @@ class PreparedImages:
         self._path = path
         self._lock = threading.Lock()
         self._boot = _boot_id()
-        self._keys: set[tuple[str, str]] = self._load() if path else set()
+        self._keys: set[tuple[str, str]] = self._load(path) if path else set()
 
-    def _load(self) -> set[tuple[str, str]]:
+    def _load(self, path: str) -> set[tuple[str, str]]:
         try:
-            with open(self._path, "rb") as f:
+            with open(path, "rb") as f:
                 stored = json.loads(f.read())
         except FileNotFoundError:
             return set()

@@ -61,7 +61,7 @@ _LOW_PRIORITY = ((["nice", "-n", "19"] if shutil.which("nice") else [])
                  + (["ionice", "-c", "3"] if shutil.which("ionice") else []))
 
 
-def _run(argv: list[str], timeout: float | None = None) -> str:
+def _run(argv: list[str], timeout: float) -> str:
     """Run qemu-img; past `timeout` it is killed and QemuImgTimeout raised."""
     proc = subprocess.Popen(_die_with_parent() + argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             stdin=subprocess.DEVNULL)
@@ -85,22 +85,24 @@ def _run_with_progress(argv: list[str], progress: Callable[[float], None] | None
     """Run a command given `-p`, passing each percentage it prints to `progress`."""
     proc = subprocess.Popen(_die_with_parent() + _LOW_PRIORITY + argv, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    out, err = proc.stdout, proc.stderr
+    assert out is not None and err is not None  # both piped
     try:
         buffer = b""
-        while chunk := proc.stdout.read1(4096):
+        while chunk := out.read1(4096):  # type: ignore[attr-defined]  # a BufferedReader: Popen's pipes
             buffer = (buffer + chunk)[-256:]
             found = _PROGRESS.findall(buffer)
             if found and progress is not None:
                 progress(float(found[-1]))
-        stderr = proc.stderr.read().decode(errors="replace")
+        stderr = err.read().decode(errors="replace")
         rc = proc.wait()
     except BaseException:
         proc.kill()
         proc.wait()
         raise
     finally:
-        proc.stdout.close()
-        proc.stderr.close()
+        out.close()
+        err.close()
     if rc != 0:
         raise QemuImgError(argv, rc, stderr)
 
@@ -112,7 +114,7 @@ def create(path: str, size: int, fmt: str = "qcow2", backing: str | None = None,
         argv += ["-o", f"compat={compat}"]
     if backing:
         argv += ["-b", backing, "-F", backing_format]
-    _run([*argv, path, str(size)])
+    _run([*argv, path, str(size)], INFO_TIMEOUT)
 
 
 def convert(source: str, target: str, source_format: str = "qcow2", target_format: str = "qcow2",
