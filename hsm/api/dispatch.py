@@ -21,6 +21,9 @@ log = logging.getLogger("hsm.api")
 
 OK = {"code": 0, "message": "OK"}
 
+# Verbs that do no I/O and hold no lock for long: the RPC layer may answer them on its event loop.
+QUICK = frozenset({"ping"})
+
 
 class UnknownVerb(Exception):
     """No verb by that name."""
@@ -36,6 +39,10 @@ class Dispatcher:
         self.verbs: dict[str, Verb] = collect(groups)
         self.requests = requests
         self.stats = stats or CallStats()
+
+    def quick(self, name: str) -> bool:
+        """Whether `name` is a verb that answers at once, without I/O or waiting for a lock held long."""
+        return name in QUICK and name in self.verbs
 
     def call(self, name: str, args: tuple | list) -> dict:
         verb = self.verbs.get(name)

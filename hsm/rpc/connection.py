@@ -3,9 +3,10 @@
 A connection costs no worker until its request is whole: the TLS handshake,
 the head and the body are read here, each within its deadline (checked by
 Front's sweep, so the fast path arms no timer), and only then does
-`Front.route` give the request to the worker pool. Connections are capped in
-all and per peer (an address, or on a Unix socket a uid); those over a cap are
-closed as they are accepted. On a Unix socket the peer's credentials
+`Front.route` give the request to the worker pool, or answer it at once (the
+next pipelined request is then read in a loop, not by recursion). Connections
+are capped in all and per peer (an address, or on a Unix socket a uid); those
+over a cap are closed as they are accepted. On a Unix socket the peer's credentials
 (SO_PEERCRED) are checked before anything is read: a caller not allowed gets
 403 and the connection closed.
 """
@@ -29,6 +30,8 @@ HANDSHAKE, HEAD, BODY, BUSY, IDLE, DONE = "handshake", "head", "body", "busy", "
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _MAX_BUFFERED = 256 * 1024  # pipelined bytes held while a worker answers, before reading pauses
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+_READ_BYTES = 256 * 1024  # the most one read takes, as asyncio's own
+
 
 @dataclass(frozen=True)
 class Deadlines:
@@ -37,7 +40,7 @@ class Deadlines:
     idle: float  # between keep-alive requests, and for an answer the peer does not read
 
 
-class HttpConnection(asyncio.Protocol):
+class HttpConnection(asyncio.BufferedProtocol):
     def __init__(self, front: Front) -> None:
         self._front = front
         self._buffer = bytearray()
@@ -47,6 +50,7 @@ class HttpConnection(asyncio.Protocol):
         self._keep_alive = True
         self._reading = True
         self._writable = True
+        self._routing = False
         self.deadline = math.inf
         self.peer = ""
         self.transport: asyncio.Transport | None = None
@@ -55,7 +59,7 @@ class HttpConnection(asyncio.Protocol):
     def keep_alive(self) -> bool:
         return self._keep_alive
 
-    # asyncio.Protocol
+    # asyncio.BufferedProtocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self.transport is not None:  # the TLS transport start_tls made: nothing to do again
@@ -86,10 +90,13 @@ class HttpConnection(asyncio.Protocol):
         else:
             self._front.loop.create_task(self._handshake())
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._front.read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
         if self._state == DONE:
             return
-        self._buffer += data
+        self._buffer += self._front.read_buffer[:nbytes]
         if self._state == IDLE and self._writable:
             self._state = HEAD
             self.deadline = self._front.loop.time() + self._front.deadlines.header
@@ -159,20 +166,26 @@ class HttpConnection(asyncio.Protocol):
             self._advance()
 
     def _advance(self) -> None:
-        try:
-            if self._state == HEAD and not self._read_head():
+        """Route each whole request in the buffer in turn, as long as each is answered at once."""
+        while self._state in (HEAD, BODY):
+            try:
+                if self._state == HEAD and not self._read_head():
+                    return
+                if not self._read_body():
+                    return
+            except HttpError as e:
+                log.info("Refused request of %s: %s", self.peer, e)
+                self._refuse(e)
                 return
-            if not self._read_body():
-                return
-        except HttpError as e:
-            log.info("Refused request of %s: %s", self.peer, e)
-            self._refuse(e)
-            return
-        head, body = self._head, self._body()
-        self._state = BUSY
-        self.deadline = math.inf
-        self._keep_alive = head.keep_alive and not self._front.stopping
-        self._front.route(self, head, body)
+            head, body = self._head, self._body()
+            self._state = BUSY
+            self.deadline = math.inf
+            self._keep_alive = head.keep_alive and not self._front.stopping
+            self._routing = True  # an answer given at once leaves the next request to this loop
+            try:
+                self._front.route(self, head, body)
+            finally:
+                self._routing = False
 
     def _read_head(self) -> bool:
         while self._buffer.startswith(b"\r\n"):  # blank lines before a request are allowed
@@ -233,7 +246,8 @@ class HttpConnection(asyncio.Protocol):
         if self._buffer:
             self._state = HEAD
             self.deadline = self._front.loop.time() + self._front.deadlines.header
-            self._advance()
+            if not self._routing:
+                self._advance()
 
     def _refuse(self, error: HttpError) -> None:
         """Answer `error` and close; what the peer still sends meanwhile is read and dropped."""
@@ -295,6 +309,9 @@ class Front:
         self._per_peer: dict[str, int] = {}
         self._refused_peers: set[str] = set()
         self._drained: asyncio.Event | None = None
+        # What every connection reads into before taking its bytes (one loop thread: one at a time), so
+        # that no read allocates a buffer of its own (asyncio's are 256 KiB, each shrunk to fit).
+        self.read_buffer = memoryview(bytearray(_READ_BYTES))
 
     @property
     def count(self) -> int:

@@ -18,6 +18,7 @@ _FIELD = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):(.*)")  # greedy and linea
 _DIGITS = re.compile(r"[0-9]{1,19}")
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,15}")
 _VERSION = re.compile(rb"HTTP/1\.[01]")
+_READ_FIELDS = frozenset({b"connection", b"content-length", b"transfer-encoding", b"expect"})  # others: checked only
 
 REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
            408: "Request Timeout",
@@ -54,8 +55,9 @@ def parse_head(data: bytes, max_body: int) -> Head:
         field = _FIELD.fullmatch(line)
         if field is None:
             raise HttpError(400, "malformed header line")
-        name, value = field.groups()
-        fields.setdefault(name.lower(), []).append(value.strip(b" \t"))
+        name = field[1].lower()
+        if name in _READ_FIELDS:
+            fields.setdefault(name, []).append(field[2].strip(b" \t"))
     connection = {v.strip().lower() for value in fields.get(b"connection", []) for v in value.split(b",")}
     if parts[2] == b"HTTP/1.1":
         keep_alive = b"close" not in connection

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import xmlrpc.client
+from collections.abc import Callable
 from typing import Any
 from xml.parsers import expat
 
@@ -36,28 +37,13 @@ def load_call(body: bytes) -> tuple[str, tuple]:
     unmarshaller = xmlrpc.client.Unmarshaller(use_datetime=False, use_builtin_types=True)
     unmarshaller.xml(None, None)  # expat hands over str: nothing left to decode
     parser = expat.ParserCreate()
-    depth = 0
-
-    def start(tag: str, attrs: dict) -> None:
-        nonlocal depth
-        depth += 1
-        if depth > MAX_DEPTH:
-            raise RequestError(PARSE_ERROR, f"request nested deeper than {MAX_DEPTH} elements")
-        unmarshaller.start(tag, attrs)
-
-    def end(tag: str) -> None:
-        nonlocal depth
-        depth -= 1
-        unmarshaller.end(tag)
-
-    def refuse_dtd(*_: Any) -> None:
-        raise RequestError(PARSE_ERROR, "DTDs and entity declarations are not accepted")
-
-    parser.StartElementHandler = start
-    parser.EndElementHandler = end
+    if body.count(b"<") > MAX_DEPTH:
+        parser.StartElementHandler, parser.EndElementHandler = _depth_bound(unmarshaller)
+    else:  # every element starts with "<" (no DTD, so no entity makes one): this body cannot nest too deep
+        parser.StartElementHandler, parser.EndElementHandler = unmarshaller.start, unmarshaller.end
     parser.CharacterDataHandler = unmarshaller.data
-    parser.StartDoctypeDeclHandler = refuse_dtd
-    parser.EntityDeclHandler = refuse_dtd
+    parser.StartDoctypeDeclHandler = _refuse_dtd
+    parser.EntityDeclHandler = _refuse_dtd
     parser.buffer_text = True
     try:
         parser.Parse(body, True)
@@ -72,6 +58,29 @@ def load_call(body: bytes) -> tuple[str, tuple]:
     if not method:
         raise RequestError(PARSE_ERROR, "malformed XML-RPC request: no methodName")
     return method, params
+
+
+def _refuse_dtd(*_: Any) -> None:
+    raise RequestError(PARSE_ERROR, "DTDs and entity declarations are not accepted")
+
+
+def _depth_bound(unmarshaller: xmlrpc.client.Unmarshaller) -> tuple[Callable, Callable]:
+    """Element handlers for `unmarshaller` that refuse elements nested deeper than MAX_DEPTH."""
+    depth = 0
+
+    def start(tag: str, attrs: dict) -> None:
+        nonlocal depth
+        depth += 1
+        if depth > MAX_DEPTH:
+            raise RequestError(PARSE_ERROR, f"request nested deeper than {MAX_DEPTH} elements")
+        unmarshaller.start(tag, attrs)
+
+    def end(tag: str) -> None:
+        nonlocal depth
+        depth -= 1
+        unmarshaller.end(tag)
+
+    return start, end
 
 
 def _dump(value: Any, out: list[str]) -> None:

@@ -3,7 +3,9 @@
 One event-loop thread accepts connections, runs TLS handshakes and reads each
 request whole, under deadlines (hsm.rpc.connection); only then does a worker
 of a bounded pool parse and run it. Idle, slow or never-handshaking peers
-therefore cost a socket and a little memory, never a worker.
+therefore cost a socket and a little memory, never a worker. A small request
+naming a quick verb (ping: no I/O, no lock held long) is answered on the loop
+itself, since handing it to a worker and back would cost more than the verb.
 
 The same API is also served on a Unix socket when `unix_socket` is set, without
 TLS: there the kernel names the caller (SO_PEERCRED), and only the uids listed
@@ -13,6 +15,7 @@ in `allowed_uids`, hsmd's own uid and members of the socket's group may call.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
 import grp
 import logging
@@ -37,6 +40,9 @@ log = logging.getLogger("hsm.rpc")
 
 RPC_PATHS = ("/RPC2", "/")
 _SWEEP_INTERVAL = 0.25  # seconds between deadline checks
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt() parameters
+_MALLOC_THRESHOLD = 128 * 1024  # glibc's default for both
+_SMALL_BODY = 1024  # bytes: a request this small is read on the event loop, to answer a quick verb there
 
 
 @dataclass(frozen=True)
@@ -139,6 +145,24 @@ class UnixCallers:
             return False
 
 
+def _pin_malloc_thresholds() -> None:
+    """Keep glibc's malloc giving freed memory back to the system as it does at start.
+
+    Once a block over its mmap threshold (128 KiB) is freed, glibc raises that
+    threshold to the block's size and lets every malloc arena keep twice as
+    much free memory. hsmd frees such blocks all along (the table of a dict of
+    10,000 requestId answers, the task journal's snapshot), and each of its
+    threads (16 RPC workers, the tasks') allocates in an arena of its own: the
+    arenas grew by some 1 MB a minute under load. Set, the thresholds stay put.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc
+        return
+    mallopt(_M_MMAP_THRESHOLD, _MALLOC_THRESHOLD)
+    mallopt(_M_TRIM_THRESHOLD, _MALLOC_THRESHOLD)
+
+
 def _allow_open_files(needed: int) -> None:
     """Raise the soft limit on open files toward the hard one, so accepting never fails with EMFILE first."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -154,9 +178,10 @@ class RpcApplication:
         self._dispatcher = dispatcher
         self._metrics = metrics
 
-    def answer(self, body: bytes) -> bytes:
+    def answer(self, body: bytes, call: tuple[str, tuple] | None = None) -> bytes:
+        """The answer to the XML-RPC request `body`, whose call may have been read already (`call`)."""
         try:
-            name, params = marshal.load_call(body)
+            name, params = call if call is not None else marshal.load_call(body)
             return marshal.dump_answer(self._dispatcher.call(name, params))
         except marshal.RequestError as e:
             code, message = e.code, str(e)
@@ -166,6 +191,19 @@ class RpcApplication:
             code, message = marshal.INVALID_PARAMS, str(e)
         log.info("Refused request: %s", message)
         return marshal.dump_fault(code, message)
+
+    def read_small(self, body: bytes) -> tuple[str, tuple] | None:
+        """The call in a small well-formed body; None for any other (a worker reads it and answers its fault)."""
+        if len(body) > _SMALL_BODY:
+            return None
+        try:
+            return marshal.load_call(body)
+        except marshal.RequestError:
+            return None
+
+    def quick(self, call: tuple[str, tuple]) -> bool:
+        """Whether `call` is answered at once, with no I/O and no lock held long: no need for a worker."""
+        return self._dispatcher.quick(call[0])
 
     def metrics(self) -> bytes:
         return self._metrics.render()
@@ -192,6 +230,7 @@ class RpcServer:
             st = os.stat(settings.unix_socket)
             self._unix_inode = st.st_dev, st.st_ino
         _allow_open_files(settings.max_connections + 256)
+        _pin_malloc_thresholds()
         self._loop = asyncio.new_event_loop()
         self._workers = Workers(settings.threads, self._loop)
         self._loop.set_exception_handler(self._loop_error)
@@ -284,18 +323,37 @@ class RpcServer:
         elif head.method != "POST":
             conn.reply(405, "text/plain", b"XML-RPC takes POST\n", (("Allow", "POST"),))
         else:
-            self._submit(conn, lambda close: response(200, "text/xml", self._app.answer(body), close=close))
+            call = self._app.read_small(body)
+            work = self._rpc_work(body, call)
+            if call is not None and self._app.quick(call):
+                self._answer_here(conn, work)  # the hop to a worker and back would cost more than the verb
+            else:
+                self._submit(conn, work)
+
+    def _rpc_work(self, body: bytes, call: tuple[str, tuple] | None) -> Callable[[bool], bytes]:
+        return lambda close: response(200, "text/xml", self._app.answer(body, call), close=close)
 
     def _submit(self, conn: HttpConnection, work: Callable[[bool], bytes]) -> None:
         self._in_workers += 1
         close = not conn.keep_alive
         self._workers.submit(lambda: work(close), lambda reply, error: self._answered(conn, reply, error))
 
+    def _answer_here(self, conn: HttpConnection, work: Callable[[bool], bytes]) -> None:
+        try:
+            reply = work(not conn.keep_alive)
+        except Exception as e:  # as on a worker: the caller gets a 500, the loop serves on
+            self._failed(conn, e)
+            return
+        conn.answer(reply)
+
     def _answered(self, conn: HttpConnection, reply: bytes | None, error: Exception | None) -> None:
         self._in_workers -= 1
         if error is None:
             conn.answer(reply)
-            return
+        else:
+            self._failed(conn, error)
+
+    def _failed(self, conn: HttpConnection, error: Exception) -> None:
         log.error("Request of %s failed", conn.peer, exc_info=error)
         conn.reply(500, "text/plain", b"internal error\n")
 
