@@ -236,12 +236,18 @@ def _parse(opt: Option, text: str) -> Any:
         raise ConfigError(f"[{opt.section}] {opt.name} = {text!r}: expected {opt.type_name}: {e}") from None
 
 
+class _CaseSensitiveParser(configparser.ConfigParser):
+    """Option names are case-sensitive, as written here."""
+
+    def optionxform(self, optionstr: str) -> str:
+        return optionstr
+
+
 def load(path: str | None = None, overrides: dict[tuple[str, str], str] | None = None) -> Config:
     """Read `path` (None: defaults only) and apply `overrides` (given as text)."""
     texts = {key: opt.default for key, opt in OPTIONS.items()}
     if path is not None:
-        parser = configparser.ConfigParser(interpolation=None, default_section="\0none")
-        parser.optionxform = str  # option names are case-sensitive, as written here
+        parser = _CaseSensitiveParser(interpolation=None, default_section="\0none")
         try:
             with open(path, encoding="utf-8") as f:
                 parser.read_file(f)

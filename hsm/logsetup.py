@@ -21,12 +21,12 @@ def setup(config: Config, log_file: str = "hsm.log", log_dir: str | None = None)
                                   disable_existing_loggers=False)
     else:
         # No config file (running from a checkout): the same layout, built here.
-        handler = logging.handlers.WatchedFileHandler(os.path.join(log_dir, log_file))
-        handler.setFormatter(logging.Formatter(LINE_FORMAT))
+        logfile = logging.handlers.WatchedFileHandler(os.path.join(log_dir, log_file))
+        logfile.setFormatter(logging.Formatter(LINE_FORMAT))
         errors = logging.StreamHandler(sys.stderr)
         errors.setLevel(logging.WARNING)
         errors.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(task)s%(message)s"))
-        logging.basicConfig(handlers=[handler, errors], force=True)
+        logging.basicConfig(handlers=[logfile, errors], force=True)
     root = logging.getLogger()
     root.setLevel(config.logging.level)
     for handler in root.handlers:

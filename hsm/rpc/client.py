@@ -53,6 +53,16 @@ class TlsFiles:
         return context
 
 
+# What Transport.make_connection may be given: ServerProxy passes HOST:PORT, Transport.request also takes (host, x509).
+_Host = tuple[str, dict[str, str]] | str
+
+
+def _host_name(host: _Host) -> str:
+    if not isinstance(host, str):
+        raise TypeError("x509 host options are not supported: use TlsFiles")
+    return host
+
+
 class _WholeBody:
     """Read an answer whole and parse it with hsm's own reader (hsm.rpc.marshal.load_answer),
     which does half the work per element of the stdlib's, fed 1 KiB at a time."""
@@ -72,11 +82,13 @@ class _Transport(_WholeBody, xmlrpc.client.Transport):
         super().__init__()
         self._timeout = timeout
 
-    def make_connection(self, host: str) -> http.client.HTTPConnection:
-        if self._connection and host == self._connection[0]:
-            return self._connection[1]
-        self._connection = host, http.client.HTTPConnection(host, timeout=self._timeout)
-        return self._connection[1]
+    def make_connection(self, host: _Host) -> http.client.HTTPConnection:
+        name, (open_host, connection) = _host_name(host), self._connection
+        if connection is not None and name == open_host:
+            return connection
+        connection = http.client.HTTPConnection(name, timeout=self._timeout)
+        self._connection = name, connection
+        return connection
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
@@ -103,24 +115,28 @@ class _UnixTransport(_WholeBody, xmlrpc.client.Transport):
         self._path = path
         self._timeout = timeout
 
-    def make_connection(self, host: str) -> http.client.HTTPConnection:
-        if self._connection and host == self._connection[0]:
-            return self._connection[1]
-        self._connection = host, UnixHTTPConnection(self._path, self._timeout)
-        return self._connection[1]
+    def make_connection(self, host: _Host) -> http.client.HTTPConnection:
+        name, (open_host, connection) = _host_name(host), self._connection
+        if connection is not None and name == open_host:
+            return connection
+        connection = UnixHTTPConnection(self._path, self._timeout)
+        self._connection = name, connection
+        return connection
 
 
 class _TlsTransport(_WholeBody, xmlrpc.client.SafeTransport):
     def __init__(self, timeout: float, context: ssl.SSLContext) -> None:
         super().__init__(context=context)
         self._timeout = timeout
+        self._context = context
 
-    def make_connection(self, host: str) -> http.client.HTTPSConnection:
-        if self._connection and host == self._connection[0]:
-            return self._connection[1]
-        self._connection = host, http.client.HTTPSConnection(host, timeout=self._timeout,
-                                                             context=self.context)
-        return self._connection[1]
+    def make_connection(self, host: _Host) -> http.client.HTTPSConnection:
+        name, (open_host, connection) = _host_name(host), self._connection
+        if isinstance(connection, http.client.HTTPSConnection) and name == open_host:  # the only kind kept here
+            return connection
+        connection = http.client.HTTPSConnection(name, timeout=self._timeout, context=self._context)
+        self._connection = name, connection
+        return connection
 
 
 class ServiceProxy:

@@ -21,6 +21,7 @@ import ssl
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 from hsm.rpc.http import MAX_HEAD_BYTES, ChunkedBody, Head, HttpError, parse_head, response
 
@@ -64,7 +65,8 @@ class HttpConnection(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self.transport is not None:  # the TLS transport start_tls made: nothing to do again
             return
-        self.transport = transport  # type: ignore[assignment]
+        # asyncio types the argument for any protocol; a stream protocol such as this one gets a Transport.
+        self.transport = stream = cast(asyncio.Transport, transport)
         peername = transport.get_extra_info("peername")
         self.peer = peername[0] if isinstance(peername, tuple) else "local"
         allowed = True
@@ -78,17 +80,24 @@ class HttpConnection(asyncio.BufferedProtocol):
             allowed = uid >= 0 and self._front.authorize(uid, gid)
         if not self._front.admit(self):
             self._state = DONE
-            transport.abort()
+            stream.abort()
             return
         self.deadline = self._front.loop.time() + self._front.deadlines.header
         if not allowed:
             log.warning("Refused connection of %s (pid %d, gid %d): not allowed to call hsmd", self.peer, pid, gid)
             self._refuse(HttpError(403, f"{self.peer} may not call hsmd"))
             return
-        if self._front.tls is None:
+        tls = self._front.tls
+        if tls is None:
             self._state = HEAD
         else:
-            self._front.loop.create_task(self._handshake())
+            self._front.loop.create_task(self._handshake(tls))
+
+    @property
+    def _stream(self) -> asyncio.Transport:
+        """The transport, in every state that reads or writes (they all follow connection_made)."""
+        assert self.transport is not None, "no transport before connection_made"
+        return self.transport
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._front.read_buffer
@@ -104,7 +113,7 @@ class HttpConnection(asyncio.BufferedProtocol):
             self._advance()
         elif len(self._buffer) > _MAX_BUFFERED and self._reading:
             self._reading = False
-            self.transport.pause_reading()
+            self._stream.pause_reading()
 
     def eof_received(self) -> bool:
         if self._state == BUSY:  # a peer may half-close after its request: answer, then close
@@ -143,10 +152,10 @@ class HttpConnection(asyncio.BufferedProtocol):
 
     # Reading requests
 
-    async def _handshake(self) -> None:
+    async def _handshake(self, context: ssl.SSLContext) -> None:
         front = self._front
         try:
-            tls = await front.loop.start_tls(self.transport, self, front.tls, server_side=True,
+            tls = await front.loop.start_tls(self._stream, self, context, server_side=True,
                                              ssl_handshake_timeout=front.deadlines.header,
                                              ssl_shutdown_timeout=front.deadlines.header)
         except (OSError, TimeoutError, asyncio.CancelledError) as e:
@@ -171,13 +180,15 @@ class HttpConnection(asyncio.BufferedProtocol):
             try:
                 if self._state == HEAD and not self._read_head():
                     return
-                if not self._read_body():
+                head = self._head
+                assert head is not None, "BODY follows a head read"
+                if not self._read_body(head):
                     return
             except HttpError as e:
                 log.info("Refused request of %s: %s", self.peer, e)
                 self._refuse(e)
                 return
-            head, body = self._head, self._body()
+            body = self._body(head)
             self._state = BUSY
             self.deadline = math.inf
             self._keep_alive = head.keep_alive and not self._front.stopping
@@ -202,20 +213,20 @@ class HttpConnection(asyncio.BufferedProtocol):
         self._state = BODY
         self.deadline = self._front.loop.time() + self._front.deadlines.body
         if head.expect_continue and (head.chunked or head.length) and not self._buffer:
-            self.transport.write(_CONTINUE)
+            self._stream.write(_CONTINUE)
         return True
 
-    def _read_body(self) -> bool:
+    def _read_body(self, head: Head) -> bool:
         if self._chunks is not None:
             return self._chunks.feed(self._buffer)
-        return len(self._buffer) >= self._head.length
+        return len(self._buffer) >= head.length
 
-    def _body(self) -> bytes:
+    def _body(self, head: Head) -> bytes:
         if self._chunks is not None:
             body = bytes(self._chunks.body)
             self._chunks = None
             return body
-        length = self._head.length
+        length = head.length
         body = bytes(self._buffer[:length])
         del self._buffer[:length]
         return body
@@ -226,7 +237,7 @@ class HttpConnection(asyncio.BufferedProtocol):
         """Write the answer to the request read last, then read the next one."""
         if self._state == DONE:
             return
-        self.transport.write(reply)
+        self._stream.write(reply)
         if not self._keep_alive:
             self._close()
             return
@@ -242,7 +253,7 @@ class HttpConnection(asyncio.BufferedProtocol):
             return  # the peer is not reading its answer: wait, within the idle deadline
         if not self._reading:
             self._reading = True
-            self.transport.resume_reading()
+            self._stream.resume_reading()
         if self._buffer:
             self._state = HEAD
             self.deadline = self._front.loop.time() + self._front.deadlines.header
@@ -254,7 +265,7 @@ class HttpConnection(asyncio.BufferedProtocol):
         self._state = DONE
         self._buffer.clear()
         message = f"{error}\n".encode()
-        self.transport.write(response(error.status, "text/plain", message, close=True))
+        self._stream.write(response(error.status, "text/plain", message, close=True))
         self._close()
 
     def _close(self, abort: bool = False) -> None:
@@ -278,7 +289,7 @@ class HttpConnection(asyncio.BufferedProtocol):
     def _linger(self) -> None:
         if not self._reading:
             self._reading = True
-            self.transport.resume_reading()
+            self._stream.resume_reading()
 
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:

@@ -35,7 +35,8 @@ class RequestError(Exception):
 def load_call(body: bytes) -> tuple[str, tuple]:
     """(method name, params) of a methodCall body."""
     unmarshaller = xmlrpc.client.Unmarshaller(use_datetime=False, use_builtin_types=True)
-    unmarshaller.xml(None, None)  # expat hands over str: nothing left to decode
+    # expat hands over str: nothing left to decode (typeshed types the encoding as str only)
+    unmarshaller.xml(None, None)  # type: ignore[arg-type]
     parser = expat.ParserCreate()
     if body.count(b"<") > MAX_DEPTH:
         parser.StartElementHandler, parser.EndElementHandler = _depth_bound(unmarshaller)
@@ -152,7 +153,7 @@ def load_answer(body: bytes) -> Any:
     containers: list[Any] = []   # the structs and arrays being filled, innermost last
     names: list[str] = []        # member names waiting for their value
     text: list[str] = []
-    state = {"typed": False, "value": None, "result": None, "fault": False}
+    state: dict[str, Any] = {"typed": False, "value": None, "result": None, "fault": False}
 
     def start(tag: str, attrs: dict) -> None:
         text.clear()

@@ -294,9 +294,9 @@ class RpcServer:
         self._stop_requested = loop.create_future()
         server = await loop.create_server(lambda: HttpConnection(self._front), sock=self._sock,
                                           backlog=self._settings.listen_backlog)
-        unix_server = None
-        if self._unix_sock is not None:
-            unix_server = await loop.create_unix_server(lambda: HttpConnection(self._unix_front),
+        unix_server, unix_front = None, self._unix_front
+        if self._unix_sock is not None and unix_front is not None:  # __init__ makes both or neither
+            unix_server = await loop.create_unix_server(lambda: HttpConnection(unix_front),
                                                         sock=self._unix_sock, backlog=self._settings.listen_backlog)
         sweeper = loop.create_task(self._sweep())
         await self._stop_requested
@@ -336,7 +336,7 @@ class RpcServer:
     def _submit(self, conn: HttpConnection, work: Callable[[bool], bytes]) -> None:
         self._in_workers += 1
         close = not conn.keep_alive
-        self._workers.submit(lambda: work(close), lambda reply, error: self._answered(conn, reply, error))
+        self._workers.submit(lambda: work(close), lambda outcome: self._answered(conn, outcome))
 
     def _answer_here(self, conn: HttpConnection, work: Callable[[bool], bytes]) -> None:
         try:
@@ -346,12 +346,12 @@ class RpcServer:
             return
         conn.answer(reply)
 
-    def _answered(self, conn: HttpConnection, reply: bytes | None, error: Exception | None) -> None:
+    def _answered(self, conn: HttpConnection, outcome: bytes | Exception) -> None:
         self._in_workers -= 1
-        if error is None:
-            conn.answer(reply)
+        if isinstance(outcome, Exception):
+            self._failed(conn, outcome)
         else:
-            self._failed(conn, error)
+            conn.answer(outcome)
 
     def _failed(self, conn: HttpConnection, error: Exception) -> None:
         log.error("Request of %s failed", conn.peer, exc_info=error)

@@ -7,7 +7,8 @@ import collections
 import threading
 from collections.abc import Callable
 
-Job = tuple[Callable[[], bytes], Callable[[bytes | None, Exception | None], None]]
+# The work, and what takes its outcome on the event loop: the reply, or the exception the work raised.
+Job = tuple[Callable[[], bytes], Callable[[bytes | Exception], None]]
 
 
 class Workers:
@@ -27,10 +28,10 @@ class Workers:
         self._started = 0
         self._stopping = False
         self._results_lock = threading.Lock()
-        self._results: list[tuple[Callable, bytes | None, Exception | None]] = []
+        self._results: list[tuple[Callable[[bytes | Exception], None], bytes | Exception]] = []
         self._wake_pending = False
 
-    def submit(self, work: Callable[[], bytes], done: Callable[[bytes | None, Exception | None], None]) -> None:
+    def submit(self, work: Callable[[], bytes], done: Callable[[bytes | Exception], None]) -> None:
         with self._lock:
             if self._idle:
                 worker = self._idle.pop()
@@ -62,12 +63,13 @@ class Workers:
 
     def finish(self, job: Job) -> bool:
         work, done = job
+        outcome: bytes | Exception
         try:
-            result, error = work(), None
+            outcome = work()
         except Exception as e:  # a worker outlives any request; its caller gets a 500
-            result, error = None, e
+            outcome = e
         with self._results_lock:  # one wake-up of the loop for all the results that wait for it
-            self._results.append((done, result, error))
+            self._results.append((done, outcome))
             wake, self._wake_pending = not self._wake_pending, True
         if wake:
             try:
@@ -79,8 +81,8 @@ class Workers:
     def _deliver(self) -> None:
         with self._results_lock:
             results, self._results, self._wake_pending = self._results, [], False
-        for done, result, error in results:
-            done(result, error)
+        for done, outcome in results:
+            done(outcome)
 
 
 class _Worker:
@@ -98,8 +100,8 @@ class _Worker:
     def _run(self) -> None:
         while True:
             self._wake.acquire()
-            job = self._job
-            while job:
+            job: Job | None | bool = self._job
+            while isinstance(job, tuple):  # else False: idle again, wait for give(); None: end
                 if not self._pool.finish(job):
                     return
                 job = self._pool.next_job(self)

@@ -42,16 +42,18 @@ class IOProcess:
 
     # -- the child ------------------------------------------------------
 
-    def _start(self) -> None:
+    def _start(self) -> Connection:
+        """Start a helper; its connection is also kept as self._conn."""
         ours, theirs = socket.socketpair()
-        self._child = subprocess.Popen(
+        child = self._child = subprocess.Popen(
             [sys.executable, "-m", "hsm.storage.ioworker", str(theirs.fileno()), str(self._slots)],
             pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, close_fds=True)
         theirs.close()
-        self._conn = Connection(ours.detach())
-        threading.Thread(target=self._read_answers, args=(self._conn, self._child), daemon=True,
+        conn = self._conn = Connection(ours.detach())
+        threading.Thread(target=self._read_answers, args=(conn, child), daemon=True,
                          name=f"io-{self.name}").start()
-        log.info("I/O helper for %s started (pid %d)", self.name, self._child.pid)
+        log.info("I/O helper for %s started (pid %d)", self.name, child.pid)
+        return conn
 
     def _read_answers(self, conn: Connection, child: subprocess.Popen) -> None:
         while True:
@@ -98,11 +100,10 @@ class IOProcess:
                 raise StorageTimeout(f"{self.name}: {len(self._pending)} operations already waiting")
             call_id = next(self._ids)
             for attempt in (1, 2):
-                if self._conn is None:
-                    self._start()
-                self._pending[call_id] = (future, self._conn)
+                conn = self._start() if self._conn is None else self._conn
+                self._pending[call_id] = (future, conn)
                 try:
-                    self._conn.send((call_id, op, args))
+                    conn.send((call_id, op, args))
                     break
                 except OSError:  # the helper died since the last call: once more with a new one
                     del self._pending[call_id]

@@ -93,12 +93,14 @@ class Pools:
     def of_domain(self, sd_uuid: str) -> list[Pool]:
         return [pool for pool in self._pools.values() if sd_uuid in pool.domains]
 
-    def _member(self, sp_uuid: object, sd_uuid: object, missing: type = StorageDomainNotMemberOfPool) -> Pool:
+    def _member(self, sp_uuid: object, sd_uuid: object,
+                missing: type = StorageDomainNotMemberOfPool) -> tuple[Pool, str]:
+        """The connected pool and the checked UUID of one of its domains."""
         pool = self.connected(sp_uuid)
-        sd_uuid = check_uuid("sdUUID", sd_uuid)
-        if sd_uuid not in pool.domains:
-            raise missing(f"{sd_uuid} in pool {pool.uuid}")
-        return pool
+        checked = check_uuid("sdUUID", sd_uuid)
+        if checked not in pool.domains:
+            raise missing(f"{checked} in pool {pool.uuid}")
+        return pool, checked
 
     # -- the pool -------------------------------------------------------
 
@@ -106,7 +108,7 @@ class Pools:
         sp_uuid = check_uuid("spUUID", sp_uuid)
         name = check_name(name)
         domains = [check_uuid("domList", sd) for sd in domains]
-        if master not in domains:
+        if not isinstance(master, str) or master not in domains:
             raise InvalidParameterException(f"masterDom={master!r}: not in domList")
         for sd in domains:
             self._domains.validate(self._domains.get(sd))
@@ -209,7 +211,7 @@ class Pools:
 
     def activate(self, sd_uuid: object, sp_uuid: object) -> None:
         with self._lock:
-            pool = self._member(sp_uuid, sd_uuid, missing=StorageDomainNotInPool)
+            pool, sd_uuid = self._member(sp_uuid, sd_uuid, missing=StorageDomainNotInPool)
             self._domains.validate(self._domains.get(sd_uuid))
             if pool.domains[sd_uuid] != ACTIVE:
                 self._change(pool, pool.uuid, domains={**pool.domains, sd_uuid: ACTIVE})
@@ -217,7 +219,7 @@ class Pools:
     def deactivate(self, sd_uuid: object, sp_uuid: object, new_master: object, version: int) -> None:
         """Deactivating the master moves the role to `new_master`; with the blank UUID it is ignored, as in VDSM."""
         with self._lock:
-            pool = self._member(sp_uuid, sd_uuid)
+            pool, sd_uuid = self._member(sp_uuid, sd_uuid)
             domains = {**pool.domains, sd_uuid: ATTACHED}
             if sd_uuid != pool.master:
                 self._change(pool, pool.uuid, domains=domains)
