@@ -1,6 +1,7 @@
 """What a packager checks: the systemd units, the RPM's contents, the shipped hsm.conf."""
 
 import configparser
+import json
 import os
 import shutil
 import subprocess
@@ -126,8 +127,9 @@ def rpm(tmp_path_factory):
                            "--define", f"_sourcedir {REPO}", os.path.join(REPO, "hsm.spec")],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    [package] = (top / "RPMS" / "noarch").iterdir()
-    return str(package)
+    built = {path.name: str(path) for path in (top / "RPMS" / "noarch").iterdir()}
+    assert set(built) == {f"hsm-{hsm.__version__}-1.noarch.rpm", f"vdsm-hsm-shim-{hsm.__version__}-1.noarch.rpm"}
+    return built[f"hsm-{hsm.__version__}-1.noarch.rpm"]
 
 
 def _query(package, *args):
@@ -149,8 +151,9 @@ def test_rpm_file_list(rpm):
         assert path in files, path
     site = [f for f in files if f.endswith("/site-packages/hsm/daemon.py")]
     assert site, "the hsm package is installed"
-    for module in ("hsm/tasks/manager.py", "supervdsm/server.py", "vdsm_shim/__init__.py"):
+    for module in ("hsm/tasks/manager.py", "supervdsm/server.py"):
         assert any(f.endswith(module) for f in files), module
+    assert not any("/vdsm_shim/" in f for f in files), "the shim is its own package"
     assert not any("__pycache__" in f for f in files)
 
 
@@ -159,6 +162,24 @@ def test_rpm_config_files_are_noreplace(rpm):
     flags = dict(line.partition(" ")[::2] for line in lines)
     assert flags["/etc/hsm/hsm.conf"] == "cn"
     assert flags["/etc/hsm/logger.conf"] == "cn"
+
+
+def test_the_shim_is_a_package_of_its_own_needing_hsm(rpm):
+    shim = rpm.replace("/hsm-", "/vdsm-hsm-shim-")
+    files = set(_query(shim, "-l").splitlines())
+    assert {f.split("/site-packages/")[1] for f in files if "/site-packages/" in f} >= {
+        "vdsm_shim/__init__.py", "vdsm_shim/proxy.py", "vdsm_shim/inprocess.py"}
+    assert all("/vdsm_shim" in f for f in files)
+    requires = {line.split()[0] for line in _query(shim, "--requires").splitlines()}
+    assert "hsm" in requires
+
+
+def test_the_shim_imports_only_hsms_client_until_it_runs_hsm_in_process():
+    code = ("import json, sys, vdsm_shim\n"
+            "print(json.dumps(sorted(m for m in sys.modules if m.startswith(('hsm.', 'supervdsm')))))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert json.loads(done.stdout) == ["hsm.config", "hsm.errors", "hsm.rpc", "hsm.rpc.client", "hsm.rpc.marshal",
+                                 "hsm.sizes"]
 
 
 def test_rpm_makes_the_hsm_user_and_gives_it_its_folders(rpm):
