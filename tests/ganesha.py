@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import time
+
+from tests.waiting import wait_for
 
 CONFIG = """
 NFS_CORE_PARAM {{ Protocols = 4; Enable_NLM = false; Enable_RQUOTA = false; Bind_Addr = 127.0.0.1;
@@ -29,14 +30,16 @@ class Ganesha:
         self.process = subprocess.Popen(
             ["ganesha.nfsd", "-F", "-L", os.path.join(self.root, "ganesha.log"), "-f", config,
              "-p", os.path.join(self.root, "ganesha.pid")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        while True:
+        def listening() -> bool:
+            assert self.process.poll() is None, f"ganesha exited {self.process.returncode}"
             try:
                 socket.create_connection(("127.0.0.1", 2049), timeout=0.5).close()
-                return self
             except OSError:
-                assert time.monotonic() < deadline and self.process.poll() is None, "ganesha did not start"
-                time.sleep(0.1)
+                return False
+            return True
+
+        wait_for(listening, timeout, what="ganesha listening", poll=0.1)
+        return self
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

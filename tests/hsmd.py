@@ -8,10 +8,10 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import xmlrpc.client
 
 from hsm.rpc.client import ServiceProxy, TlsFiles
+from tests.waiting import wait_for
 
 VENV_BIN = os.path.dirname(sys.executable)
 HSMD = os.path.join(VENV_BIN, "hsmd")
@@ -71,17 +71,20 @@ class Hsmd:
             as_user = {"user": self.user, "group": self.user, "extra_groups": []} if self.user else {}
             self.process = subprocess.Popen(self.command(), env=self.env, stdout=output,
                                             stderr=subprocess.STDOUT, **as_user)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def answered() -> bool:
             if self.process.poll() is not None:
                 raise RuntimeError(f"hsmd exited {self.process.returncode}: {self.output()}")
             try:
-                if self.proxy(timeout=1).ping()["status"]["code"] == 0:
-                    return self
+                return self.proxy(timeout=1).ping()["status"]["code"] == 0
             except (OSError, xmlrpc.client.ProtocolError):
-                time.sleep(0.05)
-        self.kill()
-        raise RuntimeError("hsmd did not answer ping in time")
+                return False
+
+        try:
+            wait_for(answered, timeout, what="answer to ping from hsmd", poll=0.05)
+        except AssertionError:
+            self.kill()
+            raise RuntimeError("hsmd did not answer ping in time") from None
+        return self
 
     def proxy(self, timeout: float = 30.0) -> ServiceProxy:
         """A client; closed when this hsmd is stopped or killed."""

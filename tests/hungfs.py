@@ -10,10 +10,14 @@ as with a hung NFS server. Only a SIGKILL of this process (or an abort through
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import signal
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 from fuse import FUSE, FuseOSError, Operations
 
@@ -84,6 +88,32 @@ class HungFS(Operations):
 
     def flush(self, path, fh):
         return 0
+
+
+@contextlib.contextmanager
+def mounted(root: str) -> Iterator[tuple[str, str]]:
+    """(mountpoint, flag) of a HungFS under `root` for the block, serving a file `meta`; touching the mount
+    blocks while the flag file exists. For tests and benchmarks; needs root and /dev/fuse."""
+    from tests.waiting import wait_for
+
+    source, mountpoint, flag = (os.path.join(root, name) for name in ("source", "mnt", "hang"))
+    os.makedirs(source)
+    os.makedirs(mountpoint)
+    with open(os.path.join(source, "meta"), "w") as f:
+        f.write("hello")
+    fuse = subprocess.Popen([sys.executable, os.path.abspath(__file__), source, mountpoint, flag],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def up() -> bool:
+            assert fuse.poll() is None, f"the FUSE filesystem exited {fuse.returncode}"
+            return os.path.ismount(mountpoint)
+
+        wait_for(up, what="the FUSE filesystem mounted")
+        yield mountpoint, flag
+    finally:
+        fuse.send_signal(signal.SIGKILL)
+        fuse.wait()
+        subprocess.run(["umount", "-l", mountpoint], check=False, capture_output=True)
 
 
 if __name__ == "__main__":

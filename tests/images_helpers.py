@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
+
+from tests.waiting import wait_for
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -22,17 +23,18 @@ def code(answer: dict) -> int:
 
 def wait_image(proxy, repo: str, image_id: str, timeout: float = 180.0, states=("optimized",),
                poll: float = 0.02) -> dict:
-    """Wait until no fix works on the image and it is in one of `states`; returns its info."""
-    deadline = time.monotonic() + timeout
-    while True:
-        image = ok(proxy.getImageStatus(repo, image_id))["image"]
-        if not image["tasks"] and image["state"] in states:
-            return ok(proxy.getImageInfo(repo, image_id))["image"]
-        if image["lastError"] and not image["tasks"]:
+    """Wait until no fix works on the image and it is in one of `states`; returns its info.
+    A fix that ended in an error fails the wait at once."""
+    seen: list[dict] = [{}]
+
+    def settled() -> bool:
+        image = seen[0] = ok(proxy.getImageStatus(repo, image_id))["image"]
+        if image["lastError"] and not image["tasks"] and image["state"] not in states:
             raise AssertionError(f"{image_id} failed: {image}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{image_id} still {image} after {timeout} s")
-        time.sleep(poll)
+        return not image["tasks"] and image["state"] in states
+
+    wait_for(settled, timeout, what=lambda: f"{image_id} in {states}: still {seen[0]}", poll=poll)
+    return ok(proxy.getImageInfo(repo, image_id))["image"]
 
 
 def new_disk(proxy, repo: str = "local", size: int = GiB, base: str = "", **options) -> str:

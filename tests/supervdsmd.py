@@ -6,10 +6,10 @@ import os
 import signal
 import socket
 import subprocess
-import time
 
 from supervdsm.client import SupervdsmClient
 from tests.hsmd import VENV_BIN, write_config
+from tests.waiting import wait_for
 
 SUPERVDSMD = os.path.join(VENV_BIN, "supervdsmd")
 
@@ -32,18 +32,21 @@ class Supervdsmd:
         with output:
             self.process = subprocess.Popen([SUPERVDSMD, "--config", self.config_path], stdout=output,
                                             stderr=subprocess.STDOUT, env=self.env)
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("supervdsmd did not start")
-            probe = socket.socket(socket.AF_UNIX)
-            try:
-                probe.connect(self.socket)
-                return self
-            except OSError:
-                time.sleep(0.02)
-            finally:
-                probe.close()
+        def listening() -> bool:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"supervdsmd exited {self.process.returncode}")
+            with socket.socket(socket.AF_UNIX) as probe:
+                try:
+                    probe.connect(self.socket)
+                except OSError:
+                    return False
+            return True
+
+        try:
+            wait_for(listening, timeout, what="supervdsmd listening")
+        except AssertionError:
+            raise RuntimeError("supervdsmd did not start") from None
+        return self
 
     def client(self) -> SupervdsmClient:
         return SupervdsmClient(self.socket)

@@ -6,10 +6,11 @@ import contextlib
 import errno
 import os
 import subprocess
-import time
 from collections.abc import Iterator
 
 import pytest
+
+from tests.waiting import wait_for
 
 DONE = ("finished", "recovered", "failed")
 
@@ -31,14 +32,13 @@ def status(proxy, task_id: str) -> dict:
 
 
 def wait_state(proxy, task_id: str, states=DONE, timeout: float = 30.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        current = status(proxy, task_id)
-        if current["state"] in states:
-            return current
-        if time.monotonic() > deadline:
-            raise AssertionError(f"task {task_id} still {current['state']} after {timeout} s")
-        time.sleep(0.02)
+    seen: list[dict] = [{}]
+
+    def reached() -> dict | None:
+        seen[0] = status(proxy, task_id)
+        return seen[0] if seen[0]["state"] in states else None
+
+    return wait_for(reached, timeout, what=lambda: f"task {task_id} in {states}: still {seen[0].get('state')}")
 
 
 def journal(daemon, task_id: str) -> list[str]:

@@ -157,7 +157,7 @@ def test_slow_client_does_not_block_others(healthy_after):
     try:
         start = time.monotonic()
         assert healthy_after.proxy(timeout=10).ping()["status"]["code"] == 0
-        assert time.monotonic() - start < 2
+        assert time.monotonic() - start < 10  # well under the 30 s body deadline a held worker would wait
     finally:
         for sock in stalled:
             sock.close()

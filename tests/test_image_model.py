@@ -66,6 +66,7 @@ import pytest
 
 from hsm.rpc.client import ServiceProxy
 from tests.images_helpers import MiB, backing_chain, code, local_path, ok, qemu_check, qemu_write
+from tests.waiting import wait_for
 
 KiB = 1024
 SLOT = 64 * KiB
@@ -1020,22 +1021,14 @@ class Walk:
         return entries
 
     def wait_idle(self) -> None:
-        deadline = time.monotonic() + WAIT
-        while True:
+        def busy() -> dict[str, str]:
             statuses = ok(self.proxy.getAllTasksStatuses())["allTasksStatus"]
-            busy = {task_id: s["state"] for task_id, s in statuses.items() if s["taskState"] != "finished"}
-            if not busy:
-                return
-            if time.monotonic() > deadline:
-                raise Violation(f"tasks still running after {WAIT} s: {busy}")
-            time.sleep(0.05)
+            return {task_id: s["state"] for task_id, s in statuses.items() if s["taskState"] != "finished"}
+
+        wait_for(lambda: not busy(), WAIT, what=lambda: f"end of the running tasks: {busy()}", poll=0.05)
 
     def wait_idle_image(self, img: Img) -> None:
-        deadline = time.monotonic() + WAIT
-        while self.observe(img)["tasks"]:
-            if time.monotonic() > deadline:
-                raise Violation(f"{img.label}: fixes still running after {WAIT} s")
-            time.sleep(0.05)
+        wait_for(lambda: not self.observe(img)["tasks"], WAIT, what=f"end of {img.label}'s fixes", poll=0.05)
 
     def settle(self, rng: random.Random, teardown: bool) -> None:
         """Run check's fixes in a random order until none is left; then everything must be whole."""
@@ -1110,11 +1103,13 @@ def walk(make_hsmd, seed: int, steps: int, name: str = "hsmd") -> None:
     daemon.stop()
 
 
+@pytest.mark.timeout(1200)  # about 2 minutes alone, 3 on a busy 2-core machine
 def test_image_model_walk(make_hsmd):
     walk(make_hsmd, int(os.environ.get("HSM_MODEL_SEED", CI_SEED)), int(os.environ.get("HSM_MODEL_STEPS", CI_STEPS)))
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(6 * 3600)
 def test_image_model_walk_long(make_hsmd):
     first = int(os.environ.get("HSM_MODEL_SEED", time.time()))
     for n in range(int(os.environ.get("HSM_MODEL_SEEDS", 5))):
@@ -1171,10 +1166,9 @@ def fill(path: str) -> str:
 
 def settle_repository(proxy, repo: str, rounds: int = 6) -> None:
     for _ in range(rounds):
-        deadline = time.monotonic() + WAIT
-        while any(s["taskState"] != "finished" for s in ok(proxy.getAllTasksStatuses())["allTasksStatus"].values()):
-            assert time.monotonic() < deadline, "fixes still running"
-            time.sleep(0.05)
+        wait_for(lambda: all(s["taskState"] == "finished"
+                             for s in ok(proxy.getAllTasksStatuses())["allTasksStatus"].values()),
+                 WAIT, what="end of the running fixes", poll=0.05)
         fixes = [e for e in ok(proxy.checkStorageRepository(repo))["fixes"] if e.get("fix")]
         if not fixes:
             return
@@ -1184,13 +1178,13 @@ def settle_repository(proxy, repo: str, rounds: int = 6) -> None:
 
 
 def wait_usable(proxy, repo: str, image_id: str) -> dict:
-    deadline = time.monotonic() + WAIT
-    while True:
-        image = ok(proxy.getImageInfo(repo, image_id))["image"]
-        if image["state"] == "optimized" and not image["tasks"]:
-            return image
-        assert time.monotonic() < deadline, image
-        time.sleep(0.05)
+    seen: list[dict] = [{}]
+
+    def usable() -> dict | None:
+        image = seen[0] = ok(proxy.getImageInfo(repo, image_id))["image"]
+        return image if image["state"] == "optimized" and not image["tasks"] else None
+
+    return wait_for(usable, WAIT, what=lambda: f"{image_id} optimized: still {seen[0]}", poll=0.05)
 
 
 def test_removing_works_on_a_full_repository(full_repository):

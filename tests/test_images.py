@@ -5,7 +5,6 @@ its state dir, connected as 'local'.
 """
 
 import os
-import time
 
 from tests.images_helpers import (
     GiB,
@@ -23,6 +22,7 @@ from tests.images_helpers import (
     volume_files,
     wait_image,
 )
+from tests.waiting import wait_for
 
 
 def second_repository(proxy, tmp_path, name: str = "second") -> str:
@@ -132,12 +132,13 @@ def test_copy_reports_progress_and_a_snapshot_copied_beside_itself_is_itself(pro
     qemu_write(top_path(proxy, "local", disk), 0x51, 0, 256 * MiB)
     copy = ok(proxy.copyImage("local", disk, "", {}, {}))["imageId"]
     seen = set()
-    while True:
+
+    def copied() -> bool:
         image = ok(proxy.getImageStatus("local", copy))["image"]
         seen.add(image["percentComplete"])
-        if image["state"] == "optimized" and not image["tasks"]:
-            break
-        time.sleep(0.005)
+        return image["state"] == "optimized" and not image["tasks"]
+
+    wait_for(copied, timeout=180, what=lambda: f"the copy optimized (progress seen: {sorted(seen)})", poll=0.005)
     assert seen & set(range(1, 100)), seen
     assert ok(proxy.getImageTasks(copy))["tasks"] == []
     snapshot = new_snapshot(proxy, disk)
@@ -155,10 +156,7 @@ def test_removing_a_disk_gives_its_space_back(proxy, hsmd):
     assert disk not in ok(proxy.getImageList("local"))["images"]
     assert code(proxy.getImageStatus("local", disk)) == 268
     record = os.path.join(local_path(hsmd), "images", disk + ".json")
-    deadline = time.monotonic() + 180
-    while os.path.exists(record) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert not os.path.exists(record)
+    wait_for(lambda: not os.path.exists(record), timeout=180, what="the image record gone")
     assert len(volume_files(local_path(hsmd))) == len(before) - 1
 
 
@@ -170,10 +168,7 @@ def test_removing_a_snapshot_merges_it_into_every_child(proxy, hsmd):
     qemu_write(top_path(proxy, "local", other), 0x62, 2 * MiB, MiB)
     snap_file = os.path.basename(ok(proxy.getImageInfo("local", snapshot))["image"]["volumes"][0]["path"])
     ok(proxy.removeImage("local", snapshot, {}))
-    deadline = time.monotonic() + 180
-    while snap_file in volume_files(local_path(hsmd)) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert snap_file not in volume_files(local_path(hsmd))
+    wait_for(lambda: snap_file not in volume_files(local_path(hsmd)), timeout=180, what="the snapshot's volume gone")
     for image, checks in ((disk, [(0x61, 0)]), (other, [(0x61, 0), (0x62, 2 * MiB)])):
         info = ok(proxy.getImageInfo("local", image))["image"]
         assert len(info["volumes"]) == 1 and info["baseSnapshotId"] == "" and info["state"] == "optimized"
@@ -257,7 +252,9 @@ def test_transparent_mode_leaves_an_interrupted_fix_to_the_caller(make_hsmd):
     proxy = daemon.proxy()
     status = ok(proxy.getTaskStatus("engine-copy"))["taskStatus"]
     assert status["state"] == "waitrecover" and status["taskState"] == "cleaning"
-    time.sleep(0.5)
+    # hsmd decided at start-up, before it answered, to leave the copy's task waiting: no wait needed.
+    decided = [line for line in daemon.log_text().splitlines() if "Recovered tasks:" in line]
+    assert "'waiting': 1" in decided[-1], decided
     assert ok(proxy.getImageStatus("local", copy))["image"]["state"] == "broken"  # hsmd did nothing alone
     ok(proxy.recoverTask("engine-copy"))
     info = wait_image(proxy, "local", copy)

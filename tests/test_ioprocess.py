@@ -12,6 +12,7 @@ import pytest
 
 from hsm.errors import StorageTimeout
 from hsm.storage.ioprocess import IOProcess
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse") or os.geteuid() != 0,
                                 reason="needs root and /dev/fuse")
@@ -31,18 +32,20 @@ def test_healthy_storage_through_the_helper(tmp_path):
         io.close()
 
 
+def _answers(call):
+    """What the helper answered, or None while it times out."""
+    try:
+        return call()
+    except StorageTimeout:
+        return None
+
+
 def test_a_dead_helper_is_replaced(tmp_path):
     io = IOProcess("respawn", timeout=5)
     try:
         first = io.pid if io.exists(str(tmp_path)) else 0
         os.kill(first, signal.SIGKILL)
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                assert io.exists(str(tmp_path))
-                break
-            except StorageTimeout:
-                assert time.monotonic() < deadline
+        wait_for(lambda: _answers(lambda: io.exists(str(tmp_path))), what="an answer from a new helper")
         assert io.pid != first
     finally:
         io.close()
@@ -58,13 +61,14 @@ def test_hung_storage_times_out_and_spares_the_others(hung_mount, tmp_path):
         begin = time.monotonic()
         with pytest.raises(StorageTimeout, match="gave no answer in 1"):
             hung.stat(os.path.join(mountpoint, "meta"))
-        assert 0.9 < time.monotonic() - begin < 2.0
+        assert 0.9 < time.monotonic() - begin < 5  # by its timeout, not the hang's end
         latencies = []
         for _ in range(100):
             begin = time.monotonic()
             assert healthy.exists(str(tmp_path))
             latencies.append(time.monotonic() - begin)
-        assert sorted(latencies)[98] < 0.1, "p99 of the healthy repository stays under 100 ms"
+        # Well under the hung one's 1 s: none waited on it (the figures against a baseline: bench/stalls.py).
+        assert max(latencies) < 0.5, f"the healthy helper took {max(latencies):.2f} s"
         with pytest.raises(StorageTimeout):
             hung.listdir(mountpoint)
         # Its slots are now stuck in the kernel: more calls fail at once instead of piling up.
@@ -76,16 +80,10 @@ def test_hung_storage_times_out_and_spares_the_others(hung_mount, tmp_path):
         begin = time.monotonic()
         with pytest.raises(StorageTimeout, match="already waiting"):
             hung.exists(mountpoint)
-        assert time.monotonic() - begin < 0.1
+        assert time.monotonic() - begin < 0.5  # at once: not the 1 s timeout
         flag.unlink()  # the server comes back: the stuck calls finish, the helper serves again
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                assert hung.read(os.path.join(mountpoint, "meta")) == b"hello"
-                break
-            except StorageTimeout:
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
+        assert wait_for(lambda: _answers(lambda: hung.read(os.path.join(mountpoint, "meta"))),
+                        what="the hung helper serving again", poll=0.1) == b"hello"
     finally:
         hung.close()
         healthy.close()

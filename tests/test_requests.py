@@ -17,18 +17,21 @@ from hsm.api.dispatch import Dispatcher
 from hsm.api.requests import RequestLog
 from hsm.api.verbs import require_str, verb
 from hsm.errors import InvalidParameterException
+from tests.waiting import FakeClock, wait_for
 
 
 class Shelf:
-    """A toy mutating verb group: counts how often its verbs really ran."""
+    """A toy mutating verb group: counts how often its verbs really ran; createThing waits for `gate`."""
 
     def __init__(self):
         self.created = []
+        self.gate = threading.Event()
+        self.gate.set()
 
     @verb(mutating=True)
     def createThing(self, name, options=None):
         require_str("name", name)
-        time.sleep(0.05)
+        assert self.gate.wait(30)
         self.created.append(name)
         return {"thingId": f"{name}-{len(self.created)}"}
 
@@ -37,9 +40,9 @@ class Shelf:
         return {"count": len(self.created)}
 
 
-def _dispatcher(folder, ttl=3600):
+def _dispatcher(folder, ttl=3600, clock=time.time):
     shelf = Shelf()
-    return shelf, Dispatcher([shelf], RequestLog(str(folder), ttl=ttl))
+    return shelf, Dispatcher([shelf], RequestLog(str(folder), ttl=ttl, clock=clock))
 
 
 def test_repeat_answers_first_and_does_nothing(tmp_path):
@@ -76,34 +79,49 @@ def test_failures_leave_the_request_id_free(tmp_path):
 
 def test_concurrent_repeats_run_once(tmp_path):
     shelf, d = _dispatcher(tmp_path)
+    shelf.gate.clear()  # the first call stays inside createThing until the seven others wait on its requestId
     answers = []
     threads = [threading.Thread(target=lambda: answers.append(d.call("createThing", ["a", {"requestId": "r"}])))
                for _ in range(8)]
     for t in threads:
         t.start()
+    wait_for(lambda: "r" in d.requests._busy and d.requests._busy["r"][1] == 8, what="eight callers of one requestId")
+    shelf.gate.set()
     for t in threads:
-        t.join()
+        t.join(30)
     assert shelf.created == ["a"]
-    assert all(a == answers[0] for a in answers)
+    assert len(answers) == 8 and all(a == answers[0] for a in answers)
 
 
 def test_expired_answers_are_forgotten(tmp_path):
-    shelf, d = _dispatcher(tmp_path, ttl=0.1)
-    d.call("createThing", ["a", {"requestId": "r1"}])
-    time.sleep(0.2)
+    clock = FakeClock()
+    shelf, d = _dispatcher(tmp_path, ttl=60, clock=clock)
+    first = d.call("createThing", ["a", {"requestId": "r1"}])
+    clock.advance(60)
+    assert d.requests.expire() == 0
+    assert d.call("createThing", ["a", {"requestId": "r1"}]) == first  # at the TTL: still answered
+    clock.advance(0.001)
     assert d.requests.expire() == 1
     assert list(tmp_path.iterdir()) == []
     assert d.call("createThing", ["a", {"requestId": "r1"}])["thingId"] == "a-2"
 
 
+def test_an_expired_answer_is_not_given_before_the_sweep(tmp_path):
+    """Past the TTL the call runs again, even when no expire() came yet."""
+    clock = FakeClock()
+    shelf, d = _dispatcher(tmp_path, ttl=60, clock=clock)
+    d.call("createThing", ["a", {"requestId": "r1"}])
+    clock.advance(61)
+    assert d.call("createThing", ["a", {"requestId": "r1"}])["thingId"] == "a-2"
+    assert list(d.requests._answers) == ["r1"] and len(list(tmp_path.iterdir())) == 1
+
+
 def test_expired_answers_go_as_new_ones_come(tmp_path):
     """No expire() call: a new record drops the expired ones, from memory and disk."""
-    shelf, d = _dispatcher(tmp_path, ttl=0.2)
+    clock = FakeClock()
+    shelf, d = _dispatcher(tmp_path, ttl=60, clock=clock)
     d.call("createThing", ["a", {"requestId": "r1"}])
-    deadline = time.monotonic() + 10
-    while time.time() - d.requests._answers["r1"]["time"] <= 0.2:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    clock.advance(61)
     d.call("createThing", ["b", {"requestId": "r2"}])
     assert list(d.requests._answers) == ["r2"]
     assert [p.name for p in tmp_path.iterdir()] == [os.path.basename(_record_path(tmp_path, "r2"))]
@@ -132,10 +150,7 @@ def test_hsmd_expires_answers_by_age_while_it_runs(make_hsmd):
     assert proxy.runTestTask([{"seconds": 0}], {"requestId": "once"}) == first
     folder = os.path.join(daemon.state_dir, "requests")
     assert os.listdir(folder) == [os.path.basename(_record_path(folder, "once"))]
-    deadline = time.monotonic() + 10
-    while os.listdir(folder):
-        assert time.monotonic() < deadline, "the expired answer is still on disk"
-        time.sleep(0.05)
+    wait_for(lambda: not os.listdir(folder), what="the expired answer's removal from disk")
     again = proxy.runTestTask([{"seconds": 0}], {"requestId": "once"})
     assert again["status"]["code"] == 0 and again["taskId"] != first["taskId"]
 

@@ -2,9 +2,9 @@
 
 import os
 import socket
+import struct
 import subprocess
 import threading
-import time
 import xmlrpc.client
 
 import pytest
@@ -12,6 +12,7 @@ import pytest
 import hsm
 from hsm import config as hsmconfig
 from tests.hsmd import HSMD, free_port
+from tests.waiting import wait_for
 
 
 def test_ping(hsmd):
@@ -104,6 +105,28 @@ def _post(address, body, path="/RPC2"):
     return data
 
 
+def _unread(server: tuple[str, int], client: tuple[str, int]) -> int | None:
+    """Bytes from `client` that the process at `server` has not read yet: its socket's receive queue
+    (/proc/net/tcp), or None when there is no such connection."""
+    def hexed(address: tuple[str, int]) -> str:
+        return f"{struct.unpack('=I', socket.inet_aton(address[0]))[0]:08X}:{address[1]:04X}"
+
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if (fields[1], fields[2]) == (hexed(server), hexed(client)):
+                return int(fields[4].split(":")[1], 16)
+    return None
+
+
+def _refused(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
 def test_sigterm_lets_the_call_in_flight_finish(hsmd):
     """A call whose body is still arriving when SIGTERM comes gets its answer."""
     body = xmlrpc.client.dumps((), "getStats").encode()
@@ -111,9 +134,9 @@ def test_sigterm_lets_the_call_in_flight_finish(hsmd):
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(b"POST /RPC2 HTTP/1.1\r\nHost: x\r\nContent-Type: text/xml\r\n"
                      b"Content-Length: %d\r\n\r\n" % len(body) + body[:20])
-        time.sleep(0.3)  # a worker is now reading this request
+        wait_for(lambda: _unread((host, int(port)), sock.getsockname()) == 0, what="hsmd reading the request")
         hsmd.process.terminate()
-        time.sleep(0.3)
+        wait_for(lambda: _refused(host, int(port)), what="hsmd stopping: no new connection taken")
         sock.sendall(body[20:])
         answer = b""
         while b"</methodResponse>" not in answer:

@@ -1,7 +1,10 @@
-"""Idle, slow and never-handshaking peers cost hsmd no worker: a good client keeps its latency.
+"""Idle, slow and never-handshaking peers cost hsmd no worker: a good client keeps being answered.
 
 The hostile connections come from 127.0.0.2-11 (50 from each, under the
-per-peer cap); the good client calls from 127.0.0.1.
+per-peer cap); the good client calls from 127.0.0.1. A ping that waited for a
+worker a hostile connection held would wait for that connection's deadline;
+every ping here answers well before it. The good client's latency beside a
+baseline, with those connections open, is bench/rpc.py's.
 """
 
 import http.client
@@ -17,10 +20,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from hsm.rpc.client import TlsFiles
 from tests.test_tls import pki  # noqa: F401  (a fixture)
+from tests.waiting import wait_for
 
 HOSTILE = 500
 DEADLINE = 8  # seconds: [rpc] header_timeout, body_timeout and idle_timeout of these hsmd
-CALLS = 300
+CALLS = 100
 
 
 @pytest.fixture(autouse=True)
@@ -36,13 +40,6 @@ def enough_open_files():
 def _config(**extra):
     return {"rpc": {"threads": 2, "header_timeout": DEADLINE, "body_timeout": DEADLINE, "idle_timeout": DEADLINE,
                     **extra}}
-
-
-def _wait(condition, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def _gauges(address):
@@ -63,14 +60,13 @@ def _connect(address, n):
     return sock
 
 
-def _p99_of_pings(proxy):
-    latencies = []
+def _slowest_ping(proxy):
+    slowest = 0.0
     for _ in range(CALLS):
         begin = time.perf_counter()
         assert proxy.ping()["status"]["code"] == 0
-        latencies.append(time.perf_counter() - begin)
-    latencies.sort()
-    return latencies[int(len(latencies) * 0.99)]
+        slowest = max(slowest, time.perf_counter() - begin)
+    return slowest
 
 
 class Drip:
@@ -145,18 +141,19 @@ def test_idle_and_slow_peers_cost_no_worker(make_hsmd):
             slow_body.append(sock)
     drip = Drip([(s, b"Host: x\r\nX-Slow: " + b"y" * 100) for s in slow_head] + [(s, body[5:]) for s in slow_body])
     try:
-        _wait(lambda: _gauges(daemon.address)["hsm_rpc_connections"] >= base + HOSTILE, 30, "hsmd to hold them all")
-        p99 = _p99_of_pings(good)
+        wait_for(lambda: _gauges(daemon.address)["hsm_rpc_connections"] >= base + HOSTILE,
+                 what="hsmd holding them all", poll=0.05)
+        slowest = _slowest_ping(good)
         gauges = _gauges(daemon.address)
         assert gauges["hsm_rpc_connections"] >= base + HOSTILE, "the hostile connections closed before the calls ended"
         assert gauges["hsm_rpc_requests_in_workers"] == 1  # only this /metrics request
-        assert p99 < 0.100, f"ping p99 {p99 * 1000:.1f} ms with {HOSTILE} hostile connections open"
+        assert slowest < DEADLINE / 2, f"a ping took {slowest:.2f} s with {HOSTILE} hostile connections open"
         received = _read_until_closed(idle + slow_head + slow_body, timeout=DEADLINE + 30)
     finally:
         drip.stop()
     assert all(received[s] == b"" for s in idle)
     assert all(received[s].startswith(b"HTTP/1.1 408") for s in slow_head + slow_body)
-    _wait(lambda: _gauges(daemon.address)["hsm_rpc_connections"] <= base, 10, "hsmd to forget them")
+    wait_for(lambda: _gauges(daemon.address)["hsm_rpc_connections"] <= base, what="hsmd forgetting them", poll=0.05)
     assert good.ping()["status"]["code"] == 0
     for sock in idle + slow_head + slow_body:
         sock.close()
@@ -177,16 +174,16 @@ def test_peers_stuck_before_the_tls_handshake_cost_no_worker(make_hsmd, pki):  #
             sock.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # the start of a ClientHello
         stuck.append(sock)
     try:
-        _wait(lambda: _connections_tls(daemon) >= base + HOSTILE, 30, "hsmd to hold them all")
-        p99 = _p99_of_pings(good)
+        wait_for(lambda: _connections_tls(daemon) >= base + HOSTILE, what="hsmd holding them all", poll=0.05)
+        slowest = _slowest_ping(good)
         assert _connections_tls(daemon) >= base + HOSTILE, "the hostile connections closed before the calls ended"
-        assert p99 < 0.100, f"ping p99 {p99 * 1000:.1f} ms with {HOSTILE} connections stuck before the handshake"
+        assert slowest < DEADLINE / 2, f"a ping took {slowest:.2f} s, {HOSTILE} connections stuck before the handshake"
         received = _read_until_closed(stuck, timeout=DEADLINE + 30)
     finally:
         for sock in stuck:
             sock.close()
     assert all(not data.startswith(b"HTTP") for data in received.values())
-    _wait(lambda: _connections_tls(daemon) <= base, 10, "hsmd to forget them")
+    wait_for(lambda: _connections_tls(daemon) <= base, what="hsmd forgetting them", poll=0.05)
     assert good.ping()["status"]["code"] == 0
 
 
@@ -211,12 +208,12 @@ def _connections_tls(daemon):
 def test_connections_over_the_per_peer_cap_are_closed(make_hsmd):
     daemon = make_hsmd(config=_config(max_connections_per_peer=5)).start()
     held = [_connect(daemon.address, 0) for _ in range(5)]
-    _wait(lambda: _gauges(daemon.address)["hsm_rpc_connections"] >= 6, 10, "the five to be held")
+    wait_for(lambda: _gauges(daemon.address)["hsm_rpc_connections"] >= 6, what="the five held", poll=0.05)
     extra = _connect(daemon.address, 0)
     assert _read_until_closed([extra], timeout=10)[extra] == b""
     assert daemon.proxy().ping()["status"]["code"] == 0  # another address is still served
     held.pop().close()
-    _wait(lambda: _gauges(daemon.address)["hsm_rpc_connections"] <= 5, 10, "the closed one to be forgotten")
+    wait_for(lambda: _gauges(daemon.address)["hsm_rpc_connections"] <= 5, what="the closed one forgotten", poll=0.05)
     again = _connect(daemon.address, 0)
     again.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
     assert again.recv(64).startswith(b"HTTP/1.1 200")

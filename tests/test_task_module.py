@@ -4,22 +4,23 @@ import os
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 
-from hsm.errors import AddTaskError, ResourceTimeout, TaskMetaDataSaveError, VolumeCreationError
+from hsm.errors import AddTaskError, ResourceTimeout, TaskMetaDataSaveError, UnknownTask, VolumeCreationError
 from hsm.tasks import EXCLUSIVE, SHARED, ResourceManager, State, Step, Task, TaskKind, TaskManager
 from hsm.tasks.states import engine_result, engine_state
 from hsm.tasks.store import TaskStore, read_records
 from tests.tasks_helpers import fill, small_filesystem
-from tests.waiting import wait_for
+from tests.waiting import FakeClock, wait_for
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Larger than a page: once the small filesystem is full, no task record fits in the journal's last page.
 PAD = "x" * 8192
 
 ALONE = r"""
-import sys, importlib.abc, tempfile, time
+import sys, importlib.abc, tempfile
 
 class Refuse(importlib.abc.MetaPathFinder):
     # hsmd's other parts and its third-party libraries must not be needed.
@@ -36,16 +37,14 @@ ran = []
 manager = TaskManager(tempfile.mkdtemp(), pool_size=1)
 manager.register(TaskKind("hello", lambda args: [Step("greet", lambda ctx: ran.append(ctx.args["who"]))]))
 task = manager.start("hello", "greet", {"who": "vdsm"})
-for _ in range(500):
-    if task.state.done:
-        break
-    time.sleep(0.01)
+from tests.waiting import wait_for
+wait_for(lambda: task.state.done, timeout=60, what="the task's end")
 print(task.state.value, ran, sorted(m for m in sys.modules if m.startswith("hsm")))
 """
 
 
 def test_imports_and_runs_without_the_rest_of_hsmd():
-    done = subprocess.run([sys.executable, "-c", ALONE], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", ALONE], capture_output=True, text=True, timeout=90, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     state, rest = done.stdout.split(" ", 1)
     assert state == "finished"
@@ -82,11 +81,18 @@ def test_shared_locks_coexist_and_exclusive_waits():
 
         thread = threading.Thread(target=writer)
         thread.start()
-        time.sleep(0.2)
+        wait_for(lambda: _users(resources, "a") == 2 or "writer" in order, what="the writer waiting")
         order.append("reader done")
     thread.join()
     assert order == ["two readers", "reader done", "writer"]
     assert resources.holders() == {}
+
+
+def _users(resources: ResourceManager, image: str) -> int:
+    """Holders and waiters of the image's lock: how a test knows that a thread it started now waits."""
+    with resources._cond:
+        entry = resources._resources.get(("01_image", image))
+        return entry.users if entry else 0
 
 
 def test_lock_timeout_is_resource_timeout_and_releases_what_it_took():
@@ -130,7 +136,7 @@ def test_waiting_writer_is_not_starved_by_new_readers():
             got.append(name)
             if hold:
                 first_reader.set()
-                release_first.wait(5)
+                assert release_first.wait(30)
 
     def writer():
         with resources.locked([("01_image", "c", EXCLUSIVE)], timeout=5):
@@ -138,16 +144,16 @@ def test_waiting_writer_is_not_starved_by_new_readers():
 
     t1 = threading.Thread(target=reader, args=("reader1", True))
     t1.start()
-    first_reader.wait(5)
+    assert first_reader.wait(30)
     tw = threading.Thread(target=writer)
     tw.start()
-    time.sleep(0.1)
+    wait_for(lambda: _users(resources, "c") == 2 or "writer" in got, what="the writer waiting")
     t2 = threading.Thread(target=reader, args=("reader2", False))
     t2.start()
-    time.sleep(0.1)
+    wait_for(lambda: _users(resources, "c") == 3 or "reader2" in got, what="the second reader waiting or in")
     release_first.set()
     for t in (t1, tw, t2):
-        t.join(10)
+        t.join(30)
     assert got == ["reader1", "writer", "reader2"]
 
 
@@ -254,18 +260,59 @@ def test_start_up_on_a_full_disk_leaves_interrupted_tasks_waiting(small_fs):
 
 
 def test_ended_tasks_wait_to_be_forgotten_until_the_journal_takes_it(small_fs):
+    clock = FakeClock()
     gated = Gated()
     gated.gate.set()
-    manager = _manager(small_fs, gated.kind())
+    manager = _manager(small_fs, gated.kind(), clock=clock)
     task = manager.start("gated", "v", {"pad": PAD})
     wait_for(lambda: task.state.done, what="the task's end")
     manager.shutdown(10)
-    manager = _manager(small_fs, gated.kind(), finished_ttl=0.001)
+    manager = _manager(small_fs, gated.kind(), finished_ttl=60, clock=clock)
     manager.recover_all()  # folds the journal: a removal then needs a fresh page
     filler = fill(small_fs)
-    wait_for(lambda: time.time() - task.updated > 0.01)
+    clock.advance(61)
     assert [t.id for t in manager.all()] == [task.id]  # kept, and the verb still answers
     os.unlink(filler)
     assert manager.all() == []
     assert read_records(small_fs)[0] == {}
     manager.shutdown(10)
+
+
+def test_ended_tasks_are_forgotten_past_finished_ttl(tmp_path):
+    """Non-transparent: an ended task answers until finished_ttl has passed since its end, then is gone, on disk too."""
+    clock = FakeClock()
+    gated = Gated()
+    gated.gate.set()
+    manager = _manager(str(tmp_path), gated.kind(), finished_ttl=60, clock=clock)
+    task = manager.start("gated", "v", {})
+    wait_for(lambda: task.state.done, what="the task's end")
+    clock.advance(60)
+    assert manager.get(task.id) is task
+    clock.advance(0.5)
+    with pytest.raises(UnknownTask):
+        manager.get(task.id)
+    assert read_records(str(tmp_path))[0] == {}
+    manager.shutdown(10)
+
+
+def test_transparent_ended_tasks_outlive_finished_ttl(tmp_path):
+    """Transparent tasks are the caller's: finished_ttl never forgets them, here or after a restart; clear does."""
+    clock = FakeClock()
+    gated = Gated()
+    gated.gate.set()
+    manager = _manager(str(tmp_path), gated.kind(), mode="transparent", finished_ttl=60, clock=clock)
+    task = manager.start("gated", "v", {}, task_id="engine-1")
+    wait_for(lambda: task.state.done, what="the task's end")
+    clock.advance(3600)
+    manager.expire()
+    assert manager.get("engine-1") is task
+    manager.shutdown(10)
+    restarted = _manager(str(tmp_path), gated.kind(), mode="transparent", finished_ttl=60, clock=clock)
+    assert restarted.recover_all() == {"kept": 1}
+    clock.advance(3600)
+    restarted.expire()
+    assert restarted.get("engine-1").state is State.FINISHED
+    restarted.clear("engine-1")
+    with pytest.raises(UnknownTask):
+        restarted.get("engine-1")
+    restarted.shutdown(10)

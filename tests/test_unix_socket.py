@@ -9,12 +9,12 @@ import socket
 import stat
 import subprocess
 import tempfile
-import time
 
 import pytest
 
 from hsm.rpc.client import ServiceProxy
 from tests.hsmd import HSM_CLI
+from tests.waiting import wait_for
 
 NOBODY = 65534
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -42,14 +42,6 @@ while True:
 print(data.split(b"\r\n", 1)[0].decode() if data else "closed")
 print("getImageList answered" if b"</methodResponse>" in data else "no answer")
 """
-
-
-def _wait_for(condition, timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met in {timeout} s")
-        time.sleep(0.02)
 
 
 @pytest.fixture
@@ -129,7 +121,7 @@ def test_other_uid_refused_then_allowed(unix_hsmd, open_dir):
     daemon, _ = unix_hsmd(unix_socket=path, unix_socket_mode="0666")
     assert _as_nobody(path) == ["HTTP/1.1 403 Forbidden", "no answer"]
     assert _as_nobody(path, "silent") == ["HTTP/1.1 403 Forbidden", "no answer"]  # refused before any request
-    _wait_for(lambda: "uid 65534" in daemon.log_text(), what="the refusal in the log")
+    wait_for(lambda: "uid 65534" in daemon.log_text(), what="the refusal in the log")
     assert _image_calls(daemon) == 0, "a refused caller's verb ran"
     daemon.stop()
 

@@ -35,11 +35,15 @@ def hsm_user() -> pwd.struct_passwd:
         account = pwd.getpwnam("hsm")
     except KeyError:
         pytest.skip("no user hsm: tools/bootstrap.sh makes it from etc/sysusers.d/hsm.conf")
-    done = subprocess.run([sys.executable, "-c", "import hsm"], user="hsm", group="hsm", extra_groups=[],
-                          capture_output=True, text=True, timeout=60)
-    if done.returncode != 0:
+    try:
+        done = subprocess.run([sys.executable, "-c", "import hsm"], user="hsm", group="hsm", extra_groups=[],
+                              capture_output=True, text=True, timeout=60)
+        why = done.stderr.strip()[-200:] if done.returncode != 0 else ""
+    except OSError as e:  # the interpreter itself cannot be reached
+        why = str(e)
+    if why:
         pytest.skip(f"user hsm cannot run {sys.executable} (a venv made from a Python under a private "
-                    f"folder; tools/bootstrap.sh uses /usr/bin/python3.11): {done.stderr.strip()[-200:]}")
+                    f"folder; tools/bootstrap.sh uses /usr/bin/python3.11): {why}")
     return account
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 
 from tests.hsmd import free_port
+from tests.waiting import wait_for
 
 
 class Tgtd:
@@ -26,14 +26,15 @@ class Tgtd:
             f.truncate(lun_bytes)
         self.process = subprocess.Popen(["tgtd", "-f", "-C", self.control, "--iscsi", f"portal=127.0.0.1:{self.port}"],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while True:
+        def target_made() -> bool:
+            assert self.process.poll() is None, f"tgtd exited {self.process.returncode}"
             try:
                 self.tgtadm("--op", "new", "--mode", "target", "--tid", "1", "-T", self.iqn)
-                break
             except subprocess.CalledProcessError:
-                assert time.monotonic() < deadline and self.process.poll() is None, "tgtd did not start"
-                time.sleep(0.1)
+                return False
+            return True
+
+        wait_for(target_made, what="tgtd taking a target", poll=0.1)
         self.tgtadm("--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "1", "-b", lun)
         self.tgtadm("--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL")
         if self.user:

@@ -33,8 +33,9 @@ def fingerprint(verb: str, args: list) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-_FIELDS = {"requestId": (str, "a string"), "verb": (str, "a string"), "fingerprint": (str, "a string"),
-           "answer": (dict, "a struct"), "time": ((int, float), "a number")}
+_FIELDS: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "requestId": (str, "a string"), "verb": (str, "a string"), "fingerprint": (str, "a string"),
+    "answer": (dict, "a struct"), "time": ((int, float), "a number")}
 
 
 def _checked(record: object) -> dict:
@@ -56,8 +57,12 @@ def _checked(record: object) -> dict:
 
 
 class RequestLog:
-    def __init__(self, folder: str | None, ttl: float, max_answers: int = 10000) -> None:
+    """`clock` gives the wall-clock time an answer is stamped with and its TTL runs on."""
+
+    def __init__(self, folder: str | None, ttl: float, max_answers: int = 10000,
+                 clock: Callable[[], float] = time.time) -> None:
         self._folder = folder
+        self._clock = clock
         self._ttl = ttl
         self._max_answers = max_answers
         self._lock = threading.Lock()
@@ -73,7 +78,7 @@ class RequestLog:
 
     def _load(self) -> None:
         """Read the kept answers; a damaged record is logged with its path and removed, never fatal."""
-        now = time.time()
+        now = self._clock()
         kept = []
         for entry in os.scandir(self._folder):
             if not entry.name.endswith(".json"):
@@ -132,13 +137,13 @@ class RequestLog:
         answer = call()
         if answer.get("status", {}).get("code") == 0:
             self._remember({"requestId": request_id, "verb": verb, "fingerprint": digest,
-                            "answer": answer, "time": time.time()})
+                            "answer": answer, "time": self._clock()})
         return answer
 
     def _known(self, request_id: str) -> dict | None:
         with self._lock:
             record = self._answers.get(request_id)
-        if record is not None and time.time() - record["time"] > self._ttl:
+        if record is not None and self._clock() - record["time"] > self._ttl:
             return None  # expired: the next sweep drops it, or _remember replaces it
         return record
 
@@ -153,7 +158,7 @@ class RequestLog:
     def expire(self) -> int:
         """Forget answers older than the TTL or past max_answers; returns how many went."""
         with self._lock:
-            return self._sweep(time.time())
+            return self._sweep(self._clock())
 
     def _sweep(self, now: float) -> int:
         """Drop the oldest answers while they are expired or too many (called under self._lock).
@@ -162,7 +167,7 @@ class RequestLog:
         or over the limit again at the next start. A requestId in use by a call
         keeps its file; that call rewrites it, or it goes at the next start.
         """
-        old = []
+        old: list[str] = []
         for request_id, record in self._answers.items():
             over = 0 < self._max_answers < len(self._answers) - len(old)
             if not over and now - record["time"] <= self._ttl:

@@ -22,7 +22,9 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from hsm.errors import (
     ActionStopped,
@@ -57,10 +59,13 @@ class _Shutdown(Exception):
 
 
 class TaskManager:
+    """`clock` gives the wall-clock times tasks record (created, updated) and finished_ttl runs on."""
+
     def __init__(self, folder: str, mode: str = NON_TRANSPARENT, pool_size: int = 10, max_tasks: int = 500,
                  finished_ttl: float = 3600, max_finished: int = 1000, lock_timeout: float = 120.0,
-                 resources: ResourceManager | None = None) -> None:
+                 resources: ResourceManager | None = None, clock: Callable[[], float] = time.time) -> None:
         self.set_mode(mode)
+        self._clock = clock
         self.store = TaskStore(folder)
         self.resources = resources or ResourceManager()
         self._max_tasks = max_tasks
@@ -92,7 +97,7 @@ class TaskManager:
 
     def recover_all(self) -> dict[str, int]:
         """Load every stored task and act as its mode says; returns counts by what was done."""
-        done = collections.Counter()
+        done: collections.Counter[str] = collections.Counter()
         loaded = sorted(self.store.load_all(), key=lambda t: t.updated)
         for task in loaded:
             self._tasks[task.id] = task
@@ -151,8 +156,9 @@ class TaskManager:
             raise InvalidParameterException(f"taskId={task_id!r}: letters, digits, '-' and '_' only")
         steps = self._kinds[kind].steps(args)
         self._expire()
+        now = self._clock()
         task = Task(id=task_id, kind=kind, verb=verb, args=args, mode=self.mode, nsteps=len(steps),
-                    tags=list(tags or []), owner=owner)
+                    tags=list(tags or []), owner=owner, created=now, updated=now)
         with self._lock:
             if task_id in self._tasks:
                 raise TaskIdExists(task_id)
@@ -340,9 +346,10 @@ class TaskManager:
                     if self._shutdown.is_set():
                         raise _Shutdown()
                     self._move(task, State.RECOVERING, undo=index)
-                    if steps[index].rollback is not None:
+                    rollback = steps[index].rollback
+                    if rollback is not None:
                         log.info("Rolling back step %d/%d: %s", index + 1, len(steps), steps[index].name)
-                        steps[index].rollback(context)
+                        rollback(context)
         except (_Shutdown, TaskMetaDataSaveError):  # a rollback that cannot be recorded goes no further
             raise
         except Exception as e:
@@ -373,7 +380,8 @@ class TaskManager:
         message = f"{error}; stopped {task.state.value} at step {task.stage or '-'}"
         if task.code:
             message += f", after: {task.message}"
-        changes = {"state": State.FAILED, "code": error.code, "message": message, "updated": time.time()}
+        changes: dict[str, Any] = {"state": State.FAILED, "code": error.code, "message": message,
+                                   "updated": self._clock()}
         try:
             self.store.save(dataclasses.replace(task, **changes), owe=True)
         except TaskMetaDataSaveError as e:
@@ -382,7 +390,7 @@ class TaskManager:
 
     # -- state ----------------------------------------------------------
 
-    def _move(self, task: Task, state: State, persist: bool = True, **changes: object) -> None:
+    def _move(self, task: Task, state: State, persist: bool = True, **changes: Any) -> None:
         """Persist the task in `state` (with `changes`), then let it take effect.
 
         `persist=False` is only for moves after which a crash recovers exactly as
@@ -391,7 +399,7 @@ class TaskManager:
         """
         if state is not task.state and state not in MOVES.get(task.state, ()):
             raise TaskStateTransitionError(f"{task.id}: {task.state.value} -> {state.value}")
-        changes.update(state=state, updated=time.time())
+        changes.update(state=state, updated=self._clock())
         if persist:
             self.store.save(dataclasses.replace(task, **changes))
         self._take(task, changes)  # readers see the new state only once it is on disk
@@ -457,7 +465,7 @@ class TaskManager:
 
     def _expired(self, by_age: bool) -> list[Task]:
         """The ended tasks to forget, oldest first (called under self._lock)."""
-        limit = time.time() - self._finished_ttl if by_age and self._finished_ttl > 0 else None
+        limit = self._clock() - self._finished_ttl if by_age and self._finished_ttl > 0 else None
         excess = len(self._finished) - self._max_finished if self._max_finished > 0 else 0
         old, gone = [], []
         for task_id, ended in self._finished.items():
