@@ -234,30 +234,10 @@ class FileRepository:
             raise ValueError(f"the record names image {image.id}, not the {image_id} its file name says")
         return image
 
-    def reread(self) -> list[str]:
-        """Read the unreadable records again (an admin may have repaired them); returns the ids now readable."""
-        repaired = []
+    def reread(self) -> None:
+        """Read the unreadable records again (an admin may have repaired them), as a change behind hsmd's back."""
         for image_id in list(self.unreadable):
-            try:
-                image = self._parse(image_id, self.io.read(self.meta_path(image_id), 1 << 20))
-            except FileNotFoundError:
-                with self.lock:
-                    self.unreadable.pop(image_id, None)
-                continue
-            except ValueError as e:
-                self.unreadable[image_id] = str(e)
-                continue
-            conflict = _conflicts({**self.images, image_id: image}).get(image_id)
-            if conflict:
-                self.unreadable[image_id] = conflict
-                continue
-            with self.lock:
-                if image_id in self.unreadable:
-                    del self.unreadable[image_id]
-                    self.images[image_id] = image
-                    self._note_intent(image)
-                    repaired.append(image_id)
-        return repaired
+            self.refresh(image_id)
 
     def refresh(self, image_id: str) -> None:
         """Read one record again after a change made behind hsmd's back, and make the index say what it says.
@@ -281,8 +261,7 @@ class FileRepository:
                 return
             try:
                 image = self._parse(image_id, data)
-                others = {key: value for key, value in self.images.items() if key != image_id}
-                conflict = _conflicts({**others, image_id: image}).get(image_id)
+                conflict = _conflicts({**self.images, image_id: image}).get(image_id)
                 if conflict:
                     raise ValueError(conflict)
             except ValueError as e:
