@@ -41,7 +41,8 @@ class ServiceProxy:
         try:
             probe = client.ServiceProxy(self.address, tls=tls, timeout=probe_timeout)
             try:
-                self._ready = self._switch(probe)
+                self._switch(probe)
+                self._ready = True
             finally:
                 probe.close()
         except _LOST as e:
@@ -114,9 +115,8 @@ class ServiceProxy:
                     self._made.remove(proxy)
 
     @staticmethod
-    def _switch(proxy: client.ServiceProxy) -> bool:
-        """Put hsmd in transparent task mode (VDSM keeps its tasks); whether hsmd answered."""
+    def _switch(proxy: client.ServiceProxy) -> None:
+        """Put hsmd in transparent task mode (VDSM keeps its tasks); raises what a lost hsmd raises."""
         answer = proxy.call("setTaskMode", "transparent")
         if answer["status"]["code"] != 0:
             log.warning("hsmd refused transparent task mode: %s", answer["status"])
-        return True
