@@ -47,6 +47,13 @@ def run_fixes(proxy, repo: str = "local", rounds: int = 4) -> list[dict]:
     raise AssertionError(f"fixes keep coming back: {fixes}")
 
 
+def hold_the_worker(proxy) -> str:
+    """A sleeping diagnostics task running on hsmd's only worker (thread_pool_size=1): fixes queue behind it."""
+    blocker = start_task(proxy, [{"seconds": 60}])
+    wait_state(proxy, blocker, states=("running",), timeout=WAIT)
+    return blocker
+
+
 def stop_blocker(proxy, blocker: str) -> None:
     """Free the worker a sleeping diagnostics task holds (resumed after a restart, it sleeps again)."""
     if code(proxy.stopTask(blocker)) == 0:
@@ -151,8 +158,7 @@ def test_the_task_id_of_a_commit_survives_kill_9(make_hsmd):
     daemon = make_hsmd(config=diagnostics_config(thread_pool_size=1)).start()
     proxy = daemon.proxy()
     disk = new_disk(proxy, size=16 * MiB)
-    blocker = start_task(proxy, [{"seconds": 60}])  # holds the only worker: the copy stays queued
-    wait_state(proxy, blocker, states=("running",), timeout=WAIT)
+    blocker = hold_the_worker(proxy)  # the copy stays queued
     copy = ok(proxy.copyImage("local", disk, "", {}, {}))["imageId"]
     [task] = ok(proxy.getImageTasks(copy))["tasks"]
     daemon.kill()
@@ -303,8 +309,7 @@ def test_get_image_tasks_shows_a_merge_on_the_children_it_rewrites(make_hsmd):
     disk = new_disk(proxy, size=16 * MiB)
     snapshot = new_snapshot(proxy, disk)
     child = new_disk(proxy, size=16 * MiB, base=snapshot)
-    blocker = start_task(proxy, [{"seconds": 60}])
-    wait_state(proxy, blocker, states=("running",), timeout=WAIT)
+    blocker = hold_the_worker(proxy)
     ok(proxy.removeImage("local", snapshot, {}))
     [merge] = [task for task, state in ok(proxy.getAllTasksStatuses())["allTasksStatus"].items()
                if task != blocker and state["taskState"] != "finished"]
@@ -344,8 +349,7 @@ def test_a_pending_merge_below_does_not_hide_a_create_at_restart(make_hsmd):
     qemu_write(top_path(proxy, "local", disk), 0x27, 0, MiB)
     below, above = new_snapshot(proxy, disk), new_snapshot(proxy, disk)
     ok(proxy.removeImage("local", below, {"autoFix": False}))  # its merge waits for the caller
-    blocker = start_task(proxy, [{"seconds": 60}])  # the create below stays queued, never journalled
-    wait_state(proxy, blocker, states=("running",), timeout=WAIT)
+    blocker = hold_the_worker(proxy)  # the create below stays queued, never journalled
     new = ok(proxy.createVirtualDisk("local", str(4 * MiB), above, {}, {}))["imageId"]
     [task] = ok(proxy.getImageTasks(new))["tasks"]
     daemon.kill()
