@@ -21,6 +21,7 @@ import pytest
 from tests.hsmd import Hsmd
 from tests.images_helpers import code, ok, qemu_reads, qemu_write, top_path, wait_image
 from tests.supervdsmd import Supervdsmd
+from tests.test_connections import bind_uri, servers
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="starting hsmd as another user needs root")
@@ -136,8 +137,8 @@ def test_a_posixfs_repository_through_supervdsmd(services, hsm_user, place):
     daemon, _ = services
     proxy = daemon.proxy()
     export = hsm_owned(place / "export", hsm_user)
-    ok(proxy.manageStorageServer(f"posixfs://?spec={export}&vfsType=none&options=bind", "shared"))
-    wait_for(lambda: ok(proxy.getStorageServerList())["servers"]["shared"]["connected"], what="mounted")
+    ok(proxy.manageStorageServer(bind_uri(export), "shared"))
+    wait_for(lambda: servers(proxy)["shared"]["connected"], what="mounted")
     assert mounts_under(place / "rhev")
     params = {"connectionId": "shared", "subdir": "repo"}
     ok(proxy.createStorageRepository("posixfs-1", params, {}))
@@ -161,8 +162,8 @@ def test_storage_hsm_may_not_write_is_refused_with_a_code(services, place):
     assert code(answer) == 469, answer
     assert "permission" in answer["status"]["message"].lower()
     assert sorted(os.listdir(closed)) == ["keep"]
-    ok(proxy.manageStorageServer(f"posixfs://?spec={closed}&vfsType=none&options=bind", "closed"))
-    wait_for(lambda: ok(proxy.getStorageServerList())["servers"]["closed"]["connected"], what="mounted")
+    ok(proxy.manageStorageServer(bind_uri(closed), "closed"))
+    wait_for(lambda: servers(proxy)["closed"]["connected"], what="mounted")
     answer = proxy.createStorageRepository("posixfs-1", {"connectionId": "closed", "subdir": "repo"}, {})
     assert code(answer) == 469, answer
     assert sorted(os.listdir(closed)) == ["keep"]
