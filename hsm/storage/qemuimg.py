@@ -49,10 +49,14 @@ CHECK_TIMEOUT = 600.0
 _ORPHAN_GUARD = '[ "$PPID" = "$0" ] && exec "$@"'
 
 
+_SETPRIV = shutil.which("setpriv")
+
+
 def _die_with_parent() -> list[str]:
-    if not shutil.which("setpriv"):
+    """The prefix that ties a qemu-img to this process (its pid: hsmd's, or a forked child's)."""
+    if not _SETPRIV:
         return []
-    return ["setpriv", "--pdeathsig", "KILL", "sh", "-c", _ORPHAN_GUARD, str(os.getpid())]
+    return [_SETPRIV, "--pdeathsig", "KILL", "sh", "-c", _ORPHAN_GUARD, str(os.getpid())]
 
 
 # Data copies yield the CPU and the disks to the API and to VMs; the parent-death
