@@ -149,7 +149,9 @@ def test_copy_shows_a_progress_bar_on_a_terminal(hsmd):
     done = subprocess.run(["script", "-qec", line, "/dev/null"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0
     frames = [line for line in done.stdout.replace("\r", "\n").splitlines() if line.startswith("[")]
-    assert any("%" in frame and "stage 1/2" in frame for frame in frames), frames
+    # How many frames stage 1 gets depends on the machine's speed; the bar ends full either way.
+    assert frames and all("stage" in frame for frame in frames), frames
+    assert "100% stage 2/2" in frames[-1], frames
     copy = done.stdout.split("copy=")[1].split()[0]
     assert copy in table(run(hsmd, "image", "list").stdout)[1]
 
