@@ -4,6 +4,8 @@ import pathlib
 import pytest
 
 from tests.hsmd import Hsmd
+from vdsm_shim import ServiceProxy
+from vdsm_shim.inprocess import InProcess
 
 
 @pytest.fixture
@@ -46,3 +48,19 @@ def hung_mount(tmp_path):
 
     with mounted(str(tmp_path)) as (mountpoint, flag):
         yield mountpoint, pathlib.Path(flag)
+
+
+@pytest.fixture
+def both(make_hsmd, tmp_path):
+    """[(irs, root)]: hsmd through ServiceProxy, then hsm in-process; each with its own storage under root."""
+    sides = []
+    daemon = make_hsmd(config={"irs": {"sd_health_check_delay": 0.2}}).start()
+    remote = ServiceProxy(daemon.address)
+    here = InProcess({"state_dir": str(tmp_path / "in-process"), "sd_health_check_delay": 0.2})
+    for name, irs in (("hsmd", remote), ("in-process", here)):
+        root = tmp_path / f"storage-{name}"
+        root.mkdir()
+        sides.append((irs, str(root)))
+    yield sides
+    remote.close()
+    here.close()

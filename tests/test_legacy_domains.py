@@ -2,61 +2,13 @@
 hsmd, and in-process with no hsmd. Both must answer the same (paths and free space aside)."""
 
 import os
-import re
 
 import pytest
 
 from tests.images_helpers import MiB, code, ok, wait_image
+from tests.legacy_helpers import BLANK, ISO, OTHER, SD, SP, listing, run_both
 from tests.supervdsmd import Supervdsmd
 from tests.waiting import wait_for
-from vdsm_shim import ServiceProxy
-from vdsm_shim.inprocess import InProcess
-
-SD = "11111111-1111-4111-8111-111111111111"
-ISO = "22222222-2222-4222-8222-222222222222"
-SP = "33333333-3333-4333-8333-333333333333"
-OTHER = "44444444-4444-4444-8444-444444444444"
-BLANK = "00000000-0000-0000-0000-000000000000"
-VOLATILE = {"disktotal", "diskfree", "lastCheck", "delay", "ctime"}
-
-
-@pytest.fixture
-def both(make_hsmd, tmp_path):
-    """[(irs, root)]: hsmd through ServiceProxy, then hsm in-process; each with its own storage under root."""
-    sides = []
-    daemon = make_hsmd(config={"irs": {"sd_health_check_delay": 0.2}}).start()
-    remote = ServiceProxy(daemon.address)
-    here = InProcess({"state_dir": str(tmp_path / "in-process"), "sd_health_check_delay": 0.2})
-    for name, irs in (("hsmd", remote), ("in-process", here)):
-        root = tmp_path / f"storage-{name}"
-        root.mkdir()
-        sides.append((irs, str(root)))
-    yield sides
-    remote.close()
-    here.close()
-
-
-def same(answers: list, root: str) -> list:
-    """Answers with the side's storage root named <root> and what changes between two runs left out."""
-    def clean(value):
-        if isinstance(value, dict):
-            return {key: "-" if key in VOLATILE else clean(item) for key, item in value.items()
-                    if not re.fullmatch(r"[0-9a-f-]{36}", key) or key in (SD, ISO, SP, OTHER)}
-        if isinstance(value, list):
-            return [clean(item) for item in value]
-        return value.replace(root, "<root>") if isinstance(value, str) else value
-    return clean(answers)
-
-
-def run_both(both, flow) -> list:
-    seen = [same(flow(irs, root), root) for irs, root in both]
-    assert seen[0] == seen[1]
-    return seen[0]
-
-
-def listing(root: str) -> list:
-    return sorted(os.path.relpath(os.path.join(folder, name), root)
-                  for folder, dirs, files in os.walk(root) for name in dirs + files)
 
 
 def domains_flow(irs, root: str) -> list:
