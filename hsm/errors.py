@@ -46,7 +46,9 @@ VolumeImageHasChildren = _error("VolumeImageHasChildren", 204, "The volume has c
 VolumeCreationError = _error("VolumeCreationError", 205, "The volume could not be created")
 VolumeMetadataReadError = _error("VolumeMetadataReadError", 207, "The volume metadata could not be read")
 VolumeMetadataWriteError = _error("VolumeMetadataWriteError", 208, "The volume metadata could not be written")
+VolumeAlreadyExists = _error("VolumeAlreadyExists", 212, "A volume with this id exists")
 CannotDeleteVolume = _error("CannotDeleteVolume", 222, "The volume could not be deleted")
+CannotDeleteSharedVolume = _error("CannotDeleteSharedVolume", 223, "A shared (template) volume cannot be deleted")
 PrepareIllegalVolumeError = _error("PrepareIllegalVolumeError", 227, "The image is not ready for use")
 VolumeWasNotPreparedBeforeTeardown = _error("VolumeWasNotPreparedBeforeTeardown", 230, "The image was not prepared")
 MergeSnapshotsError = _error("MergeSnapshotsError", 252, "The snapshots could not be merged")
@@ -117,6 +119,21 @@ RepositoryIdInUse = _error("RepositoryIdInUse", 5012, "The repository id is conn
 InvalidConnectionURI = _error("InvalidConnectionURI", 5014, "The storage URI is not valid")
 InvalidFix = _error("InvalidFix", 5013, "The fix is not one checkStorageRepository gave for this repository")
 HsmdUnavailable = _error("HsmdUnavailable", 5015, "hsmd is not reachable")
+
+# VDSM's numbers for the rest of its pool, OVF store and device verbs.
+GetIsoListError = _error("GetIsoListError", 314, "Cannot get ISO list")
+StoragePoolConnected = _error("StoragePoolConnected", 325, "Cannot perform action while storage pool is connected")
+StorageDomainNotActive = _error("StorageDomainNotActive", 369, "Storage domain not active")
+StorageDomainStatusError = _error("StorageDomainStatusError", 376, "Unsupported Storage Domain status")
+StorageDomainTypeNotBackup = _error("StorageDomainTypeNotBackup", 378, "Domain type should be 'backup' but is not")
+CurrentVersionTooAdvancedError = _error("CurrentVersionTooAdvancedError", 395,
+                                        "The domain's version is more advanced than the one asked for")
+DeviceNotFound = _error("DeviceNotFound", 466, "Device not found or not accessible")
+MiscFileReadException = _error("MiscFileReadException", 2001, "Internal file read failure")
+
+# More of VDSM's numbers, for its connection-reference and iSCSI discovery verbs.
+StorageServerValidationError = _error("StorageServerValidationError", 453, "The connection information is not valid")
+iSCSIDiscoveryError = _error("iSCSIDiscoveryError", 475, "iSCSI discovery failed")
 
 
 def all_errors() -> list[type[HsmError]]:

@@ -54,8 +54,8 @@ def top_path(proxy, repo: str, image_id: str) -> str:
     return ok(proxy.getImageInfo(repo, image_id))["image"]["volumes"][0]["path"]
 
 
-def qemu_write(path: str, pattern: int, offset: int, length: int) -> None:
-    subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -P {pattern} {offset} {length}", path],
+def qemu_write(path: str, pattern: int, offset: int, length: int, fmt: str = "qcow2") -> None:
+    subprocess.run(["qemu-io", "-f", fmt, "-c", f"write -P {pattern} {offset} {length}", path],
                    check=True, capture_output=True)
 
 

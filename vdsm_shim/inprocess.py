@@ -10,6 +10,7 @@ from hsm import config as hsmconfig
 from hsm.api.app import Application
 from hsm.api.dispatch import BadArguments, UnknownVerb
 from hsm.rpc.marshal import INVALID_PARAMS, METHOD_NOT_FOUND
+from vdsm_shim.local import LocalCalls
 
 log = logging.getLogger("vdsm_shim")
 
@@ -30,7 +31,7 @@ def config_from_irs(irs: dict[str, object] | None) -> hsmconfig.Config:
     return hsmconfig.load(None, overrides)
 
 
-class InProcess:
+class InProcess(LocalCalls):
     """hsm's Application in this process, called as ServiceProxy is: `irs.createVirtualDisk(...)` -> dict.
 
     A verb that does not exist, or arguments that do not fit it, raise

@@ -10,6 +10,7 @@ from typing import Any
 
 from hsm.errors import HsmdUnavailable
 from hsm.rpc import client
+from vdsm_shim.local import LocalCalls
 
 log = logging.getLogger("vdsm_shim")
 
@@ -17,7 +18,7 @@ PROBE_TIMEOUT = 2.0  # seconds hsmd has to answer the first ping before VDSM run
 _LOST = (OSError, http.client.HTTPException, xmlrpc.client.ProtocolError)
 
 
-class ServiceProxy:
+class ServiceProxy(LocalCalls):
     """hsmd's verbs as methods answering VDSM's `{"status": {code, message}, ...}` dicts.
 
     Falsy when hsmd cannot be reached within `probe_timeout`, so VDSM writes

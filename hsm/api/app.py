@@ -13,9 +13,11 @@ from hsm.api.diagnostics import DiagnosticsAPI
 from hsm.api.dispatch import Dispatcher
 from hsm.api.images import ImagesAPI
 from hsm.api.legacy_connections import LegacyConnectionsAPI
+from hsm.api.legacy_devices import LegacyDevicesAPI
 from hsm.api.legacy_domains import LegacyDomainsAPI
 from hsm.api.legacy_pool import LegacyPoolAPI
 from hsm.api.legacy_tasks import LegacyTasksAPI
+from hsm.api.legacy_volumes import LegacyVolumesAPI
 from hsm.api.repositories import RepositoriesAPI
 from hsm.api.requests import RequestLog
 from hsm.api.service import ServiceAPI
@@ -55,8 +57,9 @@ class Application:
             max_finished=config.tasks.max_finished,
             lock_timeout=config.irs.task_resource_default_timeout / 1000)
         irs = config.irs
-        supervdsm = SupervdsmClient(config.supervdsm.socket, config.supervdsm.connect_timeout,
-                                    config.supervdsm.call_timeout, max_calls=config.supervdsm.max_calls)
+        self.supervdsm = supervdsm = SupervdsmClient(
+            config.supervdsm.socket, config.supervdsm.connect_timeout, config.supervdsm.call_timeout,
+            max_calls=config.supervdsm.max_calls)
         conns = config.connections
         self.connections = ConnectionManager(
             state_dir, Backends(supervdsm, os.path.join(irs.repository, "mnt")), interval=conns.monitor_interval,
@@ -82,7 +85,9 @@ class Application:
             LegacyConnectionsAPI(self.connections),
             LegacyDomainsAPI(self.engine, self.domains, self.pools),
             LegacyPoolAPI(self.pools, self.tasks),
+            LegacyDevicesAPI(supervdsm, self.domains, self.pools),
             LegacyTasksAPI(self.tasks),
+            LegacyVolumesAPI(self.engine, self.domains, self.pools, self.tasks),
         ]
         if config.tasks.diagnostics:
             groups.append(DiagnosticsAPI(self.tasks, os.path.join(state_dir, "diagnostics")))
@@ -127,5 +132,6 @@ class Application:
         self.connections.stop()
         self.watcher.close()
         self.engine.close()
+        self.supervdsm.close()
         if self.dispatcher.requests is not None:
             self.dispatcher.requests.expire()

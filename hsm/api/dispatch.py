@@ -48,6 +48,7 @@ class Dispatcher:
         verb = self.verbs.get(name)
         if verb is None:
             raise UnknownVerb(f"unknown verb {name!r}")
+        verb = verb.form_for(args)
         try:
             bound = verb.signature.bind(*args)
         except TypeError as e:

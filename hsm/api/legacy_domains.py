@@ -10,6 +10,7 @@ from hsm.errors import GetFileListError, HsmError, InvalidParameterException, St
 from hsm.storage.domains import BLANK_UUID, CLASSES, Domains, check_description, number, same_remote
 from hsm.storage.engine import Engine
 from hsm.storage.pools import Pools
+from hsm.storage.volumes import is_vdsm_image
 
 
 def parse_bool(name: str, value: object) -> bool:
@@ -100,8 +101,12 @@ class LegacyDomainsAPI:
 
     @verb()
     def getImagesList(self, sdUUID: str, options: dict | None = None) -> dict:
+        """VDSM's images: disks and templates (a snapshot that is an image's INTERNAL volume is none),
+        and unreadable records, which may hold one."""
         options_of(options)
-        return {"imageslist": self._domains.get(sdUUID).live_ids()}
+        repo = self._domains.get(sdUUID)
+        return {"imageslist": [image_id for image_id in repo.live_ids()
+                               if (image := repo.images.get(image_id)) is None or is_vdsm_image(image)]}
 
     @verb()
     def getFileList(self, sdUUID: str, pattern: str = "*", options: dict | None = None) -> dict:

@@ -2,7 +2,10 @@
 
 The host that connects a pool holds its SPM role: getSpmStatus answers "SPM"
 with the host id given at connect, spmStart is a task that bumps the lease
-version, spmStop and fenceSpmStorage change nothing.
+version, spmStop and fenceSpmStorage change nothing. The OVF store verbs
+(updateVM, removeVM, getVmsList, getVmsInfo) work on the master domain or an
+export domain (hsm.storage.ovf); reconstructMaster and upgradeStoragePool
+rewrite this host's view of the pool and its domains' version labels.
 """
 
 from __future__ import annotations
@@ -10,14 +13,34 @@ from __future__ import annotations
 import uuid
 
 from hsm.api.dispatch import options_of
+from hsm.api.legacy_domains import parse_bool
 from hsm.api.verbs import verb
 from hsm.errors import InvalidParameterException, UnsupportedDomainVersion
+from hsm.storage import ovf
 from hsm.storage.domains import VERSIONS, check_uuid, number
 from hsm.storage.options import check_id
 from hsm.storage.pools import Pools
 from hsm.tasks import Step, StepContext, TaskKind, TaskManager
 
 SPM_START = "legacy-spmStart"
+
+
+def _vm_list(value: object) -> list[str] | None:
+    """getVmsInfo's vmList: VM UUIDs, or None for every VM when left out (None, '' or empty), as in VDSM."""
+    if value in (None, "") or value == []:
+        return None
+    if not isinstance(value, list):
+        raise InvalidParameterException(f"vmList={value!r}: expected a list of VM UUIDs")
+    return [ovf.check_vm(vm, "vmList") for vm in value]
+
+
+def _extension(value: object) -> str:
+    """getIsoList's extension: a file name ending without '/', 'iso' when left out."""
+    if value in (None, ""):
+        return "iso"
+    if not isinstance(value, str) or "/" in value or "\0" in value:
+        raise InvalidParameterException(f"extension={value!r}: expected a file name extension")
+    return value
 
 
 def _domain_list(value: object) -> list:
@@ -162,3 +185,70 @@ class LegacyPoolAPI:
     def fenceSpmStorage(self, spUUID: str, lastOwner: object, lastLver: object, options: dict | None = None) -> dict:
         options_of(options)
         return {"spm_st": self._pools.spm_status(spUUID)}
+
+    # -- the OVF store --------------------------------------------------
+
+    @verb(mutating=True)
+    def updateVM(self, spUUID: str, vmList: list, sdUUID: str | None = None, options: dict | None = None) -> dict:
+        options_of(options)
+        self._pools.store_ovfs(spUUID, sdUUID, ovf.parse_vm_list(vmList))
+        return {}
+
+    @verb(mutating=True)
+    def removeVM(self, spUUID: str, vmUUID: str, sdUUID: str | None = None, options: dict | None = None) -> dict:
+        options_of(options)
+        self._pools.remove_ovf(spUUID, sdUUID, ovf.check_vm(vmUUID))
+        return {}
+
+    @verb()
+    def getVmsList(self, spUUID: str, sdUUID: str | None = None, options: dict | None = None) -> dict:
+        options_of(options)
+        return {"vmlist": ovf.vm_ids(self._pools.ovf_domain(spUUID, sdUUID))}
+
+    @verb()
+    def getVmsInfo(self, spUUID: str, sdUUID: str, vmList: list | None = None, options: dict | None = None) -> dict:
+        options_of(options)
+        repo = self._pools.ovf_domain(spUUID, sdUUID)
+        return {"vmlist": ovf.read(repo, _vm_list(vmList))}
+
+    # -- what the pool holds --------------------------------------------
+
+    @verb()
+    def getIsoList(self, spUUID: str, extension: str = "iso", options: dict | None = None) -> dict:
+        options_of(options)
+        return {"isolist": self._pools.iso_list(spUUID, _extension(extension))}
+
+    @verb()
+    def getFloppyList(self, spUUID: str, options: dict | None = None) -> dict:
+        options_of(options)
+        return {"isolist": self._pools.iso_list(spUUID, "vfd")}
+
+    @verb()
+    def getImageDomainsList(self, spUUID: str, imgUUID: str, datadomains: bool | str = True,
+                            options: dict | None = None) -> dict:
+        options_of(options)
+        data_only = True if datadomains == "" else parse_bool("datadomains", datadomains)
+        image = check_uuid("imgUUID", imgUUID)
+        return {"domainslist": self._pools.image_domains(spUUID, image, data_only)}
+
+    # -- upgrade and rescue ---------------------------------------------
+
+    @verb(mutating=True)
+    def upgradeStoragePool(self, spUUID: str, targetDomVersion: int | str) -> dict:
+        """VDSM started the upgrade in threads and answered "started"; here it is done when the answer comes."""
+        target = number("targetDomVersion", targetDomVersion)
+        self._pools.upgrade(spUUID, target)
+        return {"upgradeStatus": "started"}
+
+    @verb(mutating=True)
+    def reconstructMaster(self, spUUID: str, poolName: str, masterDom: str, domDict: dict, masterVersion: int,
+                          lockPolicy: object = None, lockRenewalIntervalSec: object = None,
+                          leaseTimeSec: object = None, ioOpTimeoutSec: object = None, leaseRetries: object = None,
+                          hostId: int | str | None = None, options: dict | None = None) -> dict:
+        """The lease arguments are taken and not used: this host's view needs no lease to be made again."""
+        options_of(options)
+        version = number("masterVersion", masterVersion)
+        if hostId not in (None, ""):
+            number("hostId", hostId)
+        self._pools.reconstruct(spUUID, poolName, masterDom, domDict, version)
+        return {}

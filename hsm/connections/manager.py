@@ -30,6 +30,7 @@ from hsm.connections.backends import Backends
 from hsm.errors import (
     HsmError,
     InvalidParameterException,
+    StorageServerConnectionError,
     StorageServerConnectionRefIdAlreadyInUse,
     StorageServerConnectionRefIdDoesNotExist,
 )
@@ -52,6 +53,13 @@ class Physical:
     retired: set[str] = field(default_factory=set)  # unmanaged CIDs a connected repository still sits here through
 
 
+def _recorded(last_error: dict) -> HsmError:
+    """A connection's lastError as an error again, with its code and message."""
+    error = HsmError()
+    error.code, error.message = int(last_error.get("code", HsmError.code)), str(last_error.get("message", ""))
+    return error
+
+
 def _transient(what: str) -> str:
     """A stable id for a connection found on the host but not managed."""
     return "unmanaged-" + hashlib.sha1(what.encode()).hexdigest()[:12]
@@ -72,6 +80,7 @@ class ConnectionManager:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._nodes: set[tuple[str, str]] = set()  # iSCSI node records seen by the monitor's last round
+        self._tending: set[str] = set()  # keys the monitor's pool (or a validation) works on now
         self.users = users
         self._load()
 
@@ -187,6 +196,47 @@ class ConnectionManager:
                 "connectionInfo": {"scheme": "iscsi", "portal": portal, "target": target}}
         return answer
 
+    def validate(self, text: str) -> None:
+        """Whether the storage `text` names can be connected, leaving things as they were; an HsmError if not.
+
+        Storage that is up already (managed, or connected by someone else) is only looked at. Otherwise
+        the connection is made and torn down again, while the monitor keeps off its key; if a CID came
+        to manage the same storage meanwhile, the connection is left up for it.
+        """
+        storage = uris.parse(text)
+        with self._lock:
+            physical = self._physical.get(storage.key)
+            busy = storage.key in self._tending
+            if physical is None and not busy:
+                self._tending.add(storage.key)
+        if physical is not None:
+            if not (physical.connected or self.backends.is_connected(storage)):
+                raise _recorded(physical.last_error or {"code": StorageServerConnectionError.code,
+                                                        "message": f"{storage.key} is not connected yet"})
+            return
+        if busy:
+            raise StorageServerConnectionError(f"{storage.key} is being connected or torn down; try again")
+        try:
+            if not self.backends.is_connected(storage):
+                self._try(storage)
+        finally:
+            with self._lock:
+                self._tending.discard(storage.key)
+        self._wake.set()  # a CID that came meanwhile waited for this key
+
+    def _try(self, storage: uris.StorageURI) -> None:
+        """Connect and tear down again (also after a failure: a half-made connection leaves nothing)."""
+        try:
+            self.backends.connect(storage)
+        finally:
+            with self._lock:
+                kept = storage.key in self._physical
+            if not kept:
+                try:
+                    self.backends.disconnect(storage)
+                except HsmError as e:  # the answer is whether it connected; the leftover is only logged
+                    log.warning("Tearing down %s after validating it failed: %s", storage.key, e)
+
     def _managed(self, cid: str) -> Physical:
         with self._lock:
             key = self._keys.get(cid)
@@ -217,7 +267,6 @@ class ConnectionManager:
         # Reconnects run side by side, so one slow login (iSCSI may take 120 s) delays no other and
         # no check; bounded, so that hung ones cannot take every supervdsmd call slot from the API.
         self._pool = ThreadPoolExecutor(RECONNECT_WORKERS, thread_name_prefix="connections")
-        self._tending: set[str] = set()  # keys of the work queued or running on the pool
         threading.Thread(target=self._watch, name="connections", daemon=True).start()
 
     def stop(self) -> None:

@@ -122,6 +122,7 @@ class Domains:
         self._path = os.path.join(state_dir, "domains.json")
         self._lock = threading.RLock()
         self._places: dict[str, Place] = self._load()
+        engine.reconnect = self.get
 
     def _load(self) -> dict[str, Place]:
         return load_table(self._path, Place)
@@ -203,7 +204,7 @@ class Domains:
 
     def _connected(self, sd_uuid: str) -> FileRepository | None:
         try:
-            return self._engine.by_uuid(sd_uuid)
+            return self._engine.by_uuid(sd_uuid, reconnect=False)
         except StorageDomainDoesNotExist:
             return None
 
@@ -261,11 +262,15 @@ class Domains:
             raise StorageDomainAccessError(f"{repo.uuid}: {health.error}")
 
     @staticmethod
-    def files(repo: FileRepository, pattern: str) -> dict[str, dict]:
-        """An ISO domain's files matching `pattern` (case-sensitive): {name: {status, ctime, size}}."""
+    def files(repo: FileRepository, pattern: str, case_sensitive: bool = True) -> dict[str, dict]:
+        """An ISO domain's files matching `pattern`: {name: {status, ctime, size}}.
+
+        getFileList matches case-sensitively; getIsoList does not (a BOOT.ISO is an ISO too), as in VDSM.
+        """
         folder = os.path.join(repo.path, ISO_FOLDER)
         try:
-            names = fnmatch.filter(repo.io.listdir(folder), pattern)
+            names = [name for name in repo.io.listdir(folder) if fnmatch.fnmatchcase(
+                name if case_sensitive else name.lower(), pattern if case_sensitive else pattern.lower())]
             found = {}
             for name in names:
                 st = repo.io.stat(os.path.join(folder, name))

@@ -29,6 +29,7 @@ from hsm.errors import (
     StorageDomainAccessError,
     StorageDomainDoesNotExist,
     StorageDomainFSNotMounted,
+    VolumeAlreadyExists,
     VolumeDoesNotExist,
     VolumeIsBusy,
     VolumeWasNotPreparedBeforeTeardown,
@@ -79,6 +80,7 @@ class Engine:
         self.qcow2_compat = qcow2_compat
         self.repositories: dict[str, FileRepository] = {}
         self.connections = connections  # where nfs-1 and posixfs-1 repositories are mounted
+        self.reconnect: Callable[[str], FileRepository] | None = None  # by_uuid's way to a known repository
         self.prepared = PreparedImages(os.path.join(state_dir, "prepared.json") if state_dir else None)
         self._lock = threading.Lock()  # the table of connected repositories
         self._watches: dict[str, RepositoryWatch | None] = {}
@@ -227,10 +229,14 @@ class Engine:
             raise StorageDomainDoesNotExist(f"no repository connected as {repo_id}")
         return repo
 
-    def by_uuid(self, repo_uuid: str) -> FileRepository:
+    def by_uuid(self, repo_uuid: str, reconnect: bool = True) -> FileRepository:
+        """The connected repository with that uuid; else, with `reconnect`, the one `self.reconnect` connects
+        again (VDSM's storage domains, known across restarts: a task resumed after a restart needs it)."""
         for repo in list(self.repositories.values()):
             if repo.uuid == repo_uuid:
                 return repo
+        if reconnect and self.reconnect is not None:
+            return self.reconnect(repo_uuid)
         raise StorageDomainDoesNotExist(f"repository {repo_uuid} is not connected")
 
     # -- lookups ----------------------------------------------------------
@@ -275,6 +281,12 @@ class Engine:
         return opts.imageId or str(uuid.uuid4())
 
     @staticmethod
+    def _volume_free(repo: FileRepository, volume_id: str) -> None:
+        """A volume id the caller chose names no volume of the repository yet."""
+        if repo.volume_owner(volume_id) is not None:
+            raise VolumeAlreadyExists(f"{volume_id} in repository {repo.id}")
+
+    @staticmethod
     def _ensure_free(repo: FileRepository, image_id: str) -> None:
         """Ids are unique within a repository; copies of a snapshot share its id across repositories."""
         if image_id in repo.images:
@@ -298,10 +310,14 @@ class Engine:
 
     @_serialized
     def create_disk(self, repo_id: str, size: object, base_id: str | None, user_data: dict,
-                    opts: ImageOptions) -> str:
+                    opts: ImageOptions, top: Volume | None = None, preallocate: bool = False) -> str:
+        """A new disk (on snapshot `base_id`, if given). `top` names its volume and format (VDSM's
+        callers choose both; a raw volume stands alone), `preallocate` allocates all of it now."""
         repo = self.repository(repo_id)
         size = parse_image_size(size)
         volumes: list[Volume] = []
+        if top is not None and top.format != "qcow2" and base_id:
+            raise InvalidParameterException(f"a {top.format} volume cannot read through snapshot {base_id}")
         if base_id:
             base = repo.get(check_id("baseSnapshotId", base_id))
             if base.kind != SNAPSHOT:
@@ -315,16 +331,20 @@ class Engine:
         if opts.imageId and image_id in repo.images:
             known = repo.images[image_id]
             if not known.removed and known.kind == DISK and known.size == size and known.base == (base_id or "") \
-                    and known.userData == user_data:
+                    and known.userData == user_data and (top is None or known.own[-1] == top):
                 return image_id  # the same disk asked for again: idempotent on the caller's id
         optimize = bool(base_id) and opts.strategy == "performance"
-        image = Image(id=image_id, kind=DISK, size=size, volumes=[Volume(str(uuid.uuid4()), image_id), *volumes],
-                      base=base_id or "", userData=user_data, intent=CreateIntent(optimize),
+        top = Volume(top.id, image_id, top.format) if top else Volume(str(uuid.uuid4()), image_id)
+        self._volume_free(repo, top.id)
+        image = Image(id=image_id, kind=DISK, size=size, volumes=[top, *volumes],
+                      base=base_id or "", userData=user_data, intent=CreateIntent(optimize, preallocate),
                       stage="0/1")
         return self._commit(repo, image, "create", "createVirtualDisk", opts)
 
     @_serialized
-    def create_snapshot(self, repo_id: str, disk_id: str, user_data: dict, opts: ImageOptions) -> str:
+    def create_snapshot(self, repo_id: str, disk_id: str, user_data: dict, opts: ImageOptions,
+                        new_top: str | None = None) -> str:
+        """A snapshot of the disk: it takes the disk's volumes, and the disk a new top (`new_top` names it)."""
         repo, disk = self.find(repo_id, disk_id)
         if disk.kind == SNAPSHOT:
             raise ImageIsSnapshot(f"{disk_id} is a snapshot: make a disk on it and snapshot that")
@@ -335,24 +355,35 @@ class Engine:
         if merging:
             raise VolumeIsBusy(f"{disk_id}: removed snapshot {merging[0]} below it is still being merged")
         image_id = self._new_id(opts)
+        if new_top is not None:
+            self._volume_free(repo, new_top)
         volumes = [Volume(vol.id, image_id if vol.image == disk.id else vol.image, vol.format)
                    for vol in disk.volumes]
         image = Image(id=image_id, kind=SNAPSHOT, size=disk.size, volumes=volumes, base=disk.base,
-                      userData=user_data, intent=SnapshotIntent(disk.id, str(uuid.uuid4())),
+                      userData=user_data, intent=SnapshotIntent(disk.id, new_top or str(uuid.uuid4())),
                       stage="0/3")
         return self._commit(repo, image, "snapshot", "createSnapshot", opts)
 
+    @_serialized
+    def set_user_data(self, repo_id: str, image_id: str, user_data: dict) -> None:
+        """Replace a live image's userData (VDSM's volume descriptions and legality live there)."""
+        repo, image = self.find(repo_id, image_id)
+        if image.userData != user_data:
+            self.fixes.update(repo, image, userData=user_data)
+
     def copy(self, target_id: str, image_id: str, base_id: str | None, user_data: dict,
-             opts: ImageOptions) -> str:
+             opts: ImageOptions, top: Volume | None = None, kind: str | None = None) -> str:
+        """A copy of the image in repository `target_id`; `top` names the new volume and its format
+        and `kind` makes the copy a disk or a snapshot whatever the source was (VDSM's templates)."""
         target = self.repository(target_id)
         source_repo, _ = self.locate(image_id, opts)
         with contextlib.ExitStack() as held:
             for _, repo in sorted({target.uuid: target, source_repo.uuid: source_repo}.items()):
                 held.enter_context(repo.lock)  # in uuid order: copies both ways cannot deadlock
-            return self._copy(target, source_repo, image_id, base_id, user_data, opts)
+            return self._copy(target, source_repo, image_id, base_id, user_data, opts, top, kind)
 
     def _copy(self, target: FileRepository, source_repo: FileRepository, image_id: str, base_id: str | None,
-              user_data: dict, opts: ImageOptions) -> str:
+              user_data: dict, opts: ImageOptions, top: Volume | None, kind: str | None) -> str:
         target_id = target.id
         source = source_repo.get(image_id)
         if not source.usable():
@@ -365,6 +396,20 @@ class Engine:
             if not any(vol.image == base_id for vol in source.volumes):
                 raise ImageIsNotLegalChain(f"{image_id} was not made on snapshot {base_id}")
             volumes = list(base.volumes)
+        if top is not None and top.format != "qcow2" and base_id:
+            raise InvalidParameterException(f"a {top.format} volume cannot read through snapshot {base_id}")
+        if kind is not None:  # a new image of that kind, whatever the source
+            new_id = self._new_id(opts)
+            known = target.images.get(new_id)
+            if known is not None and not known.removed and known.kind == kind and known.own[-1] == top \
+                    and isinstance(known.intent, CopyIntent | None) and known.base == (base_id or ""):
+                return new_id  # the same copy asked for again
+            top = Volume(top.id, new_id, top.format) if top else Volume(str(uuid.uuid4()), new_id)
+            self._volume_free(target, top.id)
+            image = Image(id=new_id, kind=kind, size=source.size, volumes=[top, *volumes], base=base_id or "",
+                          userData=user_data, intent=CopyIntent(source_repo.uuid, source.id, base_id or ""),
+                          stage="0/2")
+            return self._commit(target, image, "copy", "copyImage", opts)
         new_id = image_id if source.kind == SNAPSHOT else self._new_id(opts)
         if source.kind == SNAPSHOT and opts.imageId not in (None, image_id):
             raise InvalidParameterException("a copied snapshot keeps its id: options.imageId must be left out")

@@ -18,6 +18,7 @@ class CreateIntent:
     """Make the disk's top volume; with `optimize`, then copy its base into it (strategy=performance)."""
     op: ClassVar[str] = "create"
     optimize: bool = False
+    preallocate: bool = False    # allocate the whole volume now (VDSM's PREALLOCATED)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ shared storage. hsm serves a single host: the pool records live in
 `<state_dir>/pools.json` (written through the atomic-write helper) and
 survive a restart, connected or not; the host that connects a pool holds
 its SPM role (sanlock leases come later). One pool is connected at a time,
-as in VDSM.
+as in VDSM. The pool's OVF store is on its master domain (hsm.storage.ovf)
+and moves with the master role.
 """
 
 from __future__ import annotations
@@ -20,24 +21,43 @@ from hsm.errors import (
     CannotDetachMasterStorageDomain,
     CannotFormatAttachedStorageDomain,
     CannotFormatStorageDomainInConnectedPool,
+    CurrentVersionTooAdvancedError,
+    GetIsoListError,
     HostIdMismatch,
     HsmError,
     InvalidParameterException,
     StorageDomainAlreadyAttached,
+    StorageDomainNotActive,
     StorageDomainNotInPool,
     StorageDomainNotMemberOfPool,
+    StorageDomainStatusError,
+    StorageDomainTypeNotBackup,
     StoragePoolAlreadyExists,
+    StoragePoolConnected,
     StoragePoolDescriptionTooLongError,
     StoragePoolMasterNotFound,
     StoragePoolUnknown,
     StoragePoolWrongMaster,
+    UnsupportedDomainVersion,
 )
-from hsm.storage.domains import BLANK_UUID, Domains, check_description, check_uuid, load_table, save_table
-from hsm.storage.repository import ISO_FOLDER
+from hsm.storage import ovf
+from hsm.storage.domains import (
+    BLANK_UUID,
+    VERSIONS,
+    Domains,
+    check_description,
+    check_uuid,
+    load_table,
+    save_table,
+)
+from hsm.storage.repository import ISO_FOLDER, FileRepository
 
 log = logging.getLogger("hsm.storage.pools")
 
 ACTIVE, ATTACHED = "Active", "Attached"  # a domain's status in its pool, VDSM's words
+# reconstructMaster's domDict statuses, as VDSM took them (any case), in this view's two; Unattached: not a member.
+RECONSTRUCT_STATUSES = {"Active": ACTIVE, "Attached": ATTACHED, "Inactive": ATTACHED, "Unknown": ATTACHED,
+                        "Unattached": None}
 
 
 @dataclass
@@ -55,6 +75,39 @@ class Pool:
 
 def check_name(value: object) -> str:
     return check_description(value, "poolName", StoragePoolDescriptionTooLongError)
+
+
+def domain_version(repo: FileRepository) -> int:
+    """A domain's VDSM version label; a domain made without one reads as VDSM's first, 0."""
+    try:
+        return int(repo.labels.get("domainVersion", VERSIONS[0]))
+    except ValueError:
+        return VERSIONS[0]
+
+
+def domain_class(repo: FileRepository) -> str:
+    return str(repo.labels.get("domainClass", "Data"))
+
+
+def holds_image(repo: FileRepository, img_uuid: str) -> bool:
+    """Whether the domain holds a live image (or an unreadable record that may be one): the index, no scan."""
+    image = repo.images.get(img_uuid)
+    return (image is not None and not image.removed) or img_uuid in repo.unreadable
+
+
+def reconstruct_domains(value: object) -> dict[str, str]:
+    """reconstructMaster's domDict {sdUUID: status} in this view's statuses (376 for a status VDSM did not know)."""
+    if not isinstance(value, dict):
+        raise InvalidParameterException(f"domDict={value!r}: expected a struct {{sdUUID: status}}")
+    found = {}
+    for sd_uuid, status in value.items():
+        sd_uuid = check_uuid("domDict", sd_uuid)
+        if not isinstance(status, str) or status.capitalize() not in RECONSTRUCT_STATUSES:
+            raise StorageDomainStatusError(f"{sd_uuid}: {status!r}")
+        mapped = RECONSTRUCT_STATUSES[status.capitalize()]
+        if mapped is not None:
+            found[sd_uuid] = mapped
+    return found
 
 
 class Pools:
@@ -230,9 +283,20 @@ class Pools:
             new_master = check_uuid("msdUUID", new_master)
             if new_master not in pool.domains or new_master == sd_uuid:
                 raise StorageDomainNotInPool(f"new master {new_master} in pool {pool.uuid}")
-            self._domains.validate(self._domains.get(new_master))
+            target = self._domains.get(new_master)
+            self._domains.validate(target)
+            self._move_ovf_store(pool, target)
             domains[new_master] = ACTIVE
             self._change(pool, pool.uuid, domains=domains, master=new_master, masterVersion=version)
+
+    def _move_ovf_store(self, pool: Pool, target: FileRepository) -> None:
+        """Copy the OVF store to the new master; an old master that cannot be read does not keep the role
+        from moving (the engine writes the OVFs again with updateVM)."""
+        try:
+            ovf.copy(self._domains.get(pool.master), target)
+        except HsmError as e:
+            log.warning("Pool %s: the OVF store of %s was not copied to the new master %s: %s", pool.uuid,
+                        pool.master, target.uuid, e)
 
     def release_for_format(self, sd_uuid: str, auto_detach: bool) -> None:
         """Before a domain is formatted: refused in a connected pool; in others only with autoDetach, which
@@ -244,10 +308,15 @@ class Pools:
             if pools and not auto_detach:
                 raise CannotFormatAttachedStorageDomain(f"{sd_uuid} is in pool {pools[0].uuid}")
             for pool in pools:
-                if pool.master == sd_uuid:
-                    self._change(None, pool.uuid)
-                else:
-                    self._change(pool, pool.uuid, domains={sd: st for sd, st in pool.domains.items() if sd != sd_uuid})
+                self._take_out(pool, sd_uuid)
+
+    def _take_out(self, pool: Pool, sd_uuid: str) -> None:
+        """Drop a domain from a pool that is not connected; a pool whose master it was goes with it."""
+        if pool.master == sd_uuid:
+            self._change(None, pool.uuid)
+            log.warning("Pool %s is gone with its master domain %s", pool.uuid, sd_uuid)
+        else:
+            self._change(pool, pool.uuid, domains={sd: st for sd, st in pool.domains.items() if sd != sd_uuid})
 
     # -- answers --------------------------------------------------------
 
@@ -256,16 +325,15 @@ class Pools:
         pool = self.connected(sp_uuid)
         master = self._domains.get(pool.master)
         master_info = self._domains.info(master)
-        isoprefix, dominfo = "", {}
+        iso = self.iso_domain(pool)
+        isoprefix = os.path.join(iso.path, ISO_FOLDER) if iso is not None else ""
+        dominfo = {}
         for sd, status in sorted(pool.domains.items()):
             entry: dict = {"status": status}
             if status == ACTIVE:
                 try:
-                    repo = self._domains.get(sd)
-                    stats = self._domains.stats(repo)
+                    stats = self._domains.stats(self._domains.get(sd))
                     entry.update(disktotal=stats["disktotal"], diskfree=stats["diskfree"], alerts=[])
-                    if repo.labels.get("domainClass") == "Iso":
-                        isoprefix = os.path.join(repo.path, ISO_FOLDER)
                 except HsmError as e:  # an unreachable domain shows its status only, as in VDSM
                     log.warning("Pool %s: no stats for domain %s: %s", pool.uuid, sd, e)
             dominfo[sd] = entry
@@ -291,3 +359,118 @@ class Pools:
                 if pool.connected:
                     info.update(lver=pool.lver, spm_id=pool.hostId, master_ver=pool.masterVersion)
         return info
+
+    # -- what the pool holds --------------------------------------------
+
+    def active_domains(self, pool: Pool) -> list[FileRepository]:
+        """The pool's active domains that can be reached now; the others are logged and passed over, as in VDSM."""
+        found = []
+        for sd, status in sorted(pool.domains.items()):
+            if status != ACTIVE:
+                continue
+            try:
+                found.append(self._domains.get(sd))
+            except HsmError as e:
+                log.warning("Pool %s: domain %s cannot be reached: %s", pool.uuid, sd, e)
+        return found
+
+    def iso_domain(self, pool: Pool) -> FileRepository | None:
+        """The pool's active ISO domain, if it has one."""
+        return next((repo for repo in self.active_domains(pool) if domain_class(repo) == "Iso"), None)
+
+    def iso_list(self, sp_uuid: object, extension: str) -> list[str]:
+        """getIsoList: the files `*.<extension>` (any case) of the pool's ISO domain that may be read; 314 without
+        an active ISO domain (getFloppyList too: VDSM's floppy list was the ISO list's)."""
+        pool = self.connected(sp_uuid)
+        repo = self.iso_domain(pool)
+        if repo is None:
+            raise GetIsoListError(f"pool {pool.uuid} has no active ISO domain")
+        files = self._domains.files(repo, f"*.{extension}", case_sensitive=False)
+        return sorted(name for name, entry in files.items() if entry["status"] == 0)
+
+    def image_domains(self, sp_uuid: object, img_uuid: str, data_only: bool) -> list[str]:
+        """getImageDomainsList: the active domains of the pool (Data ones only, with data_only) holding the image."""
+        pool = self.connected(sp_uuid)
+        return [repo.uuid for repo in self.active_domains(pool)
+                if (not data_only or domain_class(repo) == "Data") and holds_image(repo, img_uuid)]
+
+    # -- the OVF store --------------------------------------------------
+
+    def ovf_domain(self, sp_uuid: object, sd_uuid: object) -> FileRepository:
+        """Where updateVM and its kin work: the master domain when sdUUID is left out ('' or blank), else an
+        active domain of the pool that is its master or an export (Backup) domain, as VDSM's master trees were."""
+        pool = self.connected(sp_uuid)
+        if sd_uuid in (None, "", BLANK_UUID):
+            return self._domains.get(pool.master)
+        pool, sd = self._member(pool.uuid, sd_uuid)
+        repo = self._domains.get(sd)
+        if pool.domains[sd] != ACTIVE:
+            raise StorageDomainNotActive(f"{sd} in pool {pool.uuid}")
+        if sd != pool.master and domain_class(repo) != "Backup":
+            raise StorageDomainTypeNotBackup(f"{sd} is a {domain_class(repo)} domain, not the master")
+        return repo
+
+    def store_ovfs(self, sp_uuid: object, sd_uuid: object, ovfs: dict[str, bytes]) -> None:
+        """updateVM: under the pool lock, so that the master role does not move in between."""
+        with self._lock:
+            ovf.write(self.ovf_domain(sp_uuid, sd_uuid), ovfs)
+
+    def remove_ovf(self, sp_uuid: object, sd_uuid: object, vm: str) -> None:
+        with self._lock:
+            ovf.remove(self.ovf_domain(sp_uuid, sd_uuid), vm)
+
+    # -- upgrade and rescue ---------------------------------------------
+
+    def upgrade(self, sp_uuid: object, target: int) -> None:
+        """upgradeStoragePool: the master, then every active Data domain, labelled with the target version.
+
+        hsm keeps one repository format whatever VDSM's version label says, so the label is all there is to
+        convert. Refused as VDSM did: 394 for a version it did not know, 395 when the master is already past it.
+        A domain past the target is left as it is (VDSM logged it); one out of reach keeps its old label.
+        """
+        with self._lock:
+            pool = self.connected(sp_uuid)
+            if target not in VERSIONS:
+                raise UnsupportedDomainVersion(f"targetDomVersion={target}: expected one of {VERSIONS}")
+            master = self._domains.get(pool.master)
+            if domain_version(master) > target:
+                raise CurrentVersionTooAdvancedError(f"master domain {master.uuid} is at version "
+                                                     f"{domain_version(master)}, past {target}")
+            others = [repo for repo in self.active_domains(pool)
+                      if repo.uuid != master.uuid and domain_class(repo) == "Data"]
+            for repo in [master, *others]:
+                if domain_version(repo) < target:
+                    repo.relabel(domainVersion=target)
+                    log.info("Pool %s: domain %s upgraded to version %d", pool.uuid, repo.uuid, target)
+                elif domain_version(repo) > target:
+                    log.error("Pool %s: domain %s is at version %d, past its master's %d", pool.uuid, repo.uuid,
+                              domain_version(repo), target)
+
+    def reconstruct(self, sp_uuid: object, name: object, master: object, dom_dict: object, version: int) -> None:
+        """reconstructMaster: the pool's record made again from the engine's view, with `master` as its master.
+
+        Allowed only while the pool is not connected (325), as in VDSM; the pool stays disconnected and has
+        no SPM (lver and spm_id -1) until connectStoragePool. The new master is taken out of another pool that
+        is not connected, as VDSM detached it; any other domain of another pool answers 380.
+        """
+        sp_uuid = check_uuid("spUUID", sp_uuid)
+        with self._lock:
+            known = self._pools.get(sp_uuid)
+            if known is not None and known.connected:
+                raise StoragePoolConnected(sp_uuid)
+            master = check_uuid("masterDom", master)
+            self._domains.validate(self._domains.get(master))
+            domains = reconstruct_domains(dom_dict)
+            if master not in domains:
+                raise InvalidParameterException(f"masterDom={master}: not in domDict")
+            name = check_name(name)
+            domains[master] = ACTIVE  # the master is always active in this view
+            elsewhere = {sd: other for sd in domains for other in self.of_domain(sd) if other.uuid != sp_uuid}
+            for sd, other in elsewhere.items():
+                if sd != master or other.connected:
+                    raise StorageDomainAlreadyAttached(f"{sd} is in pool {other.uuid}")
+            if master in elsewhere:
+                self._take_out(elsewhere[master], master)
+            self._change(Pool(sp_uuid, name, master, version, domains), sp_uuid)
+        log.info("Reconstructed storage pool %s (%s), master %s version %d, domains %s", sp_uuid, name, master,
+                 version, sorted(domains))

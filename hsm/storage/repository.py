@@ -61,7 +61,8 @@ RESERVE_BYTES = 1 << 20     # some hundreds of record writes
 # so records written before them, and repositories made by createStorageRepository, read as they did.
 LABELS = ("name", "domainClass", "domainVersion")
 ISO_FOLDER = "iso"          # an ISO domain's files (VDSM's images/<ISO_IMAGE_UUID>); never an image's
-EXTRA_FOLDERS = (ISO_FOLDER,)
+VMS_FOLDER = "vms"          # a pool's OVF store on its master or an export domain (VDSM's master/vms)
+EXTRA_FOLDERS = (ISO_FOLDER, VMS_FOLDER)
 MAX_LABEL = 256             # characters of a label read back from storage
 
 
@@ -356,6 +357,18 @@ class FileRepository:
             return []
         return [other for other in list(self.images.values())
                 if other.id != image.id and any(vol.id in own for vol in other.volumes)]
+
+    def volume_owner(self, volume_id: str) -> str | None:
+        """The image that owns volume `volume_id` or will make it (a pending snapshot's new top), or None.
+
+        A scan: only VDSM's verbs, where callers name volumes, ask it.
+        """
+        for image in list(self.images.values()):
+            if any(vol.id == volume_id for vol in image.own):
+                return image.id
+            if isinstance(image.intent, SnapshotIntent) and image.intent.top == volume_id:
+                return image.intent.disk
+        return None
 
     def unowned(self, names: set[str]) -> set[str]:
         """Those of `names` (relative to the repository) that no image owns or may own.

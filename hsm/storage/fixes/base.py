@@ -62,3 +62,8 @@ class Fix:
 def backing_name(image: Image, index: int) -> str | None:
     """The backing file name of the volume at `index` (relative: volumes share one folder)."""
     return image.volumes[index + 1].filename if index + 1 < len(image.volumes) else None
+
+
+def backing_format(image: Image, index: int) -> str:
+    """The format of the volume below the one at `index` (a raw volume can only be a chain's last)."""
+    return image.volumes[index + 1].format if index + 1 < len(image.volumes) else "qcow2"

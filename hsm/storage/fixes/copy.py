@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hsm.errors import CopyImageError, HsmError
 from hsm.storage import qemuimg
-from hsm.storage.fixes.base import Fix, StepFunc, backing_name
+from hsm.storage.fixes.base import Fix, StepFunc, backing_format, backing_name
 from hsm.storage.image import OPTIMIZED, Image
 from hsm.storage.intents import CopyIntent
 from hsm.storage.repository import FileRepository
@@ -43,27 +43,31 @@ class CopyFix(Fix):
         source_repo = self.engine.by_uuid(intent.sourceRepo)
         source = source_repo.get(intent.source)
         src, target = source_repo.volume_path(source.top), repo.volume_path(image.top)
-        compat = self.engine.qcow2_compat
+        formats = {"source_format": source.top.format, "target_format": image.top.format,
+                   "compat": self.engine.qcow2_compat}
         if not intent.base:
-            qemuimg.convert(src, target, compat=compat, progress=self.fixes.progress(ctx, repo, image, 0, 99))
+            qemuimg.convert(src, target, **formats, progress=self.fixes.progress(ctx, repo, image, 0, 99))
             return
-        base_name = backing_name(image, 0)
+        base_name, base_format = backing_name(image, 0), backing_format(image, 0)
         below = source.volumes[1] if len(source.volumes) > 1 else None
         if below is not None and below.image == intent.base:  # the source reads straight through the base
-            qemuimg.convert(src, target, backing=base_name, compat=compat,
+            qemuimg.convert(src, target, **formats, backing=base_name, backing_format=base_format,
                             progress=self.fixes.progress(ctx, repo, image, 0, 99))
             return
         if below is None:
             # The source stands alone now (optimized since the copy was committed): an empty overlay
             # of it, safely rebased onto the target's base copy, takes in just what differs from that base.
-            qemuimg.create(target, image.size, backing=src, compat=compat)
-            qemuimg.rebase(target, base_name, progress=self.fixes.progress(ctx, repo, image, 0, 99))
+            qemuimg.create(target, image.size, backing=src, backing_format=source.top.format,
+                           compat=self.engine.qcow2_compat)
+            qemuimg.rebase(target, base_name, backing_format=base_format,
+                           progress=self.fixes.progress(ctx, repo, image, 0, 99))
             return
         # Deeper: copy what the top holds over the source's own next volume, then let a
         # safe rebase onto the target's base copy in whatever else differs.
-        qemuimg.convert(src, target, backing=source_repo.volume_path(below), compat=compat,
+        qemuimg.convert(src, target, **formats, backing=source_repo.volume_path(below), backing_format=below.format,
                         progress=self.fixes.progress(ctx, repo, image, 0, 50))
-        qemuimg.rebase(target, base_name, progress=self.fixes.progress(ctx, repo, image, 50, 99))
+        qemuimg.rebase(target, base_name, backing_format=base_format,
+                       progress=self.fixes.progress(ctx, repo, image, 50, 99))
 
     def _done(self, ctx: StepContext, repo: FileRepository, image: Image) -> None:
         if isinstance(image.intent, CopyIntent):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from hsm.storage import qemuimg
-from hsm.storage.fixes.base import Fix, StepFunc, backing_name
+from hsm.storage.fixes.base import Fix, StepFunc, backing_format, backing_name
 from hsm.storage.image import DEGRADED, OPTIMIZED, Image
 from hsm.storage.intents import CreateIntent, OptimizeIntent
 from hsm.storage.repository import FileRepository
@@ -27,8 +27,9 @@ class CreateFix(Fix):
     def _volume(self, ctx: StepContext, repo: FileRepository, image: Image) -> None:
         if not isinstance(image.intent, CreateIntent):
             return
-        qemuimg.create(repo.volume_path(image.top), image.size, backing=backing_name(image, 0),
-                       compat=self.engine.qcow2_compat)
+        qemuimg.create(repo.volume_path(image.top), image.size, fmt=image.top.format, backing=backing_name(image, 0),
+                       backing_format=backing_format(image, 0), compat=self.engine.qcow2_compat,
+                       preallocate=image.intent.preallocate)
 
     def _done(self, ctx: StepContext, repo: FileRepository, image: Image) -> None:
         if not isinstance(image.intent, CreateIntent):

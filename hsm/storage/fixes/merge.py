@@ -55,7 +55,8 @@ class MergeFix(Fix):
                 wanted = below.filename if below else ""
                 if current != wanted:
                     log.info("Merging snapshot %s into volume %s", snapshot.id, vol.id)
-                    qemuimg.rebase(path, wanted or None, progress=lambda percent: ctx.check_stop())
+                    qemuimg.rebase(path, wanted or None, backing_format=below.format if below else "qcow2",
+                                   progress=lambda percent: ctx.check_stop())
 
     def _records(self, ctx: StepContext, repo: FileRepository, snapshot: Image | None) -> None:
         if snapshot is None or not snapshot.removed:

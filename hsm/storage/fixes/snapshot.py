@@ -40,7 +40,7 @@ class SnapshotFix(Fix):
         if parts is not None:
             disk, top = parts
             qemuimg.create(repo.volume_path(Volume(top, disk.id)), disk.size, backing=snapshot.top.filename,
-                           compat=self.engine.qcow2_compat)
+                           backing_format=snapshot.top.format, compat=self.engine.qcow2_compat)
 
     def _switch(self, ctx: StepContext, repo: FileRepository, snapshot: Image) -> None:
         parts = self._parts(repo, snapshot)

@@ -1,0 +1,210 @@
+"""VDSM's volume and image verbs, each flow run twice: through vdsm_shim's ServiceProxy to a real hsmd and
+in-process with no hsmd, with the same answers. Real qemu-img volumes; data checked with qemu-io."""
+
+import os
+import subprocess
+
+from tests.images_helpers import MiB, backing_chain, code, ok, qemu_reads, qemu_write
+from tests.legacy_helpers import BLANK, SD, SP, run_both
+from tests.waiting import wait_for
+from vdsm_shim import ServiceProxy
+
+IMG = "a1111111-1111-4111-8111-111111111111"
+IMG2 = "a2222222-2222-4222-8222-222222222222"
+IMG3 = "a3333333-3333-4333-8333-333333333333"
+TMPL = "a4444444-4444-4444-8444-444444444444"
+VOL1 = "b1111111-1111-4111-8111-111111111111"
+VOL2 = "b2222222-2222-4222-8222-222222222222"
+VOL3 = "b3333333-3333-4333-8333-333333333333"
+RAWVOL = "b4444444-4444-4444-8444-444444444444"
+TVOL = "b5555555-5555-4555-8555-555555555555"
+COW, RAW, PREALLOCATED, SPARSE, SHARED, LEAF = 4, 5, 1, 2, 6, 8
+SECTORS = 2 * MiB // 512
+
+
+def finished(irs, task: str) -> dict:
+    """Wait for a VDSM task to end (VDSM's getTaskStatus form) and answer its taskStatus."""
+    def ended():
+        status = ok(irs.getTaskStatus(task, BLANK))["taskStatus"]
+        return status if status["taskState"] == "finished" else None
+    status = wait_for(ended, timeout=120, what=f"task {task} to finish")
+    assert status["code"] == 0, status
+    return status
+
+
+def run(irs, answer: dict) -> None:
+    finished(irs, ok(answer)["uuid"])
+
+
+def info(irs, img: str, vol: str) -> dict:
+    return ok(irs.getVolumeInfo(SD, BLANK, img, vol))["info"]
+
+
+def path_of(irs, img: str, vol: str) -> str:
+    return ok(irs.getVolumePath(SD, BLANK, img, vol))["path"]
+
+
+def stable(volume: dict) -> dict:
+    """getVolumeInfo without what differs between two runs (times, sizes on disk)."""
+    return {key: value for key, value in volume.items() if key not in ("ctime", "mtime", "truesize")}
+
+
+def volumes_flow(irs, root: str) -> list:
+    data = os.path.join(root, "data")
+    os.mkdir(data)
+    ok(irs.createStorageDomain(4, SD, "data", data, 1, 3))
+    seen = []
+    # Bad input: VDSM's codes, nothing written.
+    for args, expected in [
+            ((SD, BLANK, "not-a-uuid", SECTORS, COW, SPARSE, "DATA", VOL1, ""), 1000),
+            ((SD, BLANK, IMG, SECTORS, 9, SPARSE, "DATA", VOL1, ""), 1000),
+            ((SD, BLANK, IMG, SECTORS, COW, 7, "DATA", VOL1, ""), 1000),
+            ((SD, BLANK, IMG, "2 MiB", COW, SPARSE, "DATA", VOL1, ""), 1000),
+            ((SD, BLANK, IMG, 0, COW, SPARSE, "DATA", VOL1, ""), 1000),
+            ((SD, BLANK, IMG, SECTORS, COW, SPARSE, "DATA", BLANK, ""), 1000),
+            ((SD, BLANK, IMG, SECTORS, COW, SPARSE, "DATA", VOL1, "x" * 211), 1000),
+            ((SD, SP, IMG, SECTORS, COW, SPARSE, "DATA", VOL1, ""), 309),
+            ((TMPL, BLANK, IMG, SECTORS, COW, SPARSE, "DATA", VOL1, ""), 358),
+            ((SD, BLANK, IMG, SECTORS, COW, SPARSE, "DATA", VOL1, "", IMG2, VOL2), 268)]:
+        assert code(irs.createVolume(*args)) == expected, args
+    assert ok(irs.getImagesList(SD))["imageslist"] == []
+    assert os.listdir(os.path.join(data, SD, "volumes")) == []
+
+    # A new image: size in sectors; asked again, the same answer; other arguments, 212.
+    run(irs, irs.createVolume(SD, BLANK, IMG, SECTORS, COW, SPARSE, "DATA", VOL1, "first"))
+    run(irs, irs.createVolume(SD, "", IMG, SECTORS, COW, SPARSE, "DATA", VOL1, "first", BLANK, BLANK))
+    assert code(irs.createVolume(SD, BLANK, IMG, SECTORS, COW, SPARSE, "DATA", VOL1, "other")) == 212
+    first = info(irs, IMG, VOL1)
+    assert stable(first) == {
+        "uuid": VOL1, "format": "COW", "type": "SPARSE", "voltype": "LEAF", "disktype": "DATA",
+        "capacity": str(2 * MiB), "apparentsize": first["apparentsize"], "parent": BLANK, "legality": "LEGAL",
+        "status": "OK", "domain": SD, "image": IMG, "description": "first", "pool": ""}
+    seen.append(stable(first))
+    qemu_write(path_of(irs, IMG, VOL1), 0x5A, 0, MiB)
+
+    # A snapshot: the new leaf over the old one, which becomes INTERNAL; the data reads through.
+    assert code(irs.createVolume(SD, BLANK, IMG, SECTORS, RAW, SPARSE, "DATA", VOL2, "", IMG, VOL1)) == 1000
+    assert code(irs.createVolume(SD, BLANK, IMG, SECTORS * 2, COW, SPARSE, "DATA", VOL2, "", IMG, VOL1)) == 1000
+    run(irs, irs.createVolume(SD, BLANK, IMG, SECTORS, COW, SPARSE, "DATA", VOL2, "second", IMG, VOL1))
+    run(irs, irs.createVolume(SD, BLANK, IMG, SECTORS, COW, SPARSE, "DATA", VOL2, "second", IMG, VOL1))
+    assert ok(irs.getVolumesList(SD, BLANK, IMG))["uuidlist"] == [VOL2, VOL1]
+    assert ok(irs.getImagesList(SD))["imageslist"] == [IMG]
+    assert code(irs.getVolumeInfo(SD, BLANK, VOL1, VOL1)) == 268  # an INTERNAL volume is no image
+    assert (info(irs, IMG, VOL1)["voltype"], info(irs, IMG, VOL1)["description"]) == ("INTERNAL", "first")
+    assert (info(irs, IMG, VOL2)["parent"], info(irs, IMG, VOL2)["description"]) == (VOL1, "second")
+    leaf = path_of(irs, IMG, VOL2)
+    assert qemu_reads(leaf, 0x5A, 0, MiB)
+    qemu_write(leaf, 0x6B, MiB, MiB)
+    seen.append([stable(info(irs, IMG, vol)) for vol in (VOL2, VOL1)])
+
+    # A RAW, preallocated image, size in bytes; a COW leaf over it keeps reading it as raw.
+    run(irs, irs.createVolume(SD, BLANK, IMG2, str(MiB), RAW, PREALLOCATED, "DATA", RAWVOL, "raw"))
+    raw = info(irs, IMG2, RAWVOL)
+    assert (raw["format"], raw["type"], raw["capacity"]) == ("RAW", "PREALLOCATED", str(MiB))
+    assert int(raw["truesize"]) >= MiB
+    qemu_write(path_of(irs, IMG2, RAWVOL), 0x11, 0, MiB, fmt="raw")
+    run(irs, irs.createVolume(SD, BLANK, IMG2, MiB // 512, COW, SPARSE, "DATA", VOL3, "", IMG2, RAWVOL))
+    chain = backing_chain(path_of(irs, IMG2, VOL3))
+    assert [entry["format"] for entry in chain] == ["qcow2", "raw"]
+    assert qemu_reads(path_of(irs, IMG2, VOL3), 0x11, 0, MiB)
+    seen.append(stable(info(irs, IMG2, VOL3)))
+
+    # A template from the image (copyImage, volType SHARED), and an image on it.
+    run(irs, irs.copyImage(SD, BLANK, BLANK, IMG, VOL2, TMPL, TVOL, "template", BLANK, SHARED, 3, 0, False, False))
+    template = info(irs, TMPL, TVOL)
+    assert (template["voltype"], template["parent"], template["image"]) == ("SHARED", BLANK, TMPL)
+    assert subprocess.run(["qemu-img", "compare", leaf, path_of(irs, TMPL, TVOL)]).returncode == 0
+    assert sorted(ok(irs.getImagesList(SD))["imageslist"]) == sorted([IMG, IMG2, TMPL])
+    run(irs, irs.createVolume(SD, BLANK, IMG3, SECTORS, COW, SPARSE, "DATA", VOL3.replace("b3", "c3"), "",
+                              TMPL, TVOL))
+    on_template = ok(irs.getVolumesList(SD, BLANK, IMG3))["uuidlist"]
+    assert on_template[1:] == [TVOL]
+    assert info(irs, IMG3, TVOL)["image"] == TMPL
+    assert code(irs.deleteImage(SD, BLANK, TMPL)) == 223  # a template an image is made on
+    seen.append([stable(template), on_template])
+
+    # prepareImage/teardownImage in VDSM's form; an image in use cannot be deleted; ILLEGAL is not prepared.
+    prepared = ok(irs.prepareImage(SD, BLANK, IMG))
+    assert prepared["path"] == leaf
+    assert [entry["volumeID"] for entry in prepared["chain"]] == [VOL1, VOL2]
+    assert code(irs.deleteImage(SD, BLANK, IMG)) == 203
+    ok(irs.teardownImage(SD, BLANK, IMG))
+    ok(irs.setVolumeLegality(SD, BLANK, IMG, VOL1, "ILLEGAL"))
+    assert code(irs.prepareImage(SD, BLANK, IMG)) == 227
+    assert code(irs.setVolumeLegality(SD, BLANK, IMG, VOL1, "BROKEN")) == 1000
+    ok(irs.setVolumeLegality(SD, BLANK, IMG, VOL1, "LEGAL"))
+    ok(irs.setVolumeDescription(SD, BLANK, IMG, VOL2, "renamed"))
+    assert info(irs, IMG, VOL2)["description"] == "renamed"
+    sizes = ok(irs.getVolumeSize(SD, BLANK, IMG, VOL2))
+    assert int(sizes["apparentsize"]) == os.stat(leaf).st_size
+    ok(irs.extendVolume(SD, BLANK, IMG, VOL2, 4))
+    assert code(irs.extendVolume(SD, BLANK, IMG, VOL2, 0)) == 1000
+    # sendExtendMsg (VDSM's VM code, in its own process): the callback runs here once the extend ends.
+    extended = []
+    vol_dict = {"domainID": SD, "imageID": IMG, "volumeID": VOL2, "name": "vda"}
+    ok(irs.sendExtendMsg(BLANK, vol_dict, 4 * MiB, extended.append))
+    wait_for(lambda: extended == [vol_dict], what="sendExtendMsg's callback")
+    assert code(irs.sendExtendMsg(BLANK, {"domainID": SD}, 4 * MiB, extended.append)) == 1000
+    assert code(irs.sendExtendMsg(BLANK, vol_dict, 0, extended.append)) == 1000
+    for verb in ("refreshVolume", "prepareVolume", "teardownVolume"):
+        ok(irs.call(verb, SD, BLANK, IMG, VOL2))
+        assert code(irs.call(verb, SD, BLANK, IMG, TVOL)) == 201, verb
+
+    # Removing: a volume below the leaf has a child; the leaf alone over INTERNAL volumes stays;
+    # mergeSnapshots folds VOL1 into VOL2, the data kept.
+    assert code(irs.deleteVolume(SD, BLANK, IMG, [VOL1])) == 204
+    assert code(irs.deleteVolume(SD, BLANK, IMG, [VOL2])) == 222
+    assert code(irs.deleteImage(SD, BLANK, IMG, True)) == 1000  # postZero: not wiped here, so refused
+    run(irs, irs.mergeSnapshots(SD, BLANK, BLANK, IMG, VOL1, VOL2))
+    wait_for(lambda: ok(irs.getVolumesList(SD, BLANK, IMG))["uuidlist"] == [VOL2], what="the merge's records")
+    assert qemu_reads(leaf, 0x5A, 0, MiB) and qemu_reads(leaf, 0x6B, MiB, MiB)
+    assert info(irs, IMG, VOL2)["parent"] == BLANK
+    run(irs, irs.deleteVolume(SD, BLANK, IMG3, [on_template[0]]))
+    run(irs, irs.deleteImage(SD, BLANK, TMPL))
+    run(irs, irs.deleteImage(SD, BLANK, IMG2))
+    run(irs, irs.deleteVolume(SD, BLANK, IMG, [VOL2], "false", "false"))
+    assert ok(irs.getImagesList(SD))["imageslist"] == []
+    wait_for(lambda: os.listdir(os.path.join(data, SD, "volumes")) == [], what="every volume file cleaned")
+    return seen
+
+
+def test_volumes_and_images(both):
+    run_both(both, volumes_flow)
+
+
+def test_vdsm_tasks_cut_off_by_kill_9_wait_for_recover_task_through_the_shim(make_hsmd, tmp_path):
+    """VDSM's flow through ServiceProxy: tasks queued when hsmd is killed wait after its restart (transparent
+    mode, which the shim set) until VDSM says recoverTask; then they end and no byte is lost."""
+    daemon = make_hsmd(config={"tasks": {"thread_pool_size": 1, "diagnostics": True}}).start()
+    irs = ServiceProxy(daemon.address)
+    data = tmp_path / "data"
+    data.mkdir()
+    ok(irs.createStorageDomain(4, SD, "data", str(data), 1, 3))
+    finished(irs, ok(irs.createVolume(SD, BLANK, IMG, SECTORS, COW, SPARSE, "DATA", VOL1, "", "", "",
+                                      {"taskId": "vdsm-create"}))["uuid"])
+    qemu_write(path_of(irs, IMG, VOL1), 0x7E, 0, 2 * MiB)
+    blocker = ok(irs.runTestTask([{"seconds": 60}], {"taskId": "blocker"}))["taskId"]
+    wait_for(lambda: ok(irs.getTaskStatus(blocker))["taskStatus"]["state"] == "running", what="the blocker runs")
+    copy = ok(irs.copyImage(SD, BLANK, BLANK, IMG, VOL1, TMPL, TVOL, "", BLANK, LEAF, 3, 0, False, False,
+                            {"taskId": "vdsm-copy"}))["uuid"]
+    assert code(irs.createVolume(SD, BLANK, IMG, SECTORS, COW, SPARSE, "DATA", VOL2, "", IMG, VOL1,
+                                 {"taskId": "vdsm-snapshot"})) == 203  # the copy reads the image
+    snapshot = ok(irs.createVolume(SD, BLANK, IMG2, SECTORS, COW, SPARSE, "DATA", VOL3, "", "", "",
+                                   {"taskId": "vdsm-new"}))["uuid"]
+    assert (copy, snapshot) == ("vdsm-copy", "vdsm-new")
+    daemon.kill()
+    assert code(irs.getTaskStatus(copy, BLANK)) == 5015  # hsmd away: at once, VDSM's error shape
+    daemon.start()
+    for task in (copy, snapshot):  # the same proxy reconnects by itself; hsmd did nothing alone
+        assert ok(irs.getTaskStatus(task, BLANK))["taskStatus"]["taskState"] != "finished"
+        assert ok(irs.getTaskStatus(task))["taskStatus"]["state"] == "waitrecover"
+    ok(irs.revertTask(blocker, BLANK))
+    for task in (copy, snapshot):
+        ok(irs.recoverTask(task))
+        finished(irs, task)
+    assert info(irs, TMPL, TVOL)["voltype"] == "LEAF"
+    assert qemu_reads(path_of(irs, TMPL, TVOL), 0x7E, 0, 2 * MiB)
+    assert info(irs, IMG2, VOL3)["legality"] == "LEGAL"
+    finished(irs, ok(irs.createVolume(SD, BLANK, IMG, SECTORS, COW, SPARSE, "DATA", VOL2, "", IMG, VOL1))["uuid"])
+    assert qemu_reads(path_of(irs, IMG, VOL2), 0x7E, 0, 2 * MiB)
+    irs.close()
