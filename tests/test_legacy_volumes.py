@@ -5,7 +5,7 @@ import os
 import subprocess
 
 from tests.images_helpers import MiB, backing_chain, code, ok, qemu_reads, qemu_write
-from tests.legacy_helpers import BLANK, SD, SP, run_both
+from tests.legacy_helpers import BLANK, OTHER, SD, SP, run_both
 from tests.waiting import wait_for
 from vdsm_shim import ServiceProxy
 
@@ -20,6 +20,7 @@ RAWVOL = "b4444444-4444-4444-8444-444444444444"
 TVOL = "b5555555-5555-4555-8555-555555555555"
 COW, RAW, PREALLOCATED, SPARSE, SHARED, LEAF = 4, 5, 1, 2, 6, 8
 SECTORS = 2 * MiB // 512
+THIRD = "55555555-5555-4555-8555-555555555555"
 
 
 def finished(irs, task: str) -> dict:
@@ -208,3 +209,60 @@ def test_vdsm_tasks_cut_off_by_kill_9_wait_for_recover_task_through_the_shim(mak
     finished(irs, ok(irs.createVolume(SD, BLANK, IMG, SECTORS, COW, SPARSE, "DATA", VOL2, "", IMG, VOL1))["uuid"])
     assert qemu_reads(path_of(irs, IMG, VOL2), 0x7E, 0, 2 * MiB)
     irs.close()
+
+
+def moves_flow(irs, root: str) -> list:
+    for name, sd in (("one", SD), ("two", OTHER), ("three", THIRD)):
+        os.mkdir(os.path.join(root, name))
+        ok(irs.createStorageDomain(4, sd, name, os.path.join(root, name), 1, 3))
+    seen = []
+    run(irs, irs.createVolume(SD, BLANK, IMG, SECTORS, COW, SPARSE, "DATA", VOL1, "base"))
+    qemu_write(path_of(irs, IMG, VOL1), 0x21, 0, MiB)
+    run(irs, irs.createVolume(SD, BLANK, IMG, SECTORS, COW, SPARSE, "DATA", VOL2, "leaf", IMG, VOL1))
+    qemu_write(path_of(irs, IMG, VOL2), 0x22, MiB, MiB)
+    run(irs, irs.createVolume(SD, BLANK, IMG2, SECTORS, RAW, SPARSE, "DATA", RAWVOL, "raw"))
+    run(irs, irs.copyImage(SD, BLANK, BLANK, IMG, VOL2, TMPL, TVOL, "template", BLANK, SHARED, 3, 0, False, False))
+    run(irs, irs.createVolume(SD, BLANK, IMG3, SECTORS, COW, SPARSE, "DATA", VOL3, "on the template", TMPL, TVOL))
+
+    for args, expected in [((BLANK, SD, SD, IMG, BLANK, 2), 1000), ((BLANK, SD, OTHER, IMG, BLANK, 7), 1000),
+                           ((BLANK, SD, OTHER, IMG2.replace("a2", "f2"), BLANK, 2), 268),
+                           ((BLANK, SD, OTHER, VOL1, BLANK, 2), 268), ((BLANK, SD, SP, IMG, BLANK, 2), 358),
+                           ((SP, SD, OTHER, IMG, BLANK, 2), 309), ((BLANK, SD, OTHER, IMG, BLANK, 2, True), 1000),
+                           ((BLANK, SD, OTHER, IMG3, BLANK, 2), 268)]:  # its template is not on the target
+        assert code(irs.moveImage(*args)) == expected, args
+    assert ok(irs.getImagesList(OTHER))["imageslist"] == []
+
+    # Copy (op 1): every volume with its id, the data through the chain; the source stays.
+    run(irs, irs.moveImage(BLANK, SD, OTHER, IMG, BLANK, 1))
+    assert ok(irs.getVolumesList(OTHER, BLANK, IMG))["uuidlist"] == [VOL2, VOL1]
+    copied = ok(irs.getVolumePath(OTHER, BLANK, IMG, VOL2))["path"]
+    assert qemu_reads(copied, 0x21, 0, MiB) and qemu_reads(copied, 0x22, MiB, MiB)
+    assert [entry["format"] for entry in backing_chain(copied)] == ["qcow2", "qcow2"]
+    seen.append([stable(ok(irs.getVolumeInfo(OTHER, BLANK, IMG, vol))["info"]) for vol in (VOL2, VOL1)])
+    assert code(irs.moveImage(BLANK, SD, OTHER, IMG, BLANK, 1)) == 212  # there already
+    assert ok(irs.getVolumesList(SD, BLANK, IMG))["uuidlist"] == [VOL2, VOL1]
+
+    # Move (op 2) an image on a template, once the template is on the target.
+    run(irs, irs.moveImage(BLANK, SD, OTHER, TMPL, BLANK, 1))
+    run(irs, irs.moveImage(BLANK, SD, OTHER, IMG3, BLANK, 2))
+    assert ok(irs.getVolumesList(OTHER, BLANK, IMG3))["uuidlist"] == [VOL3, TVOL]
+    assert code(irs.getVolumesList(SD, BLANK, IMG3)) == 268
+    run(irs, irs.moveMultipleImages(BLANK, SD, OTHER, {IMG2: False}, BLANK))
+    assert code(irs.moveMultipleImages(BLANK, SD, OTHER, {IMG: True}, BLANK)) == 1000
+    assert ok(irs.getVolumeInfo(OTHER, BLANK, IMG2, RAWVOL))["info"]["format"] == "RAW"
+    seen.append([sorted(ok(irs.getImagesList(sd))["imageslist"]) for sd in (SD, OTHER)])
+
+    # cloneImageStructure: the INTERNAL volumes with their data, the leaf new and empty.
+    run(irs, irs.cloneImageStructure(BLANK, SD, IMG, THIRD))
+    leaf = ok(irs.getVolumePath(THIRD, BLANK, IMG, VOL2))["path"]
+    assert qemu_reads(leaf, 0x21, 0, MiB) and qemu_reads(leaf, 0, MiB, MiB)
+    run(irs, irs.syncImageData(BLANK, SD, IMG, THIRD, "INTERNAL"))
+    assert code(irs.syncImageData(BLANK, SD, IMG, THIRD, "LEAF")) == 1000
+    assert code(irs.syncImageData(BLANK, SD, IMG, OTHER, "SOME")) == 1000
+    wait_for(lambda: sorted(os.listdir(os.path.join(root, "one", SD, "volumes"))) == sorted(
+        f"{vol}.qcow2" for vol in (VOL1, VOL2, TVOL)), what="the moved images' files cleaned")
+    return seen
+
+
+def test_moving_and_copying_images_between_domains(both):
+    run_both(both, moves_flow)

@@ -14,7 +14,8 @@ import uuid
 from hsm.api.dispatch import options_of
 from hsm.api.legacy_domains import parse_bool
 from hsm.api.verbs import verb
-from hsm.errors import ImageExists, InvalidParameterException, VolumeAlreadyExists
+from hsm.errors import ImageExists, InvalidParameterException, VolumeAlreadyExists, VolumeDoesNotExist
+from hsm.storage import moves
 from hsm.storage.domains import BLANK_UUID, Domains, check_uuid, number
 from hsm.storage.engine import Engine
 from hsm.storage.image import SNAPSHOT
@@ -25,6 +26,8 @@ from hsm.storage.volumes import Located, Volumes
 from hsm.tasks import Step, StepContext, TaskKind, TaskManager
 
 DONE = "vdsmDone"  # the task a repeated create answers with: its work was done before
+MOVE = "vdsmMove"  # moveImage, moveMultipleImages, cloneImageStructure: hsm.storage.moves
+SYNC_TYPES = ("INTERNAL", "LEAF", "ALL")
 
 
 def _vdsm_form(args: tuple) -> bool:
@@ -45,6 +48,10 @@ class LegacyVolumesAPI:
         self._tasks = tasks
         self._volumes = Volumes(engine)
         tasks.register(TaskKind(DONE, lambda args: [Step("nothing left to do", self._nothing, idempotent=True)]))
+        mover = moves.Mover(engine, engine.fixes)
+        tasks.register(TaskKind(MOVE, lambda args: [Step("copy the chain", mover.copy, idempotent=True),
+                                                    Step("remove the source", mover.remove_source, idempotent=True)],
+                                moves.resources))
 
     @staticmethod
     def _nothing(ctx: StepContext) -> dict:
@@ -112,6 +119,73 @@ class LegacyVolumesAPI:
         except ImageExists as e:
             raise VolumeAlreadyExists(f"{dstVolUUID}: {e.detail} with other arguments") from None
         return {"uuid": opts.taskId}
+
+    # -- between domains -----------------------------------------------------------
+
+    def _move(self, verb_name: str, sp_uuid: object, src_uuid: object, dst_uuid: object, images: list[str],
+              op: int, options: object, leaf_data: bool = True) -> dict:
+        src = self._domain(src_uuid, sp_uuid)
+        dst = self._domains.get(dst_uuid)
+        opts = self._task_options(options)
+        for image_id in images:
+            self._volumes.image(src, image_id)
+        args = moves.plan(self._engine, src, dst, images, op, leaf_data)
+        return {"uuid": self._tasks.start(MOVE, verb_name, args, task_id=opts.taskId).id}
+
+    @verb(mutating=True)
+    def moveImage(self, spUUID: str, srcDomUUID: str, dstDomUUID: str, imgUUID: str, vmUUID: str,
+                  op: int | str, postZero: bool | str = False, force: bool | str = False,
+                  options: dict | None = None) -> dict:
+        """Copy (op 1) or move (op 2) the image, every volume with its id, to another domain."""
+        if vmUUID:
+            check_uuid("vmUUID", vmUUID, blank=True)
+        self._no_post_zero(postZero)
+        parse_bool("force", force)
+        return self._move("moveImage", spUUID, srcDomUUID, dstDomUUID, [check_uuid("imgUUID", imgUUID)],
+                          number("op", op), options)
+
+    @verb(mutating=True)
+    def moveMultipleImages(self, spUUID: str, srcDomUUID: str, dstDomUUID: str, imgDict: dict, vmUUID: str,
+                           force: bool | str = False, options: dict | None = None) -> dict:
+        """Move every image of imgDict ({imgUUID: postZero}) in one task."""
+        if not isinstance(imgDict, dict) or not imgDict:
+            raise InvalidParameterException("imgDict: expected {imgUUID: postZero}")
+        for image_id, post_zero in imgDict.items():
+            check_uuid("imgUUID", image_id)
+            self._no_post_zero(post_zero)
+        if vmUUID:
+            check_uuid("vmUUID", vmUUID, blank=True)
+        parse_bool("force", force)
+        return self._move("moveMultipleImages", spUUID, srcDomUUID, dstDomUUID, sorted(imgDict), moves.MOVE_OP,
+                          options)
+
+    @verb(mutating=True)
+    def cloneImageStructure(self, spUUID: str, sdUUID: str, imgUUID: str, dstSdUUID: str,
+                            options: dict | None = None) -> dict:
+        """The image's chain on another domain, its leaf new and empty (a live migration mirrors the leaf).
+        The INTERNAL volumes are copied with their data now: a snapshot here is never empty, and never
+        changes, so syncImageData INTERNAL then has nothing left to do."""
+        return self._move("cloneImageStructure", spUUID, sdUUID, dstSdUUID, [check_uuid("imgUUID", imgUUID)],
+                          moves.COPY_OP, options, leaf_data=False)
+
+    @verb(mutating=True)
+    def syncImageData(self, spUUID: str, sdUUID: str, imgUUID: str, dstSdUUID: str, syncType: str,
+                      options: dict | None = None) -> dict:
+        """INTERNAL: checks that cloneImageStructure's copies are complete (they were made with their data).
+        LEAF and ALL would write into a leaf the target already has: not supported here (1000)."""
+        if syncType not in SYNC_TYPES:
+            raise InvalidParameterException(f"syncType={syncType!r}: expected one of {', '.join(SYNC_TYPES)}")
+        src = self._domain(sdUUID, spUUID)
+        dst = self._domains.get(dstSdUUID)
+        opts = self._task_options(options)
+        if syncType != "INTERNAL":
+            raise InvalidParameterException(f"syncType={syncType}: only INTERNAL (the leaf is the VM's to mirror)")
+        image = self._volumes.image(src, imgUUID)
+        for vol in image.volumes[1:]:
+            copied = dst.images.get(vol.image)
+            if copied is None or copied.removed or not copied.usable():
+                raise VolumeDoesNotExist(f"{vol.id} of image {image.id} is not complete in domain {dst.uuid}")
+        return self._done("syncImageData", opts.taskId or "")
 
     # -- removing --------------------------------------------------------------
 

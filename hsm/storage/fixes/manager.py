@@ -233,6 +233,16 @@ class Fixes:
             return [Step(name, self._guarded(fix, run), idempotent=True) for name, run in fix.plan(args)]
         return steps
 
+    def run_inline(self, ctx: StepContext, repo: FileRepository, fix_name: str, image_id: str) -> None:
+        """Run a fix's steps now, inside the caller's task (a verb of many images, as VDSM's moveImage),
+        instead of in a task of its own: the caller's task holds the locks and reports the progress."""
+        fix = self.kinds[fix_name]
+        image = repo.images.get(image_id)
+        args = {"repo": repo.uuid, "image": image_id, **(fix.extra_args(repo, image) if image else {})}
+        inner = _Inline(ctx, args)
+        for _, run in fix.plan(args):
+            self._guarded(fix, run)(inner)
+
     def _guarded(self, fix: Fix, run: StepFunc):
         """Run a step on its repository and image; a failure is kept as the image's lastError."""
         def step(ctx: StepContext) -> None:
@@ -306,6 +316,21 @@ class Fixes:
                 for image_id in image_ids:
                     if repo.rewriting[image_id] <= 0:
                         del repo.rewriting[image_id]
+
+
+class _Inline:
+    """What a fix run inside another task sees: its own arguments, and that task's stage, progress and stop."""
+
+    def __init__(self, outer: StepContext, args: dict) -> None:
+        self.task = outer.task
+        self.args = args
+        self._outer = outer
+
+    def check_stop(self) -> None:
+        self._outer.check_stop()
+
+    def progress(self, percent: int) -> None:
+        self._outer.progress(percent)
 
 
 def _images_touched(args: dict) -> list[tuple[str, str]]:
