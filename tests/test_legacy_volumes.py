@@ -1,8 +1,15 @@
 """VDSM's volume and image verbs, each flow run twice: through vdsm_shim's ServiceProxy to a real hsmd and
 in-process with no hsmd, with the same answers. Real qemu-img volumes; data checked with qemu-io."""
 
+import functools
+import http.server
+import io
 import os
+import re
 import subprocess
+import threading
+
+import pytest
 
 from tests.images_helpers import MiB, backing_chain, code, ok, qemu_reads, qemu_write
 from tests.legacy_helpers import BLANK, OTHER, SD, SP, run_both
@@ -266,3 +273,69 @@ def moves_flow(irs, root: str) -> list:
 
 def test_moving_and_copying_images_between_domains(both):
     run_both(both, moves_flow)
+
+
+class RangeHandler(http.server.SimpleHTTPRequestHandler):
+    """Files with byte ranges, as qemu-img's http driver reads them (the stdlib handler sends whole files)."""
+
+    def send_head(self):
+        path = self.translate_path(self.path)
+        if not os.path.isfile(path):
+            self.send_error(404)
+            return None
+        size = os.path.getsize(path)
+        wanted = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+        start, end = (int(wanted[1]), int(wanted[2] or size - 1)) if wanted else (0, size - 1)
+        end = min(end, size - 1)
+        self.send_response(206 if wanted else 200)
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Content-Length", str(end - start + 1))
+        if wanted:
+            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        self.end_headers()
+        with open(path, "rb") as f:
+            f.seek(start)
+            return io.BytesIO(f.read(end - start + 1) if self.command == "GET" else b"")
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def served(tmp_path):
+    """(folder, base URL): an http server of the folder's files, with byte ranges."""
+    folder = tmp_path / "served"
+    folder.mkdir()
+    handler = functools.partial(RangeHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield folder, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_upload_volume_from_a_url(both, served):
+    folder, url = served
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(folder / "disk.qcow2"), str(2 * MiB)], check=True)
+    qemu_write(str(folder / "disk.qcow2"), 0x4D, MiB, MiB)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(folder / "big.qcow2"), str(4 * MiB)], check=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", "/etc/passwd", "-F", "raw",
+                    str(folder / "over.qcow2")], check=True)
+
+    def flow(irs, root):
+        os.mkdir(os.path.join(root, "data"))
+        ok(irs.createStorageDomain(4, SD, "data", os.path.join(root, "data"), 1, 3))
+        run(irs, irs.createVolume(SD, BLANK, IMG, SECTORS, COW, SPARSE, "DATA", VOL1, ""))
+        run(irs, irs.createVolume(SD, BLANK, IMG2, SECTORS, RAW, SPARSE, "DATA", RAWVOL, ""))
+        refused = [code(irs.uploadVolume(SD, BLANK, IMG, VOL1, source, 0)) for source in (
+            "/etc/passwd", "file:///etc/passwd", "host:/export/disk", f"{url}/big.qcow2", f"{url}/over.qcow2",
+            f"{url}/missing.qcow2")]
+        refused.append(code(irs.uploadVolume(SD, BLANK, IMG2, RAWVOL, f"{url}/disk.qcow2", 0)))  # not raw
+        refused.append(code(irs.uploadVolume(SD, BLANK, IMG, VOL1, f"{url}/disk.qcow2", 0, "scp")))
+        ok(irs.uploadVolume(SD, BLANK, IMG, VOL1, f"{url}/disk.qcow2", 2 * MiB, "wget"))
+        path = path_of(irs, IMG, VOL1)
+        assert qemu_reads(path, 0x4D, MiB, MiB) and qemu_reads(path, 0, 0, MiB)
+        assert info(irs, IMG, VOL1)["legality"] == "LEGAL"
+        return refused
+
+    assert run_both(both, flow) == [1000, 1000, 1000, 1000, 1000, 2001, 1000, 1000]

@@ -221,6 +221,18 @@ class LegacyVolumesAPI:
         self._volumes.merge(repo, imgUUID, ancestor, successor, opts)
         return {"uuid": opts.taskId}
 
+    @verb(mutating=True)
+    def uploadVolume(self, sdUUID: str, spUUID: str, imgUUID: str, volUUID: str, srcPath: str, size: int | str,
+                     method: str = "rsync", options: dict | None = None) -> dict:
+        """The volume's content from an http(s) URL (hsm.storage.volumes.Volumes.upload), answered when done.
+        `method` is VDSM's (rsync or wget; VDSM itself always ran rsync): the URL decides here."""
+        options_of(options)
+        if method not in ("rsync", "wget"):
+            raise InvalidParameterException(f"method={method!r}: rsync or wget")
+        number("size", size)
+        self._volumes.upload(self._locate(sdUUID, spUUID, imgUUID, volUUID), srcPath)
+        return {}
+
     # -- describing --------------------------------------------------------------
 
     @verb()

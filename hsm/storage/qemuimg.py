@@ -126,10 +126,13 @@ def create(path: str, size: int, fmt: str = "qcow2", backing: str | None = None,
 
 def convert(source: str, target: str, source_format: str = "qcow2", target_format: str = "qcow2",
             backing: str | None = None, backing_format: str = "qcow2", compat: str = "1.1",
-            progress: Callable[[float], None] | None = None) -> None:
-    """Copy `source` (its whole chain) into a new `target`; with `backing`, only what its top holds."""
+            progress: Callable[[float], None] | None = None, existing: bool = False) -> None:
+    """Copy `source` (its whole chain) into a new `target`; with `backing`, only what its top holds;
+    `existing`: into the volume `target` is now, all of it rewritten."""
     argv = [QEMU_IMG, "convert", "-p", "-f", source_format, "-O", target_format]
-    if target_format == "qcow2":
+    if existing:
+        argv.append("-n")
+    elif target_format == "qcow2":
         argv += ["-o", f"compat={compat}"]
     if backing:
         argv += ["-B", backing, "-F", backing_format]

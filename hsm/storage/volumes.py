@@ -20,18 +20,23 @@ a volume with VDSM's defaults.
 
 from __future__ import annotations
 
+import urllib.parse
 from dataclasses import dataclass
 
 from hsm.errors import (
     CannotDeleteSharedVolume,
     CannotDeleteVolume,
+    CopyImageError,
     ImageDoesNotExistInSD,
     ImageIsNotLegalChain,
     InvalidParameterException,
+    MiscFileReadException,
     PrepareIllegalVolumeError,
     VolumeDoesNotExist,
     VolumeImageHasChildren,
+    VolumeIsBusy,
 )
+from hsm.storage import qemuimg
 from hsm.storage.domains import BLANK_UUID, check_uuid, number
 from hsm.storage.engine import Engine
 from hsm.storage.image import DISK, SNAPSHOT, Image, Volume
@@ -109,6 +114,17 @@ def size_in_bytes(value: object) -> int:
     if isinstance(value, str) and value.isdigit() and int(value) > 0:
         return int(value)
     raise InvalidParameterException(f"size={value!r}: sectors as an integer, or bytes as a string of digits")
+
+
+def check_url(value: object) -> str:
+    """An http or https URL with a host: the only sources uploadVolume reads."""
+    if not isinstance(value, str) or len(value) > 2048 or any(c.isspace() for c in value):
+        raise InvalidParameterException("srcPath: an http:// or https:// URL")
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidParameterException(f"srcPath={value[:200]!r}: an http:// or https:// URL (rsync and paths "
+                                        "are not read here)")
+    return value
 
 
 def check_description(value: object) -> str:
@@ -337,6 +353,34 @@ class Volumes:
                 raise InvalidParameterException(f"legality={legality!r}: expected one of {', '.join(LEGALITIES)}")
             meta.legality = legality
         self._engine.set_user_data(found.repo.id, found.owner.id, meta.user_data(found.owner))
+
+    def upload(self, found: Located, url: object) -> None:
+        """uploadVolume: the volume's content replaced by the image at `url`, read by qemu-img's own http(s)
+        driver. Only the one volume of a standalone image, not in use; only http and https (a path or
+        another scheme would let a caller read files hsmd can read); the source must be in the volume's
+        format, no larger, and read through no backing file. The volume is ILLEGAL until it is done."""
+        url = check_url(url)
+        repo, image = found.repo, found.chain
+        if len(image.volumes) != 1 or image.kind != DISK:
+            raise InvalidParameterException(f"image {image.id}: only the one volume of a standalone image")
+        if self._engine.is_prepared(repo, image.id) or self._engine.image_tasks(repo, image):
+            raise VolumeIsBusy(f"{image.id} is in use")
+        try:
+            report = qemuimg.info(url)
+        except qemuimg.QemuImgError as e:
+            raise MiscFileReadException(f"{url}: {e}") from None
+        assert isinstance(report, dict)
+        fmt = FORMATS.get({"qcow2": COW, "raw": RAW}.get(report.get("format", ""), 0), "")
+        if fmt != found.volume.format:
+            raise InvalidParameterException(f"{url} is {report.get('format')!r}, the volume {found.volume.format}")
+        if report.get("backing-filename") or int(report.get("virtual-size", 0)) > image.size:
+            raise InvalidParameterException(f"{url}: reads through a backing file, or is larger than {image.size}")
+        self.relabel(found, legality="ILLEGAL")
+        try:
+            qemuimg.convert(url, repo.volume_path(found.volume), source_format=fmt, target_format=fmt, existing=True)
+        except qemuimg.QemuImgError as e:
+            raise CopyImageError(f"{url}: {e}; volume {found.volume.id} stays ILLEGAL") from None
+        self.relabel(self.locate(repo, image.id, found.volume.id), legality="LEGAL")
 
     def check_legal(self, repo: FileRepository, image: Image) -> None:
         """A chain with an ILLEGAL volume is not prepared, as VDSM refused it (227)."""
