@@ -169,6 +169,7 @@ def _options() -> list[Option]:
         o("supervdsm", "call_timeout", float, "60", "seconds a privileged call may run"),
         o("supervdsm", "connect_timeout", float, "1", "seconds to reach supervdsmd before a call fails"),
         o("supervdsm", "mount_sources", _list, "", "folders whose contents may be bind-mounted or loop-mounted, besides [irs] repository for loop mounts"),
+        o("supervdsm", "udev_rules_dir", str, "/etc/udev/rules.d", "folder of the udev rules appropriateDevice writes (one 99-vdsm-<guid>-<vmId>.rules per LUN and VM) and inappropriateDevices removes"),
         o("supervdsm", "max_calls", _count, "8", "privileged calls in flight at once; more fail at once (5003), so a frozen supervdsmd never takes every RPC worker"),
         # [offload]
         o("offload", "enabled", _bool, "true", "use reflink, copy_file_range or arrays before qemu-img", coming=_OFFLOAD),

@@ -9,7 +9,7 @@ from typing import Any
 
 from hsm.config import Config
 from hsm.errors import InvalidParameterException
-from supervdsm import devices, iscsi, mount
+from supervdsm import devices, iscsi, mount, udev
 from supervdsm.command import check_path, check_value, run
 from supervdsm.lvm import lvm
 
@@ -49,6 +49,7 @@ def make_verbs(config: Config) -> dict[str, PrivilegedVerb]:
     mount_root = os.path.join(config.irs.repository, "mnt")
     file_roots = [config.irs.repository, config.irs.state_dir]
     bind_roots = list(config.supervdsm.mount_sources)
+    rules_dir = config.supervdsm.udev_rules_dir
     loop_roots = [config.irs.repository, *bind_roots]
 
     def do_lvm(command: str, args: list, config: str = "") -> dict:
@@ -110,5 +111,9 @@ def make_verbs(config: Config) -> dict[str, PrivilegedVerb]:
         PrivilegedVerb("multipathReconfigure", lambda: run(["multipath", "-r"], timeout), {}, timeout + 5),
         PrivilegedVerb("chown", chown, {"path": str, "uid": int, "gid": int}, 10),
         PrivilegedVerb("chmod", chmod, {"path": str, "mode": int}, 10),
+        PrivilegedVerb("appropriateDevice", lambda guid, thiefId: udev.appropriate(rules_dir, guid, thiefId),
+                       {"guid": str, "thiefId": str}, timeout + 5),
+        PrivilegedVerb("inappropriateDevices", lambda thiefId: udev.inappropriate(rules_dir, thiefId),
+                       {"thiefId": str}, timeout + 5),
     ]
     return {verb.name: verb for verb in table}

@@ -1,8 +1,14 @@
 """Running a legacy-verb flow two ways (the `both` fixture in conftest.py): through vdsm_shim's ServiceProxy
 to a real hsmd, and in-process with no hsmd; both must answer the same (paths, free space and times aside)."""
 
+import contextlib
 import os
 import re
+
+from hsm import config as hsmconfig
+from hsm.api.app import Application
+from vdsm_shim import ServiceProxy
+from vdsm_shim.inprocess import InProcess
 
 SD = "11111111-1111-4111-8111-111111111111"
 ISO = "22222222-2222-4222-8222-222222222222"
@@ -33,3 +39,25 @@ def run_both(both, flow) -> list:
 def listing(root: str) -> list:
     return sorted(os.path.relpath(os.path.join(folder, name), root)
                   for folder, dirs, files in os.walk(root) for name in dirs + files)
+
+
+class InProcessWith(InProcess):
+    """vdsm_shim's in-process hsm built from a whole configuration: VDSM's [irs] cannot name supervdsmd's socket."""
+
+    def __init__(self, config: hsmconfig.Config) -> None:
+        self.config = config
+        self.app = Application(config)
+
+
+@contextlib.contextmanager
+def sides_with(make_hsmd, tmp_path, supervdsmd):
+    """[(irs, root)] as the `both` fixture, each side asking `supervdsmd` for its privileged acts."""
+    daemon = make_hsmd(config={"supervdsm": {"socket": supervdsmd.socket}}).start()
+    remote = ServiceProxy(daemon.address)
+    here = InProcessWith(hsmconfig.load(None, {("irs", "state_dir"): str(tmp_path / "in-process"),
+                                               ("supervdsm", "socket"): supervdsmd.socket}))
+    try:
+        yield [(remote, str(tmp_path / "hsmd")), (here, str(tmp_path / "in-process"))]
+    finally:
+        remote.close()
+        here.close()

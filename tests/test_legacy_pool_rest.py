@@ -7,14 +7,10 @@ import subprocess
 
 import pytest
 
-from hsm import config as hsmconfig
-from hsm.api.app import Application
 from hsm.storage.ovf import MAX_OVF_BYTES
 from tests.images_helpers import MiB, code, ok, wait_image
-from tests.legacy_helpers import BLANK, ISO, OTHER, SD, SP, listing, run_both
+from tests.legacy_helpers import BLANK, ISO, OTHER, SD, SP, listing, run_both, sides_with
 from tests.supervdsmd import Supervdsmd
-from vdsm_shim import ServiceProxy
-from vdsm_shim.inprocess import InProcess
 
 DATA2 = "55555555-5555-4555-8555-555555555555"
 NEWSP = "66666666-6666-4666-8666-666666666666"
@@ -253,14 +249,6 @@ def test_vg_verbs_and_extend_answer_block_storage_is_not_served(both):
     run_both(both, block_flow)
 
 
-class InProcessWith(InProcess):
-    """vdsm_shim's in-process hsm built from a whole configuration: VDSM's [irs] cannot name supervdsmd's socket."""
-
-    def __init__(self, config: hsmconfig.Config) -> None:
-        self.config = config
-        self.app = Application(config)
-
-
 @pytest.fixture
 def loop_device(tmp_path):
     if os.geteuid() != 0:
@@ -279,13 +267,8 @@ def loop_device(tmp_path):
 def both_with_supervdsmd(make_hsmd, tmp_path):
     """[(irs, root)] as `both`, each side asking one real supervdsmd for devices."""
     supervdsmd = Supervdsmd(str(tmp_path / "sv")).start()
-    daemon = make_hsmd(config={"supervdsm": {"socket": supervdsmd.socket}}).start()
-    remote = ServiceProxy(daemon.address)
-    here = InProcessWith(hsmconfig.load(None, {("irs", "state_dir"): str(tmp_path / "in-process"),
-                                               ("supervdsm", "socket"): supervdsmd.socket}))
-    yield [(remote, str(tmp_path / "hsmd")), (here, str(tmp_path / "in-process"))]
-    remote.close()
-    here.close()
+    with sides_with(make_hsmd, tmp_path, supervdsmd) as sides:
+        yield sides
     supervdsmd.kill()
 
 

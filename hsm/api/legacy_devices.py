@@ -1,11 +1,13 @@
 """VDSM's device and volume group verbs, and extendStorageDomain.
 
 getDeviceInfo and getDevicesVisibility answer from the device list that
-getDeviceList gives (supervdsmd's listing). Block storage domains (LVM volume
-groups) are not served yet: createVG, removeVG, getVGList, getVGInfo and
-extendStorageDomain check their arguments as VDSM did, then answer VDSM's 372
-(StorageDomainTypeError, "Unsupported Storage Domain type"), never "unknown
-verb", so a caller learns why.
+getDeviceList gives (supervdsmd's listing). appropriateDevice and
+inappropriateDevices (VDSM's VM code, for a VM's direct LUN) have supervdsmd
+write and remove the VM's udev rules (supervdsm/udev.py). Block storage
+domains (LVM volume groups) are not served yet: createVG, removeVG, getVGList,
+getVGInfo and extendStorageDomain check their arguments as VDSM did, then
+answer VDSM's 372 (StorageDomainTypeError, "Unsupported Storage Domain type"),
+never "unknown verb", so a caller learns why.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from hsm.errors import (
 )
 from hsm.storage.domains import TYPE_NAMES, Domains, check_uuid, number
 from hsm.storage.pools import Pools
+from supervdsm import udev
 from supervdsm.client import SupervdsmClient
 
 # LVM's own UUIDs (a VG's vgUUID): 32 letters and digits grouped 6-4-4-4-4-4-6.
@@ -47,6 +50,7 @@ def _devlist(value: object) -> list[str]:
 class LegacyDevicesAPI:
     def __init__(self, supervdsm: SupervdsmClient, domains: Domains, pools: Pools) -> None:
         self._devices = DevicesAPI(supervdsm)  # its getDeviceList is the one device listing
+        self._supervdsm = supervdsm
         self._domains = domains
         self._pools = pools
 
@@ -72,6 +76,22 @@ class LegacyDevicesAPI:
         asked = [require_str("guids", guid) for guid in guids]
         seen = self._guids() if asked else {}
         return {"visible": {guid: guid in seen for guid in asked}}
+
+    @verb(mutating=True)
+    def appropriateDevice(self, guid: str, thiefId: str) -> dict:
+        """Gives the multipath device /dev/mapper/<guid> to VDSM's VM user while VM thiefId runs: a udev
+        rule, applied at once. The device need not be there (the rule waits for it)."""
+        udev.check_guid(guid)
+        check_uuid("thiefId", thiefId)
+        self._supervdsm.call("appropriateDevice", guid=guid, thiefId=thiefId)
+        return {}
+
+    @verb(mutating=True)
+    def inappropriateDevices(self, thiefId: str) -> dict:
+        """Removes every rule appropriateDevice wrote for VM thiefId (none: success)."""
+        check_uuid("thiefId", thiefId)
+        self._supervdsm.call("inappropriateDevices", thiefId=thiefId)
+        return {}
 
     # -- block storage: not served yet ------------------------------
 
