@@ -1,5 +1,6 @@
 """vdsm_shim as VDSM uses it: a proxy to a real hsmd (Unix socket or TCP), or hsm in-process without one."""
 
+import inspect
 import threading
 import time
 import xmlrpc.client
@@ -8,8 +9,11 @@ import pytest
 
 from tests.hsmd import free_port
 from tests.images_helpers import MiB, ok, wait_image
+from tests.legacy_helpers import BLANK, SD
+from tests.test_legacy_volumes import IMG, IMG2, VOL1, VOL2, finished
 from vdsm_shim import APIBase, ServiceProxy, choose
 from vdsm_shim.inprocess import InProcess
+from vdsm_shim.local import TASK_VERBS
 
 
 @pytest.fixture
@@ -130,3 +134,45 @@ def test_api_base_chooses_once_and_can_be_forced(shim_hsmd, tmp_path, caplog):
     assert isinstance(Storage({**irs, "hsm": "in-process"}, address=address)._irs, InProcess)
     with pytest.raises(ValueError):
         choose({"hsm": "sometimes"})
+
+
+def test_the_shim_knows_where_options_go_in_every_verb_that_starts_a_task(tmp_path):
+    """vdsm_shim's table of task verbs (the arguments VDSM always gives, the defaults of the rest) is hsmd's
+    own signatures: a padded call means exactly what VDSM's shorter one meant."""
+    here = InProcess({"state_dir": str(tmp_path / "state")})
+    try:
+        for verb, (given, defaults) in TASK_VERBS.items():
+            form = here.app.dispatcher.verbs[verb]
+            form = form.other if form.other is not None else form  # copyImage: VDSM's form
+            params = [p for p in form.signature.parameters.values() if p.name != "options"]
+            required = [p for p in params if p.default is inspect.Parameter.empty]
+            assert len(required) == given, verb
+            assert tuple(p.default for p in params[given:]) == defaults, verb
+    finally:
+        here.close()
+
+
+def test_vdsm_task_ids_name_hsmd_tasks_without_changing_the_call(shim_hsmd, tmp_path):
+    """VDSM passes `lambda: vars.task.id`; its calls stay as they were, and the tasks carry its ids."""
+    daemon, _ = shim_hsmd
+    current: list[str | None] = [None]
+    remote = ServiceProxy(daemon.address, task_id=lambda: current[0])
+    here = InProcess({"state_dir": str(tmp_path / "state")}, task_id=lambda: current[0])
+    try:
+        for irs, folder in ((remote, tmp_path / "hsmd-storage"), (here, tmp_path / "in-process-storage")):
+            folder.mkdir()
+            ok(irs.createStorageDomain(4, SD, "data", str(folder), 1, 3))
+            current[0] = f"vdsm-create-{folder.name}"
+            assert ok(irs.createVolume(SD, BLANK, IMG, 2048, 4, 2, "DATA", VOL1, ""))["uuid"] == current[0]
+            finished(irs, current[0])
+            explicit = ok(irs.createVolume(SD, BLANK, IMG2, 2048, 4, 2, "DATA", VOL2, "", "", "",
+                                           {"taskId": f"caller-{folder.name}"}))["uuid"]
+            assert explicit == f"caller-{folder.name}"  # options the caller gave are left alone
+            finished(irs, explicit)
+            current[0] = None  # no VDSM task around this call: hsmd names the task
+            named = ok(irs.deleteImage(SD, BLANK, IMG, "false"))["uuid"]
+            assert named != explicit and not named.startswith(("vdsm", "caller"))
+            finished(irs, named)
+    finally:
+        remote.close()
+        here.close()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 from vdsm_shim.proxy import ServiceProxy
 
@@ -27,17 +28,18 @@ USES = ("auto", "hsmd", "in-process")
 
 
 def choose(irs: dict[str, object] | None = None, use: str | None = None, address: str | None = None,
-           tls=None) -> object:
+           tls=None, task_id: Callable[[], str | None] | None = None) -> object:
     """hsmd's ServiceProxy when it answers (or when `use` is "hsmd"), else hsm in-process.
 
     `use` comes from VDSM's [irs] hsm option when not given: auto (the default),
-    hsmd, or in-process.
+    hsmd, or in-process. `task_id` answers VDSM's current task id (VDSM passes
+    `lambda: vars.task.id`): the verbs that start a task then run under it.
     """
     use = use or str((irs or {}).get("hsm", "auto"))
     if use not in USES:
         raise ValueError(f"[irs] hsm = {use!r}: expected one of {', '.join(USES)}")
     if use != "in-process":
-        proxy = ServiceProxy(address, tls=tls)
+        proxy = ServiceProxy(address, tls=tls, task_id=task_id)
         if proxy or use == "hsmd":
             log.info("VDSM's storage: hsmd at %s%s", proxy.address, "" if proxy else " (not answering yet)")
             return proxy
@@ -45,7 +47,7 @@ def choose(irs: dict[str, object] | None = None, use: str | None = None, address
     else:
         log.info("VDSM's storage: hsm in this process ([irs] hsm = in-process)")
     from vdsm_shim.inprocess import InProcess  # hsm.api, only when it runs here
-    return InProcess({name: value for name, value in (irs or {}).items() if name != "hsm"})
+    return InProcess({name: value for name, value in (irs or {}).items() if name != "hsm"}, task_id=task_id)
 
 
 class APIBase:
@@ -59,10 +61,10 @@ class APIBase:
     _choosing = threading.Lock()
 
     def __init__(self, irs: dict[str, object] | None = None, use: str | None = None, address: str | None = None,
-                 tls=None) -> None:
+                 tls=None, task_id: Callable[[], str | None] | None = None) -> None:
         with APIBase._choosing:
             if APIBase._irs is None:
-                APIBase._irs = choose(irs, use, address, tls)
+                APIBase._irs = choose(irs, use, address, tls, task_id)
         self._irs = APIBase._irs
 
     @classmethod

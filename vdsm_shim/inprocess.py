@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import xmlrpc.client
+from collections.abc import Callable
 from typing import Any
 
 from hsm import config as hsmconfig
 from hsm.api.app import Application
 from hsm.api.dispatch import BadArguments, UnknownVerb
 from hsm.rpc.marshal import INVALID_PARAMS, METHOD_NOT_FOUND
-from vdsm_shim.local import LocalCalls
+from vdsm_shim.local import LocalCalls, with_task_id
 
 log = logging.getLogger("vdsm_shim")
 
@@ -39,7 +40,8 @@ class InProcess(LocalCalls):
     one behaviour whichever way hsm runs.
     """
 
-    def __init__(self, irs: dict[str, object] | None = None) -> None:
+    def __init__(self, irs: dict[str, object] | None = None, task_id: Callable[[], str | None] | None = None) -> None:
+        self.task_id = task_id
         self.config = config_from_irs(irs)
         self.app = Application(self.config)
 
@@ -53,7 +55,7 @@ class InProcess(LocalCalls):
 
     def call(self, verb: str, *args: Any) -> dict:
         try:
-            return self.app.call(verb, *args)
+            return self.app.call(verb, *with_task_id(verb, args, self.task_id))
         except UnknownVerb as e:
             raise xmlrpc.client.Fault(METHOD_NOT_FOUND, str(e)) from None
         except BadArguments as e:

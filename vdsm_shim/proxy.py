@@ -6,11 +6,12 @@ import http.client
 import logging
 import threading
 import xmlrpc.client
+from collections.abc import Callable
 from typing import Any
 
 from hsm.errors import HsmdUnavailable
 from hsm.rpc import client
-from vdsm_shim.local import LocalCalls
+from vdsm_shim.local import LocalCalls, with_task_id
 
 log = logging.getLogger("vdsm_shim")
 
@@ -30,7 +31,9 @@ class ServiceProxy(LocalCalls):
     """
 
     def __init__(self, address: str | None = None, timeout: float = 60.0, tls: client.TlsFiles | None = None,
-                 probe_timeout: float = PROBE_TIMEOUT, config_path: str | None = None) -> None:
+                 probe_timeout: float = PROBE_TIMEOUT, config_path: str | None = None,
+                 task_id: Callable[[], str | None] | None = None) -> None:
+        self.task_id = task_id
         self.address = address or (client.DEFAULT_ADDRESS if tls else client.default_address(config_path))
         self._timeout = timeout
         self._tls = tls
@@ -59,6 +62,7 @@ class ServiceProxy(LocalCalls):
 
     def call(self, verb: str, *args: Any) -> dict:
         """The verb's answer; 5015 when hsmd cannot be reached (tried twice: once more after a reconnect)."""
+        args = with_task_id(verb, args, self.task_id)
         for attempt in range(2):
             try:
                 return self._proxy().call(verb, *args)
