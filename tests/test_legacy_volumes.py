@@ -119,6 +119,9 @@ def volumes_flow(irs, root: str) -> list:
 
     # A template from the image (copyImage, volType SHARED), and an image on it.
     run(irs, irs.copyImage(SD, BLANK, BLANK, IMG, VOL2, TMPL, TVOL, "template", BLANK, SHARED, 3, 0, False, False))
+    run(irs, irs.copyImage(SD, BLANK, BLANK, IMG, VOL2, TMPL, TVOL, "template", BLANK, SHARED, 3, 0, False, False))
+    assert code(irs.copyImage(SD, BLANK, BLANK, IMG, VOL2, TMPL, TVOL, "other", BLANK, SHARED, 3, 0, False,
+                              False)) == 212
     template = info(irs, TMPL, TVOL)
     assert (template["voltype"], template["parent"], template["image"]) == ("SHARED", BLANK, TMPL)
     assert subprocess.run(["qemu-img", "compare", leaf, path_of(irs, TMPL, TVOL)]).returncode == 0

@@ -25,11 +25,13 @@ class DevicesAPI:
         self._supervdsm = supervdsm
 
     @verb()
-    def getDeviceList(self, storageType: int | None = None, options: dict | None = None) -> dict:
+    def getDeviceList(self, storageType: int | str | None = None, options: dict | None = None) -> dict:
+        if isinstance(storageType, str) and storageType.isdigit():
+            storageType = int(storageType)  # vdsClient passes the word as typed
         if storageType not in (None, "", *_TRANSPORTS) or isinstance(storageType, bool):
             raise InvalidParameterException(f"storageType={storageType!r}: expected none, 2 (FCP) or 3 (iSCSI)")
         devices = [_device(raw) for raw in self._supervdsm.call("listBlockDevices")
                    if raw["devtype"] == "disk"]
         if storageType:
-            devices = [d for d in devices if d["devtype"] == _TRANSPORTS[storageType]]
+            devices = [d for d in devices if d["devtype"] == _TRANSPORTS[int(storageType)]]
         return {"devList": devices}

@@ -17,7 +17,7 @@ from hsm.api.legacy_domains import parse_bool
 from hsm.api.verbs import verb
 from hsm.errors import InvalidParameterException, UnsupportedDomainVersion
 from hsm.storage import ovf
-from hsm.storage.domains import VERSIONS, check_uuid, number
+from hsm.storage.domains import VERSIONS, check_uuid, is_uuid, number
 from hsm.storage.options import check_id
 from hsm.storage.pools import Pools
 from hsm.tasks import Step, StepContext, TaskKind, TaskManager
@@ -227,7 +227,9 @@ class LegacyPoolAPI:
     def getImageDomainsList(self, spUUID: str, imgUUID: str, datadomains: bool | str = True,
                             options: dict | None = None) -> dict:
         options_of(options)
-        data_only = True if datadomains == "" else parse_bool("datadomains", datadomains)
+        # vdsClient sends a domain's UUID here (its third word); VDSM only asked whether it was set.
+        named = is_uuid(datadomains)
+        data_only = True if datadomains == "" or named else parse_bool("datadomains", datadomains)
         image = check_uuid("imgUUID", imgUUID)
         return {"domainslist": self._pools.image_domains(spUUID, image, data_only)}
 

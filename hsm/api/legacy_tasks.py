@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from hsm.api.dispatch import options_of
 from hsm.api.verbs import verb
+from hsm.errors import InvalidParameterException
 from hsm.storage.domains import check_uuid
 from hsm.tasks import Task, TaskManager
 
@@ -56,6 +57,12 @@ class LegacyTasksAPI:
         self._tasks = manager
 
     @verb()
-    def getAllTasks(self) -> dict:
-        """Every task, hsm-tagged ones too."""
-        return {"tasks": {task.id: details(task) for task in self._tasks.all()}}
+    def getAllTasks(self, tags: list | dict | None = None) -> dict:
+        """Every task, hsm-tagged ones too; `tags` (vdsClient always sends a list, [] for all) keeps those
+        tagged so ("spm" or "hsm"). VDSM's `options` struct in its place is taken and changes nothing."""
+        if tags is not None and not isinstance(tags, (list, dict)) or \
+                isinstance(tags, list) and not all(isinstance(tag, str) for tag in tags):
+            raise InvalidParameterException(f"tags={tags!r}: expected a list of task tags")
+        wanted = set(tags) if isinstance(tags, list) else set()
+        found = {task.id: details(task) for task in self._tasks.all()}
+        return {"tasks": {task_id: entry for task_id, entry in found.items() if not wanted or entry["tag"] in wanted}}

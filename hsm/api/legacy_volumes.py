@@ -114,11 +114,11 @@ class LegacyVolumesAPI:
         parse_bool("force", force)
         opts = self._task_options(options)
         try:
-            self._volumes.copy(source.repo, source, target, dstImgUUID, dstVolUUID, description, volType, volFormat,
-                               preallocate, opts)
+            existed = self._volumes.copy(source.repo, source, target, dstImgUUID, dstVolUUID, description, volType,
+                                         volFormat, preallocate, opts)
         except ImageExists as e:
             raise VolumeAlreadyExists(f"{dstVolUUID}: {e.detail} with other arguments") from None
-        return {"uuid": opts.taskId}
+        return self._done("copyImage", opts.taskId or "") if existed else {"uuid": opts.taskId}
 
     # -- between domains -----------------------------------------------------------
 

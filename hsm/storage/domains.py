@@ -57,6 +57,11 @@ def check_uuid(name: str, value: object, blank: bool = False) -> str:
     return value
 
 
+def is_uuid(value: object) -> bool:
+    """Whether `value` is a UUID in VDSM's textual form (the blank one too)."""
+    return isinstance(value, str) and _UUID.fullmatch(value) is not None
+
+
 def check_description(value: object, name: str = "description",
                       too_long: type[HsmError] = StorageDomainDescriptionTooLongError) -> str:
     """A domain's (or, with its own error, a pool's) description: a string of at most MAX_DESCRIPTION."""

@@ -402,7 +402,8 @@ class Engine:
             new_id = self._new_id(opts)
             known = target.images.get(new_id)
             if known is not None and not known.removed and known.kind == kind and known.own[-1] == top \
-                    and isinstance(known.intent, CopyIntent | None) and known.base == (base_id or ""):
+                    and isinstance(known.intent, CopyIntent | None) and known.base == (base_id or "") \
+                    and known.userData == user_data:
                 return new_id  # the same copy asked for again
             top = Volume(top.id, new_id, top.format) if top else Volume(str(uuid.uuid4()), new_id)
             self._volume_free(target, top.id)

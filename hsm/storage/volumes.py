@@ -37,7 +37,7 @@ from hsm.errors import (
     VolumeIsBusy,
 )
 from hsm.storage import qemuimg
-from hsm.storage.domains import BLANK_UUID, check_uuid, number
+from hsm.storage.domains import BLANK_UUID, check_uuid, is_uuid, number
 from hsm.storage.engine import Engine
 from hsm.storage.image import DISK, SNAPSHOT, Image, Volume
 from hsm.storage.options import ImageOptions
@@ -71,7 +71,7 @@ class VolumeMeta:
         raw = image.userData.get(KEY)
         raw = raw if isinstance(raw, dict) else {}
         owner = raw.get("image")
-        meta = cls(owner if isinstance(owner, str) and _is_uuid(owner) else image.id)
+        meta = cls(owner if isinstance(owner, str) and is_uuid(owner) else image.id)
         for name, allowed in (("description", None), ("legality", LEGALITIES), ("disktype", None),
                               ("allocation", tuple(ALLOCATIONS.values()))):
             value = raw.get(name)
@@ -85,14 +85,6 @@ class VolumeMeta:
         kept[KEY] = {"image": self.image, "description": self.description, "legality": self.legality,
                      "disktype": self.disktype, "allocation": self.allocation}
         return kept
-
-
-def _is_uuid(value: str) -> bool:
-    try:
-        check_uuid("uuid", value)
-    except InvalidParameterException:
-        return False
-    return True
 
 
 def is_vdsm_image(image: Image) -> bool:
@@ -206,8 +198,10 @@ class Volumes:
         nbytes = size_in_bytes(size)
         fmt = FORMATS[choice("volFormat", vol_format, FORMATS)]
         allocation = ALLOCATIONS[choice("preallocate", preallocate, ALLOCATIONS)]
+        if isinstance(disk_type, int) and not isinstance(disk_type, bool):
+            disk_type = str(disk_type)  # vdsClient sends a number (2 for a data disk), the engine a string
         if not isinstance(disk_type, str) or len(disk_type) > 32:
-            raise InvalidParameterException(f"diskType={disk_type!r}: expected a short string")
+            raise InvalidParameterException(f"diskType={disk_type!r}: expected a short string or a number")
         meta = VolumeMeta(img_uuid, check_description(description), "LEGAL", disk_type, allocation)
         src_img = check_uuid("srcImgUUID", src_img or BLANK_UUID, blank=True)
         src_vol = check_uuid("srcVolUUID", src_vol or BLANK_UUID, blank=True)
@@ -251,20 +245,23 @@ class Volumes:
 
     def copy(self, repo: FileRepository, src: Located, target: FileRepository, dst_img: object, dst_vol: object,
              description: object, vol_type: object, vol_format: object, preallocate: object,
-             opts: ImageOptions) -> None:
+             opts: ImageOptions) -> bool:
         """copyImage: the chain up to `src`'s volume collapsed into image dst_img's one volume dst_vol;
-        volType SHARED makes it a template (an hsm snapshot), LEAF a disk."""
+        volType SHARED makes it a template (an hsm snapshot), LEAF a disk. Whether that copy was there
+        already (asked again: nothing started)."""
         dst_img = check_uuid("dstImgUUID", dst_img)
         dst_vol = check_uuid("dstVolUUID", dst_vol)
         kind = SNAPSHOT if choice("volType", vol_type, (SHARED, LEAF), SHARED) == SHARED else DISK
-        picked = choice("volFormat", vol_format, (UNKNOWN_FORMAT, COW, RAW), UNKNOWN_FORMAT)
-        fmt = src.volume.format if picked == UNKNOWN_FORMAT else FORMATS[picked]
+        picked = choice("volFormat", vol_format, (0, UNKNOWN_FORMAT, COW, RAW), UNKNOWN_FORMAT)
+        fmt = FORMATS.get(picked, src.volume.format)  # 0 (vdsClient's default) or 3: the source's format
         if choice("preallocate", preallocate, (UNKNOWN_ALLOCATION, PREALLOCATED, SPARSE), 0) == PREALLOCATED:
             raise InvalidParameterException("preallocate=1: copies are made sparse here")
         meta = VolumeMeta(dst_img, check_description(description), "LEGAL", VolumeMeta.of(src.owner).disktype)
         opts.imageId, opts.imageHints = dst_img, {src.owner.id: repo.id}
+        known = target.images.get(dst_img)
         self._engine.copy(target.id, src.owner.id, None, meta.user_data(), opts, top=Volume(dst_vol, dst_img, fmt),
                           kind=kind)
+        return known is not None and not known.removed
 
     # -- removing -----------------------------------------------------------
 
