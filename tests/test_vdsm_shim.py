@@ -68,6 +68,18 @@ def test_an_outage_fails_fast_and_the_proxy_comes_back_by_itself(shim_hsmd):
         assert ok(proxy.getCapabilities())["info"]["taskMode"] == "transparent"  # switched again
 
 
+@pytest.mark.parametrize("over", ["unix", "tcp"])
+def test_a_restart_between_two_calls_is_switched_to_transparent_mode_too(shim_hsmd, over):
+    """No call while hsmd was away: the next one finds its kept-alive connection closed, and must not be
+    sent again silently to the new hsmd before that is switched (the stdlib's transport would)."""
+    daemon, address = shim_hsmd
+    with ServiceProxy(address if over == "unix" else daemon.address) as proxy:
+        assert ok(proxy.ping())
+        daemon.kill()
+        daemon.start()  # in non-transparent mode, as configured
+        assert ok(proxy.getCapabilities())["info"]["taskMode"] == "transparent"
+
+
 def test_vdsm_threads_share_one_proxy(shim_hsmd):
     daemon, address = shim_hsmd
     proxy = ServiceProxy(address)

@@ -69,6 +69,7 @@ class ServiceProxy(LocalCalls):
             except _LOST as e:
                 self._lost(e)
                 if attempt:
+                    log.warning("hsmd is not reachable at %s: %s", self.address, e)
                     return {"status": HsmdUnavailable(f"{self.address}: {e}").status()}
         raise AssertionError("not reached")
 
@@ -95,7 +96,9 @@ class ServiceProxy(LocalCalls):
         if proxy is not None:
             proxy.close()
             local.proxy = None
-        proxy = client.ServiceProxy(self.address, tls=self._tls, timeout=self._timeout)
+        # No silent second try on a closed connection: a new one may reach a restarted hsmd, which must be
+        # switched to transparent mode before it takes a call.
+        proxy = client.ServiceProxy(self.address, tls=self._tls, timeout=self._timeout, retry_stale=False)
         try:
             self._switch(proxy)
         except BaseException:
@@ -107,10 +110,10 @@ class ServiceProxy(LocalCalls):
         return proxy
 
     def _lost(self, error: Exception) -> None:
-        """hsmd went away (or restarted): every thread's connection is stale."""
+        """hsmd went away, restarted, or closed an idle connection: every thread's connection is stale."""
         with self._lock:
             self._generation += 1
-        log.warning("Lost hsmd at %s: %s", self.address, error)
+        log.info("The connection to hsmd at %s is gone (%s): connecting again", self.address, error)
         proxy = getattr(self._local, "proxy", None)
         if proxy is not None:
             proxy.close()

@@ -65,7 +65,19 @@ def _host_name(host: _Host) -> str:
 
 class _WholeBody:
     """Read an answer whole and parse it with hsm's own reader (hsm.rpc.marshal.load_answer),
-    which does half the work per element of the stdlib's, fed 1 KiB at a time."""
+    which does half the work per element of the stdlib's, fed 1 KiB at a time.
+
+    `retry_stale`: the stdlib sends a request again, on a new connection, when the kept-alive one
+    turns out closed. A caller that must notice hsmd restarting (vdsm_shim) turns that off and sees
+    the closed connection as an error.
+    """
+
+    retry_stale = True
+
+    def request(self, host: Any, handler: str, request_body: Any, verbose: bool = False) -> Any:
+        if self.retry_stale:
+            return super().request(host, handler, request_body, verbose)  # type: ignore[misc]
+        return self.single_request(host, handler, request_body, verbose)  # type: ignore[attr-defined]
 
     def parse_response(self, response: http.client.HTTPResponse) -> tuple:
         try:
@@ -148,7 +160,7 @@ class ServiceProxy:
     """
 
     def __init__(self, address: str = DEFAULT_ADDRESS, tls: TlsFiles | None = None,
-                 timeout: float = 60.0) -> None:
+                 timeout: float = 60.0, retry_stale: bool = True) -> None:
         path = unix_path(address)
         scheme = "https" if tls else "http"
         if path is not None:
@@ -159,6 +171,7 @@ class ServiceProxy:
         else:
             transport = _TlsTransport(timeout, tls.context()) if tls else _Transport(timeout)
             url = f"{scheme}://{address}/RPC2"
+        transport.retry_stale = retry_stale  # type: ignore[attr-defined]
         self._proxy = xmlrpc.client.ServerProxy(url, transport=transport,
                                                allow_none=True, use_builtin_types=True)
         self.address = address
