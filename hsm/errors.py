@@ -136,6 +136,30 @@ StorageServerValidationError = _error("StorageServerValidationError", 453, "The 
 iSCSIDiscoveryError = _error("iSCSIDiscoveryError", 475, "iSCSI discovery failed")
 
 
+# VDSM's numbers for LVM (block repositories): raised by hsm.storage.lvm.
+VolumeGroupCreateError = _error("VolumeGroupCreateError", 502, "The volume group could not be created")
+VolumeGroupExtendError = _error("VolumeGroupExtendError", 503, "The volume group could not be extended")
+VolumeGroupSizeError = _error("VolumeGroupSizeError", 504, "Not enough free space in the volume group")
+VolumeGroupAlreadyExistsError = _error("VolumeGroupAlreadyExistsError", 505, "A volume group with this name exists")
+VolumeGroupDoesNotExist = _error("VolumeGroupDoesNotExist", 506, "No such volume group")
+VolumeGroupRemoveError = _error("VolumeGroupRemoveError", 508, "The volume group could not be removed")
+VolumeGroupReplaceTagError = _error("VolumeGroupReplaceTagError", 516, "The volume group's tags could not be changed")
+CannotCreateLogicalVolume = _error("CannotCreateLogicalVolume", 550, "The logical volume could not be created")
+LogicalVolumeExtendError = _error("LogicalVolumeExtendError", 554, "The logical volume could not be extended")
+LogicalVolumeRenameError = _error("LogicalVolumeRenameError", 566, "The logical volume could not be renamed")
+LogicalVolumeReplaceTagError = _error("LogicalVolumeReplaceTagError", 572, "The logical volume's tags could not be changed")
+LogicalVolumeRemoveError = _error("LogicalVolumeRemoveError", 573, "The logical volume could not be removed")
+PhysDevInitializationError = _error("PhysDevInitializationError", 601, "The device could not be made a physical volume")
+LogicalVolumeAlreadyExists = _error("LogicalVolumeAlreadyExists", 604, "A logical volume with this name exists")
+LogicalVolumeDoesNotExistError = _error("LogicalVolumeDoesNotExistError", 610, "No such logical volume")
+LVMCommandError = _error("LVMCommandError", 621, "An LVM command failed")
+
+
+# VDSM's numbers for making an LV usable ([irs] lv_activation): raised by supervdsm.activation.
+CannotDeactivateLogicalVolume = _error("CannotDeactivateLogicalVolume", 552, "The logical volume could not be deactivated")
+CannotActivateLogicalVolume = _error("CannotActivateLogicalVolume", 558, "The logical volume could not be activated")
+
+
 def all_errors() -> list[type[HsmError]]:
     """Every error class, sorted by code."""
     found = {HsmError}

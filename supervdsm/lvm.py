@@ -55,7 +55,8 @@ COMMANDS: dict[str, dict[str, Check | None]] = {
                  "--norestorefile": FLAG},
     "pvremove": {**_FORCE, "-ff": FLAG},
     "pvresize": {"-y": FLAG, "--yes": FLAG},
-    "vgcreate": {**_AUTOBACKUP, **_TAGS, "-s": _SIZE, "--physicalextentsize": _SIZE, "-y": FLAG, "--yes": FLAG},
+    "vgcreate": {**_AUTOBACKUP, **_TAGS, "-s": _SIZE, "--physicalextentsize": _SIZE, "-y": FLAG, "--yes": FLAG,
+                 "--setautoactivation": _YES_NO},  # n: a shared VG's LVs are not activated at boot
     "vgextend": {**_AUTOBACKUP, "-y": FLAG, "--yes": FLAG},
     "vgreduce": {**_AUTOBACKUP},
     "vgremove": {**_FORCE},

@@ -10,6 +10,7 @@ from typing import Any
 from hsm.config import Config
 from hsm.errors import InvalidParameterException
 from supervdsm import devices, iscsi, mount, udev
+from supervdsm.activation import LoopActivation, LvmActivation
 from supervdsm.command import check_path, check_value, run
 from supervdsm.lvm import lvm
 
@@ -51,6 +52,9 @@ def make_verbs(config: Config) -> dict[str, PrivilegedVerb]:
     bind_roots = list(config.supervdsm.mount_sources)
     rules_dir = config.supervdsm.udev_rules_dir
     loop_roots = [config.irs.repository, *bind_roots]
+    lv_loop = LoopActivation(timeout)
+    lv_lvm = LvmActivation(timeout)
+    lv_args = {"vgName": str, "lvName": str, "readOnly": bool}
 
     def do_lvm(command: str, args: list, config: str = "") -> dict:
         return lvm(command, args, config, timeout)
@@ -115,5 +119,9 @@ def make_verbs(config: Config) -> dict[str, PrivilegedVerb]:
                        {"guid": str, "thiefId": str}, timeout + 5),
         PrivilegedVerb("inappropriateDevices", lambda thiefId: udev.inappropriate(rules_dir, thiefId),
                        {"thiefId": str}, timeout + 5),
+        PrivilegedVerb("loopActivateLV", lv_loop.activate, lv_args, timeout + 5, frozenset({"readOnly"})),
+        PrivilegedVerb("loopDeactivateLV", lv_loop.deactivate, {"vgName": str, "lvName": str}, timeout + 5),
+        PrivilegedVerb("lvmActivateLV", lv_lvm.activate, lv_args, timeout + 5, frozenset({"readOnly"})),
+        PrivilegedVerb("lvmDeactivateLV", lv_lvm.deactivate, {"vgName": str, "lvName": str}, timeout + 5),
     ]
     return {verb.name: verb for verb in table}

@@ -64,3 +64,27 @@ def both(make_hsmd, tmp_path):
     yield sides
     remote.close()
     here.close()
+
+
+@pytest.fixture
+def lvm_dir(tmp_path):
+    """An LVM_SYSTEM_DIR whose lvm.conf turns activation off, as hosts without device-mapper need
+    (shared/environment.md); LVM's archives and backups go there too."""
+    folder = tmp_path / "lvm"
+    folder.mkdir()
+    (folder / "lvm.conf").write_text("global { activation = 0 }\n")
+    return str(folder)
+
+
+@pytest.fixture
+def lvm_supervdsmd(tmp_path, lvm_dir):
+    """A real supervdsmd running LVM with `lvm_dir`'s settings."""
+    from tests.supervdsmd import Supervdsmd
+
+    repository, state = tmp_path / "repository", tmp_path / "state"
+    for folder in (repository / "mnt", state):
+        folder.mkdir(parents=True, exist_ok=True)
+    daemon = Supervdsmd(str(tmp_path / "sv"), config={"irs": {"repository": str(repository), "state_dir": str(state)}},
+                        env={"LVM_SYSTEM_DIR": lvm_dir}).start()
+    yield daemon
+    daemon.kill()

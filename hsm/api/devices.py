@@ -14,9 +14,10 @@ def _device(raw: dict) -> dict:
     """One entry of VDSM's devList, from supervdsmd's listing."""
     return {
         "GUID": raw["name"], "devnode": raw["devnode"], "capacity": raw["size"], "devtype": raw.get("transport", ""),
-        "serial": raw["serial"], "vendorID": "", "productID": "", "fsType": raw["fsType"],
-        "backingFile": raw["backingFile"], "status": "used" if raw["fsType"] else "free",
-        "pvUUID": "", "vgUUID": "", "pathlist": [], "pathstatus": [],
+        "serial": raw["serial"], "vendorID": raw.get("vendor", ""), "productID": raw.get("model", ""),
+        "fsType": raw["fsType"], "backingFile": raw["backingFile"],
+        "status": "used" if raw.get("inUse", raw["fsType"]) else "free",
+        "pvUUID": raw.get("pvUUID", ""), "vgUUID": raw.get("vgUUID", ""), "pathlist": [], "pathstatus": [],
     }
 
 
