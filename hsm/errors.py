@@ -150,6 +150,7 @@ LogicalVolumeRenameError = _error("LogicalVolumeRenameError", 566, "The logical 
 LogicalVolumeReplaceTagError = _error("LogicalVolumeReplaceTagError", 572, "The logical volume's tags could not be changed")
 LogicalVolumeRemoveError = _error("LogicalVolumeRemoveError", 573, "The logical volume could not be removed")
 PhysDevInitializationError = _error("PhysDevInitializationError", 601, "The device could not be made a physical volume")
+InvalidPhysDev = _error("InvalidPhysDev", 606, "Not a physical device of this host")
 LogicalVolumeAlreadyExists = _error("LogicalVolumeAlreadyExists", 604, "A logical volume with this name exists")
 LogicalVolumeDoesNotExistError = _error("LogicalVolumeDoesNotExistError", 610, "No such logical volume")
 LVMCommandError = _error("LVMCommandError", 621, "An LVM command failed")

@@ -1,9 +1,11 @@
 import os
 import pathlib
+import subprocess
 
 import pytest
 
 from tests.hsmd import Hsmd
+from tests.lvm_helpers import raw_lvm, report
 from vdsm_shim import ServiceProxy
 from vdsm_shim.inprocess import InProcess
 
@@ -88,3 +90,28 @@ def lvm_supervdsmd(tmp_path, lvm_dir):
                         env={"LVM_SYSTEM_DIR": lvm_dir}).start()
     yield daemon
     daemon.kill()
+
+
+@pytest.fixture
+def loops(tmp_path, lvm_dir):
+    """Make loop devices over sparse files (size in MiB); teardown removes every VG on them, wipes them and
+    detaches them. Skips the test when losetup cannot attach one."""
+    devices: list[str] = []
+
+    def make(size_mb: int = 2048) -> str:
+        image = tmp_path / f"pv{len(devices)}.img"
+        with open(image, "wb") as f:
+            f.truncate(size_mb << 20)
+        done = subprocess.run(["losetup", "-f", "--show", str(image)], capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"losetup failed: {done.stderr.strip()}")
+        devices.append(done.stdout.strip())
+        return devices[-1]
+
+    yield make
+    if devices:
+        for vg in {pv["vg_name"] for pv in report(lvm_dir, devices, "pvs", "pv", "-o", "pv_name,vg_name")} - {""}:
+            raw_lvm(lvm_dir, devices, "vgremove", "-f", vg)
+        raw_lvm(lvm_dir, devices, "pvremove", "-y", *devices)
+    for device in devices:
+        subprocess.run(["losetup", "-d", device], check=False)

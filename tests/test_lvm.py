@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import shutil
 import subprocess
 import threading
 
@@ -20,19 +19,11 @@ import pytest
 from hsm import errors
 from hsm.sampling import SamplingMethod
 from hsm.storage.lvm import LVM, MiB, lvm_config
+from tests.lvm_helpers import pv_labels, real_lvm, report
 from tests.waiting import wait_for
 
 EXTENT = 128 * MiB
 _names = itertools.count()
-
-
-def _losetup_works() -> bool:
-    if os.geteuid() != 0 or shutil.which("lvm") is None or shutil.which("losetup") is None:
-        return False
-    return subprocess.run(["losetup", "-f"], capture_output=True).returncode == 0
-
-
-real_lvm = pytest.mark.skipif(not _losetup_works(), reason="needs root, lvm2 and a free loop device (losetup -f)")
 
 
 @pytest.fixture
@@ -42,50 +33,8 @@ def helper(lvm_supervdsmd):
     client.close()
 
 
-def raw_lvm(lvm_dir, devices, command, *args):
-    """lvm run here as root, not through hsm: what a user would look at, with its own filter."""
-    done = subprocess.run(["lvm", command, "--config", lvm_config(devices), *args], capture_output=True, text=True,
-                          env={**os.environ, "LVM_SYSTEM_DIR": lvm_dir, "LVM_SUPPRESS_FD_WARNINGS": "1"})
-    return done
-
-
-def report(lvm_dir, devices, command, key, *args):
-    done = raw_lvm(lvm_dir, devices, command, "--reportformat", "json", "--units", "b", "--nosuffix", *args)
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)["report"][0][key]
-
-
-@pytest.fixture
-def loops(tmp_path, lvm_dir):
-    """Make loop devices over sparse files; teardown removes every VG on them, wipes them and detaches them."""
-    devices: list[str] = []
-
-    def make(size_mb: int = 2048) -> str:
-        image = tmp_path / f"pv{len(devices)}.img"
-        with open(image, "wb") as f:
-            f.truncate(size_mb * MiB)
-        done = subprocess.run(["losetup", "-f", "--show", str(image)], capture_output=True, text=True)
-        if done.returncode != 0:
-            pytest.skip(f"losetup failed: {done.stderr.strip()}")
-        devices.append(done.stdout.strip())
-        return devices[-1]
-
-    yield make
-    if devices:
-        for vg in {pv["vg_name"] for pv in report(lvm_dir, devices, "pvs", "pv", "-o", "pv_name,vg_name")} - {""}:
-            raw_lvm(lvm_dir, devices, "vgremove", "-f", vg)
-        raw_lvm(lvm_dir, devices, "pvremove", "-y", *devices)
-    for device in devices:
-        subprocess.run(["losetup", "-d", device], check=False)
-
-
 def vg_name() -> str:
     return f"hsmlvm{os.getpid()}x{next(_names)}"
-
-
-def pv_labels(lvm_dir, devices):
-    """{device: vg name or ""} of the devices that carry a PV label."""
-    return {pv["pv_name"]: pv["vg_name"] for pv in report(lvm_dir, devices, "pvs", "pv", "-o", "pv_name,vg_name")}
 
 
 @pytest.fixture

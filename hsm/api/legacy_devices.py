@@ -3,16 +3,21 @@
 getDeviceInfo and getDevicesVisibility answer from the device list that
 getDeviceList gives (supervdsmd's listing). appropriateDevice and
 inappropriateDevices (VDSM's VM code, for a VM's direct LUN) have supervdsmd
-write and remove the VM's udev rules (supervdsm/udev.py). Block storage
-domains (LVM volume groups) are not served yet: createVG, removeVG, getVGList,
-getVGInfo and extendStorageDomain check their arguments as VDSM did, then
-answer VDSM's 372 (StorageDomainTypeError, "Unsupported Storage Domain type"),
-never "unknown verb", so a caller learns why.
+write and remove the VM's udev rules (supervdsm/udev.py).
+
+createVG, removeVG, getVGList and getVGInfo are VDSM 4.10's (vdsm/storage/hsm.py,
+lvm.py): volume groups on the disks getDeviceList offers (their GUID is the
+kernel's name), every LVM command through hsm.storage.lvm with a filter naming
+exactly those disks. Nothing is cached between calls: each verb reads
+supervdsmd's listing afresh. Block storage domains are not served yet, so
+extendStorageDomain checks its arguments as VDSM did, then answers VDSM's 372
+(StorageDomainTypeError), never "unknown verb", so a caller learns why.
 """
 
 from __future__ import annotations
 
 import re
+import threading
 
 from hsm.api.devices import DevicesAPI
 from hsm.api.dispatch import options_of
@@ -20,11 +25,18 @@ from hsm.api.legacy_domains import parse_bool
 from hsm.api.verbs import require_str, verb
 from hsm.errors import (
     DeviceNotFound,
+    InvalidPhysDev,
     InvalidParameterException,
+    PhysDevInitializationError,
     StorageDomainNotMemberOfPool,
     StorageDomainTypeError,
+    VolumeGroupAlreadyExistsError,
+    VolumeGroupDoesNotExist,
+    VolumeGroupRemoveError,
+    VolumeGroupSizeError,
 )
 from hsm.storage.domains import TYPE_NAMES, Domains, check_uuid, number
+from hsm.storage.lvm import LVM, MiB, PhysicalVolume, VolumeGroup, volume_groups
 from hsm.storage.pools import Pools
 from supervdsm import udev
 from supervdsm.client import SupervdsmClient
@@ -32,6 +44,13 @@ from supervdsm.client import SupervdsmClient
 # LVM's own UUIDs (a VG's vgUUID): 32 letters and digits grouped 6-4-4-4-4-4-6.
 LVM_UUID = re.compile(r"[A-Za-z0-9]{6}(-[A-Za-z0-9]{4}){5}-[A-Za-z0-9]{6}")
 BLOCK_NOT_SERVED = "block storage domains (LVM volume groups) are not served by hsm yet"
+# VDSM's blockSD tags: a VG createVG made, and one createStorageDomain made a domain of.
+STORAGE_UNREADY_DOMAIN_TAG = "RHAT_storage_domain_UNREADY"
+STORAGE_DOMAIN_TAG = "RHAT_storage_domain"
+MINIMAL_VG_SIZE = 10 * 1024 * MiB  # VDSM's createVG refused smaller device sets (504)
+VG_ATTR_BITS = ("permission", "resizeable", "exported", "partial", "allocation", "clustered")  # VDSM's names
+# VDSM's storage type of a VG: FCP when all its devices are, else iSCSI (mixed and unknown transports too).
+FCP_DOMAIN, ISCSI_DOMAIN = 2, 3
 
 
 def _vg_uuid(value: object) -> str:
@@ -47,12 +66,44 @@ def _devlist(value: object) -> list[str]:
     return [require_str("devlist", guid) for guid in value]
 
 
+def _storage_type(disks: list[dict]) -> int:
+    transports = {disk.get("transport", "") for disk in disks}
+    return FCP_DOMAIN if transports == {"FCP"} else ISCSI_DOMAIN
+
+
+def _vg_entry(vg: VolumeGroup, disks: list[dict]) -> dict:
+    """One VG as VDSM's getVGList and getVGInfo gave it (hsm.py __getVGsInfo)."""
+    return {"name": vg.name, "vgUUID": vg.uuid, "vgsize": str(vg.size), "vgfree": str(vg.free),
+            "type": _storage_type(disks), "attr": dict(zip(VG_ATTR_BITS, vg.attr, strict=False)),
+            "state": "PARTIAL" if vg.partial else "OK"}
+
+
+def _pv_entry(pv: PhysicalVolume, disk: dict, vg: VolumeGroup) -> dict:
+    """One of getVGInfo's pvlist, VDSM's keys (hsm.py __fillPVDict); no multipath, so no paths."""
+    return {"GUID": disk["name"], "pvUUID": pv.uuid, "vgUUID": vg.uuid, "capacity": str(pv.size),
+            "devcapacity": disk["size"], "vendorID": disk["vendor"], "productID": disk["model"],
+            "serial": disk["serial"], "fwrev": "0000", "devtype": disk.get("transport", ""),
+            "pathstatus": [], "pathlist": []}
+
+
+def _refusal(disk: dict) -> str:
+    """Why createVG may not make this disk a PV of a new VG, or "" (a free disk, or a PV in no VG)."""
+    if disk["vgName"]:
+        return f"{disk['name']} belongs to volume group {disk['vgName']}"
+    if disk["inUse"] and disk["usedBy"] != "pv":
+        return f"{disk['name']} is in use ({disk['usedBy']})"
+    if disk["readOnly"]:
+        return f"{disk['name']} is read-only"
+    return ""
+
+
 class LegacyDevicesAPI:
     def __init__(self, supervdsm: SupervdsmClient, domains: Domains, pools: Pools) -> None:
         self._devices = DevicesAPI(supervdsm)  # its getDeviceList is the one device listing
         self._supervdsm = supervdsm
         self._domains = domains
         self._pools = pools
+        self._vg_changes = threading.Lock()  # one createVG or removeVG at a time: its checks hold until it is done
 
     def _guids(self) -> dict[str, dict]:
         return {device["GUID"]: device for device in self._devices.getDeviceList()["devList"]}
@@ -93,33 +144,94 @@ class LegacyDevicesAPI:
         self._supervdsm.call("inappropriateDevices", thiefId=thiefId)
         return {}
 
-    # -- block storage: not served yet ------------------------------
+    # -- volume groups ------------------------------------------------
+
+    def _disks(self) -> list[dict]:
+        """supervdsmd's listing of the disks getDeviceList offers: VDSM's GUIDs name these."""
+        return [raw for raw in self._supervdsm.call("listBlockDevices") if raw["devtype"] == "disk"]
+
+    def _vg_of(self, vg_uuid: str) -> tuple[LVM, VolumeGroup, list[dict]]:
+        """The VG with this LVM UUID on this host's disks, an LVM over them, and the disks; else 506."""
+        disks = [disk for disk in self._disks() if disk["vgUUID"] == vg_uuid]
+        if not disks:
+            raise VolumeGroupDoesNotExist(f"vg_uuid: {vg_uuid}")
+        lvm = LVM(self._supervdsm, disks[0]["vgName"], [disk["devnode"] for disk in disks])
+        vg = lvm.vg()
+        if vg.uuid != vg_uuid:  # the name was taken by another VG since the listing
+            raise VolumeGroupDoesNotExist(f"vg_uuid: {vg_uuid}")
+        return lvm, vg, disks
 
     @verb(mutating=True)
     def createVG(self, vgname: str, devlist: list, force: bool | str = False, options: dict | None = None) -> dict:
+        """A VG named `vgname` (a UUID: VDSM named a domain's VG after its sdUUID) on the disks of `devlist`,
+        tagged RHAT_storage_domain_UNREADY, with VDSM's 128 MiB extents and metadata: {uuid: its LVM UUID}.
+
+        Checked before anything is written: 466 for a disk this host does not see, 505 for a VG of that
+        name on this host, 601 for a disk in a VG or otherwise in use, 504 under 10 GiB in all. A failed
+        pvcreate or vgcreate wipes the labels it wrote. force=True (VDSM's pvcreate -ff over a device
+        in use) answers 1000: hsm never relabels a device in use.
+        """
         options_of(options)
-        check_uuid("vgname", vgname)  # VDSM named a domain's VG after its sdUUID
-        _devlist(devlist)
-        parse_bool("force", force)
-        raise StorageDomainTypeError(BLOCK_NOT_SERVED)
+        name = check_uuid("vgname", vgname)
+        guids = _devlist(devlist)
+        if len(set(guids)) < len(guids):
+            raise InvalidParameterException(f"devlist={guids!r}: a device named twice")
+        if parse_bool("force", force):
+            raise InvalidParameterException("force=True: hsm never relabels a device in use (VDSM's pvcreate "
+                                            "-ff); free the devices and call again without force")
+        with self._vg_changes:
+            disks = self._disks()
+            known = {disk["name"]: disk for disk in disks}
+            missing = [guid for guid in guids if guid not in known]
+            if missing:
+                raise InvalidPhysDev(f"no such disk: {', '.join(missing)}")
+            if any(disk["vgName"] == name for disk in disks):
+                raise VolumeGroupAlreadyExistsError(name)
+            chosen = [known[guid] for guid in guids]
+            refused = [why for why in map(_refusal, chosen) if why]
+            if refused:
+                raise PhysDevInitializationError("; ".join(refused))
+            if sum(int(disk["size"]) for disk in chosen) < MINIMAL_VG_SIZE:
+                raise VolumeGroupSizeError(f"VG size must be more than {MINIMAL_VG_SIZE // MiB} MiB")
+            lvm = LVM(self._supervdsm, name, [disk["devnode"] for disk in chosen])
+            return {"uuid": lvm.create_vg(tags=[STORAGE_UNREADY_DOMAIN_TAG]).uuid}
 
     @verb(mutating=True)
     def removeVG(self, vgUUID: str, options: dict | None = None) -> dict:
+        """Removes the VG (its LVs with it) and wipes its disks' PV labels. A VG this host does not see is
+        success, as in VDSM; one VDSM did not make (no RHAT_storage_domain tag) is refused with 508."""
         options_of(options)
-        _vg_uuid(vgUUID)
-        raise StorageDomainTypeError(BLOCK_NOT_SERVED)
+        vg_uuid = _vg_uuid(vgUUID)
+        with self._vg_changes:
+            try:
+                lvm, vg, _ = self._vg_of(vg_uuid)
+            except VolumeGroupDoesNotExist:
+                return {}
+            if not {STORAGE_DOMAIN_TAG, STORAGE_UNREADY_DOMAIN_TAG} & set(vg.tags):
+                raise VolumeGroupRemoveError(f"{vg.name} ({vg_uuid}) has no {STORAGE_DOMAIN_TAG} tag: "
+                                             "hsm removes only volume groups made for storage domains")
+            lvm.remove_vg()
+        return {}
 
     @verb()
     def getVGList(self, storageType: int | str | None = None, options: dict | None = None) -> dict:
+        """{vglist: [{name, vgUUID, vgsize, vgfree, type, attr, state}]}: every VG on this host's disks
+        (one vgs), those of `storageType` (2 FCP, 3 iSCSI) when given."""
         options_of(options)
-        number("storageType", storageType, default=0)
-        raise StorageDomainTypeError(BLOCK_NOT_SERVED)
+        wanted = number("storageType", storageType, default=0)
+        disks = self._disks()
+        found = volume_groups(self._supervdsm, [disk["devnode"] for disk in disks if disk["pvUUID"]])
+        vglist = [_vg_entry(vg, [disk for disk in disks if disk["vgUUID"] == vg.uuid]) for vg in found]
+        return {"vglist": [entry for entry in vglist if not wanted or entry["type"] == wanted]}
 
     @verb()
     def getVGInfo(self, vgUUID: str, options: dict | None = None) -> dict:
+        """{info: getVGList's entry and pvlist, one entry per PV}; 506 for a VG this host does not see."""
         options_of(options)
-        _vg_uuid(vgUUID)
-        raise StorageDomainTypeError(BLOCK_NOT_SERVED)
+        lvm, vg, disks = self._vg_of(_vg_uuid(vgUUID))
+        by_node = {disk["devnode"]: disk for disk in disks}
+        pvlist = [_pv_entry(pv, by_node[pv.name], vg) for pv in lvm.pvs() if pv.name in by_node]
+        return {"info": {**_vg_entry(vg, disks), "pvlist": pvlist}}
 
     @verb(mutating=True)
     def extendStorageDomain(self, sdUUID: str, spUUID: str, devlist: list, force: bool | str = False,
