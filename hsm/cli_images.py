@@ -115,6 +115,7 @@ def parser() -> argparse.ArgumentParser:
     remove.add_argument("image")
     listing = sub.add_parser("list", parents=shown, help="a table of the repository's images")
     listing.add_argument("--kind", choices=["disk", "snapshot"], help="only images of this kind")
+    listing.add_argument("--page", type=int, default=1000, help="ids asked for per getImageList call (1-10000)")
     info = sub.add_parser("info", parents=shown, help="an image's fields and its volumes")
     info.add_argument("image")
     for command in (create, snapshot, copy):
@@ -199,14 +200,15 @@ def _image_info_view(image: dict) -> Table:
     return Table(["FIELD", "VALUE"], rows)
 
 
-def list_images(proxy: Any, repo: str, kind: str | None) -> Result:
-    """getImageList, then getImageInfo of each image (the list carries ids only; the info carries the base too)."""
-    options = {"kind": kind} if kind else {}
+def list_images(proxy: Any, repo: str, kind: str | None, page: int = 1000) -> Result:
+    """getImageList page by page (`page` ids each, in id order), then getImageInfo of each image (the list
+    carries ids only; the info carries the base too)."""
+    options: dict[str, Any] = {"kind": kind, "limit": page} if kind else {"limit": page}
     answer = proxy.getImageList(repo, options)
     if _failed(answer):
         return Result(answer)
     ids = list(answer["images"])
-    while answer.get("marker"):  # paged: ask for the rest
+    while answer.get("marker"):  # the rest, from where this page ended
         answer = proxy.getImageList(repo, dict(options, marker=answer["marker"]))
         if _failed(answer):
             return Result(answer)
@@ -228,7 +230,7 @@ def list_images(proxy: Any, repo: str, kind: str | None) -> Result:
 def image_command(args: argparse.Namespace, proxy: Any, progress: TextIO | None = None) -> Result:
     """Run an `image` command line that parser() read; progress bars go to `progress` (default stderr)."""
     if args.action == "list":
-        return list_images(proxy, args.repo, args.kind)
+        return list_images(proxy, args.repo, args.kind, args.page)
     if args.action == "info":
         answer = proxy.getImageInfo(args.repo, args.image)
         return Result(answer, [] if _failed(answer) else _image_info_view(answer["image"]))

@@ -401,3 +401,21 @@ def test_a_copy_made_on_a_base_still_runs_after_its_source_was_optimized(make_hs
                                        text=True, check=True).stdout)
     own = [(m["start"], m["start"] + m["length"]) for m in mapped if m["depth"] == 0 and m["data"]]
     assert own and all(start >= MiB for start, _ in own)  # only what differs from the base: no copy of its data
+
+
+def test_a_full_task_queue_at_start_up_logs_one_line_and_check_lists_the_rest(make_hsmd):
+    """Past [tasks] max_tasks, resuming pending intents at start-up stops at once with one warning (not one per
+    record: 100,000 records made 100,000 lines), and checkStorageRepository still offers every fix left."""
+    daemon = make_hsmd(config=diagnostics_config(thread_pool_size=1, max_tasks=3)).start()
+    proxy = daemon.proxy()
+    disks = [ok(proxy.createVirtualDisk("local", str(MiB), "", {}, {"autoFix": False}))["imageId"] for _ in range(8)]
+    hold_the_worker(proxy)
+    daemon.kill()
+    daemon.start()  # the blocker runs again on the only worker; two fixes fill the queue
+    proxy = daemon.proxy()
+    lines = daemon.log_text().splitlines()
+    assert not [line for line in lines if "Cannot resume" in line]
+    waiting = [line for line in lines if "more wait" in line]
+    assert len(waiting) == 1 and "Resumed 2 fixes in local; 6 more wait" in waiting[0], waiting
+    listed = {fix["imageId"] for fix in ok(proxy.checkStorageRepository("local"))["fixes"]}
+    assert listed == set(disks)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 from hsm.api.dispatch import options_of
 from hsm.api.verbs import verb
@@ -10,6 +11,7 @@ from hsm.errors import InvalidParameterException
 from hsm.storage import answers
 from hsm.storage.engine import Engine
 from hsm.storage.options import ImageOptions, check_id
+from hsm.storage.repository import FileRepository
 
 MAX_USER_DATA = 64 * 1024
 
@@ -26,6 +28,18 @@ def _user_data(value: object) -> dict:
 
 def _optional_id(name: str, value: object) -> str | None:
     return None if value in (None, "") else check_id(name, value)
+
+
+def _live_after(repo: FileRepository, opts: ImageOptions) -> Iterator[str]:
+    """What live_ids lists, above options.marker in id order: what a page of getImageList is cut from."""
+    for image_id in repo.ids_after(opts.marker or ""):
+        if image_id in repo.unreadable:
+            if opts.kind is None:
+                yield image_id
+            continue
+        image = repo.images.get(image_id)
+        if image is not None and not image.removed and (opts.kind is None or image.kind == opts.kind):
+            yield image_id
 
 
 class ImagesAPI:
@@ -69,7 +83,11 @@ class ImagesAPI:
     @verb()
     def getImageList(self, repoId: str, options: dict | None = None) -> dict:
         opts = ImageOptions.parse(options_of(options))
-        return {"images": self._engine.repository(repoId).live_ids(opts.kind)}
+        repo = self._engine.repository(repoId)
+        if not opts.paged:
+            return {"images": repo.live_ids(opts.kind)}
+        images, after = opts.page(_live_after(repo, opts))
+        return {"images": images, **({"marker": after} if after else {})}
 
     @verb()
     def isSnapshotOf(self, virtualDiskId: str, baseSnapshotId: str) -> dict:

@@ -25,8 +25,8 @@ from hsm.api.legacy_domains import parse_bool
 from hsm.api.verbs import require_str, verb
 from hsm.errors import (
     DeviceNotFound,
-    InvalidPhysDev,
     InvalidParameterException,
+    InvalidPhysDev,
     PhysDevInitializationError,
     StorageDomainNotMemberOfPool,
     StorageDomainTypeError,

@@ -5,9 +5,9 @@ from __future__ import annotations
 from hsm.api.dispatch import options_of
 from hsm.api.verbs import require_str, verb
 from hsm.errors import InvalidParameterException
-from hsm.storage import answers
+from hsm.storage import answers, check
 from hsm.storage.engine import Engine
-from hsm.storage.options import ImageOptions
+from hsm.storage.options import MAX_PAGE, ImageOptions
 
 
 def _params(value: object) -> dict:
@@ -50,8 +50,12 @@ class RepositoriesAPI:
 
     @verb()
     def checkStorageRepository(self, repoId: str, options: dict | None = None) -> dict:
-        options_of(options)
-        return {"fixes": self._engine.check(repoId)}
+        opts = ImageOptions.parse(options_of(options))
+        if not opts.paged:
+            return {"fixes": self._engine.check(repoId)}
+        fixes, after = check.check_page(self._engine.repository(repoId), self._engine.fixes,
+                                        opts.limit or MAX_PAGE, opts.marker or "")
+        return {"fixes": fixes, **({"marker": after} if after else {})}
 
     @verb(mutating=True)
     def fixStorageRepository(self, repoId: str, fix: str, options: dict | None = None) -> dict:

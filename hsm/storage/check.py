@@ -36,34 +36,74 @@ def check(repo: FileRepository, fixes: Fixes) -> list[dict]:
     """
     repo.reread()
     on_storage = _listing(repo)
-    found = [_unfixable(image_id, f"the image record cannot be read: {reason}", VolumeMetadataReadError.code)
-             for image_id, reason in sorted(repo.unreadable.items())]
+    found = [_unreadable(image_id, reason) for image_id, reason in sorted(repo.unreadable.items())]
     for image in list(repo.images.values()):
-        fix = fixes.needed(repo, image)
-        if not fix:
-            _verify_files(repo, fixes, image, on_storage)
-            image = repo.images.get(image.id, image)
-            if image.state == BROKEN:
-                found.append(_unfixable(image.id, image.lastError.get("message", "the image is broken"),
-                                        image.lastError.get("code", VolumeDoesNotExist.code)))
-            continue
-        if image.removed and (fixes.engine.needed_by(repo, image) or fixes.engine.is_prepared(repo, image.id)):
-            continue  # its space comes back once what reads it is done
-        missing = "" if image.removed else fixes.kinds[fix].missing_input(repo, image)
-        if missing:
-            found.append(_unfixable(image.id, missing, ImageDoesNotExistInSD.code))
-            continue
-        kind = fixes.kinds[fix]
-        entry = _entry(repo, kind.fix_type, image.id, f"{image.id}: {kind.description}", {"kind": fix})
-        if image.lastError:
-            entry["reason"] = image.lastError.get("message", "")
-        found.append(entry)
-    leftovers = sorted(name for name in repo.unowned(on_storage) if _abandoned(repo, name))
-    if leftovers:
-        found.append(_entry(repo, fixes.kinds["orphans"].fix_type, "", f"remove {len(leftovers)} files no image owns",
-                            {"kind": "orphans", "files": leftovers}))
+        entry = _examine(repo, fixes, image, on_storage)
+        if entry:
+            found.append(entry)
+    orphans = _orphans(repo, fixes, on_storage)
+    found += [orphans] if orphans else []
     log.info("Checked repository %s: %d entries", repo.id, len(found))
     return found
+
+
+def check_page(repo: FileRepository, fixes: Fixes, limit: int, marker: str) -> tuple[list[dict], str]:
+    """What check answers, a page of it: the entries of the images above `marker` in id order, at most
+    `limit`, and the marker of the next page ("" when none is left). The files no image owns come last.
+
+    Only the images of the page are examined; the listing of the files is made for each page.
+    """
+    repo.reread()
+    on_storage = _listing(repo)
+    found: list[dict] = []
+    for image_id in repo.ids_after(marker):
+        reason = repo.unreadable.get(image_id)
+        image = repo.images.get(image_id)
+        entry = _unreadable(image_id, reason) if reason is not None else \
+            _examine(repo, fixes, image, on_storage) if image is not None else None
+        if entry:
+            found.append(entry)
+            if len(found) == limit:
+                log.info("Checked repository %s up to %s: %d entries", repo.id, image_id, len(found))
+                return found, image_id
+    orphans = _orphans(repo, fixes, on_storage)
+    found += [orphans] if orphans else []
+    log.info("Checked repository %s from %s: %d entries", repo.id, marker or "the start", len(found))
+    return found, ""
+
+
+def _examine(repo: FileRepository, fixes: Fixes, image: Image, on_storage: set[str]) -> dict | None:
+    """The entry of one image: the fix it needs, or it broken with no fix; None when it needs nothing (now)."""
+    fix = fixes.needed(repo, image)
+    if not fix:
+        _verify_files(repo, fixes, image, on_storage)
+        image = repo.images.get(image.id, image)
+        if image.state == BROKEN:
+            return _unfixable(image.id, image.lastError.get("message", "the image is broken"),
+                              image.lastError.get("code", VolumeDoesNotExist.code))
+        return None
+    if image.removed and (fixes.engine.needed_by(repo, image) or fixes.engine.is_prepared(repo, image.id)):
+        return None  # its space comes back once what reads it is done
+    missing = "" if image.removed else fixes.kinds[fix].missing_input(repo, image)
+    if missing:
+        return _unfixable(image.id, missing, ImageDoesNotExistInSD.code)
+    kind = fixes.kinds[fix]
+    entry = _entry(repo, kind.fix_type, image.id, f"{image.id}: {kind.description}", {"kind": fix})
+    if image.lastError:
+        entry["reason"] = image.lastError.get("message", "")
+    return entry
+
+
+def _orphans(repo: FileRepository, fixes: Fixes, on_storage: set[str]) -> dict | None:
+    leftovers = sorted(name for name in repo.unowned(on_storage) if _abandoned(repo, name))
+    if not leftovers:
+        return None
+    return _entry(repo, fixes.kinds["orphans"].fix_type, "", f"remove {len(leftovers)} files no image owns",
+                  {"kind": "orphans", "files": leftovers})
+
+
+def _unreadable(image_id: str, reason: str) -> dict:
+    return _unfixable(image_id, f"the image record cannot be read: {reason}", VolumeMetadataReadError.code)
 
 
 def _unfixable(image_id: str, reason: str, code: int) -> dict:

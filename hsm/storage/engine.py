@@ -334,8 +334,9 @@ class Engine:
                     and known.userData == user_data and (top is None or known.own[-1] == top):
                 return image_id  # the same disk asked for again: idempotent on the caller's id
         optimize = bool(base_id) and opts.strategy == "performance"
+        if top is not None:
+            self._volume_free(repo, top.id)  # a caller's id (a scan: only VDSM's verbs name volumes)
         top = Volume(top.id, image_id, top.format) if top else Volume(str(uuid.uuid4()), image_id)
-        self._volume_free(repo, top.id)
         image = Image(id=image_id, kind=DISK, size=size, volumes=[top, *volumes],
                       base=base_id or "", userData=user_data, intent=CreateIntent(optimize, preallocate),
                       stage="0/1")
@@ -405,8 +406,9 @@ class Engine:
                     and isinstance(known.intent, CopyIntent | None) and known.base == (base_id or "") \
                     and known.userData == user_data:
                 return new_id  # the same copy asked for again
+            if top is not None:
+                self._volume_free(target, top.id)
             top = Volume(top.id, new_id, top.format) if top else Volume(str(uuid.uuid4()), new_id)
-            self._volume_free(target, top.id)
             image = Image(id=new_id, kind=kind, size=source.size, volumes=[top, *volumes], base=base_id or "",
                           userData=user_data, intent=CopyIntent(source_repo.uuid, source.id, base_id or ""),
                           stage="0/2")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from hsm.errors import InvalidParameterException
@@ -10,6 +12,7 @@ from hsm.sizes import parse_size
 from hsm.storage.image import KINDS
 
 STRATEGIES = ("space", "performance")
+MAX_PAGE = 10000  # options.limit: the most ids (or check entries) one paged answer carries
 
 
 def check_id(name: str, value: object) -> str:
@@ -30,6 +33,12 @@ class ImageOptions:
     imageId: str | None = None
     force: bool = False
     kind: str | None = None
+    limit: int | None = None   # with marker: a page of the answer, in id order (getImageList, checkStorageRepository)
+    marker: str | None = None  # the last id of the previous page, its answer's `next`
+
+    @property
+    def paged(self) -> bool:
+        return self.limit is not None or self.marker is not None
 
     @classmethod
     def parse(cls, options: dict) -> ImageOptions:
@@ -53,7 +62,20 @@ class ImageOptions:
             check_id("options.taskId", opts.taskId)
         if opts.kind is not None and opts.kind not in KINDS:
             raise InvalidParameterException(f"options.kind={opts.kind!r}: expected disk or snapshot")
+        if opts.limit is not None and (not isinstance(opts.limit, int) or isinstance(opts.limit, bool)
+                                       or not 1 <= opts.limit <= MAX_PAGE):
+            raise InvalidParameterException(f"options.limit={opts.limit!r}: expected an integer from 1 to {MAX_PAGE}")
+        if opts.marker == "":
+            opts.marker = None  # the first page: what `next` says when there is no more
+        if opts.marker is not None:
+            check_id("options.marker", opts.marker)
         return opts
+
+    def page(self, ids: Iterator[str]) -> tuple[list[str], str]:
+        """The first `limit` of `ids` (in id order), and the marker of the next page: "" when none is left."""
+        taken = list(itertools.islice(ids, self.limit or MAX_PAGE))
+        more = taken and next(ids, None) is not None
+        return taken, taken[-1] if more else ""
 
 
 # Measured: qemu-img 7.2 create -f qcow2 (64 KiB clusters, backing file or not) makes 2**51, refuses 2**51 + 512.

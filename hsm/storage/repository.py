@@ -16,8 +16,10 @@ images, and the index changes only after the record is durable on storage.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import errno
+import heapq
 import json
 import logging
 import os
@@ -25,7 +27,9 @@ import pwd
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from hsm.errors import (
     HsmError,
@@ -156,6 +160,60 @@ def read_record(path: str, io: IOProcess) -> dict:
     return record
 
 
+_V = TypeVar("_V")
+
+
+class IdIndex(dict[str, _V], Generic[_V]):
+    """A dict by image id that also keeps its ids in order, sorted on first use, for paged answers.
+
+    Item assignment, `del` and `pop` keep the order; the index uses no other mutation.
+    """
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        self._order: list[str] | None = None
+        self._order_lock = threading.Lock()
+
+    def __setitem__(self, key: str, value: _V) -> None:
+        with self._order_lock:
+            if self._order is not None and key not in self:
+                bisect.insort(self._order, key)
+            super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        with self._order_lock:
+            super().__delitem__(key)
+            self._unorder(key)
+
+    def pop(self, key: str, *default: Any) -> Any:
+        with self._order_lock:
+            if key not in self:
+                return super().pop(key, *default)
+            value = super().pop(key)
+            self._unorder(key)
+            return value
+
+    def _unorder(self, key: str) -> None:
+        if self._order is not None:
+            i = bisect.bisect_left(self._order, key)
+            if self._order[i:i + 1] == [key]:
+                del self._order[i]
+
+    def ids_after(self, marker: str, chunk: int = 256) -> Iterator[str]:
+        """The ids above `marker`, in order; ids added or removed meanwhile may or may not appear."""
+        last = marker
+        while True:
+            with self._order_lock:
+                if self._order is None:
+                    self._order = sorted(self)
+                i = bisect.bisect_right(self._order, last)
+                found = self._order[i:i + chunk]
+            if not found:
+                return
+            last = found[-1]
+            yield from found
+
+
 @dataclass
 class Health:
     """What the monitor saw last."""
@@ -176,8 +234,8 @@ class FileRepository:
         self.connection_id = ""  # the managed connection it sits on (nfs-1, posixfs-1)
         self.uuid = ""
         self.labels: dict = {}  # LABELS found in the record
-        self.images: dict[str, Image] = {}
-        self.unreadable: dict[str, str] = {}  # image id -> why its record cannot be read; never cleaned
+        self.images: IdIndex[Image] = IdIndex()
+        self.unreadable: IdIndex[str] = IdIndex()  # image id -> why its record cannot be read; never cleaned
         self.rewriting: collections.Counter[str] = collections.Counter()  # images a merge or optimize changes now
         self._snapshotting: dict[str, str] = {}  # disk id -> the snapshot of it not yet complete
         self._copying: dict[tuple[str, str], set[str]] = {}  # (repo uuid, image) -> pending copies of it here
@@ -217,8 +275,8 @@ class FileRepository:
             unreadable[image_id] = reason
             del images[image_id]
         with self.lock:
-            self.images = images
-            self.unreadable = unreadable
+            self.images = IdIndex(images)
+            self.unreadable = IdIndex(unreadable)
             self._snapshotting, self._copying = {}, {}
             for image in images.values():
                 self._note_intent(image)
@@ -321,6 +379,11 @@ class FileRepository:
         ids = [image.id for image in list(self.images.values())
                if not image.removed and (kind is None or image.kind == kind)]
         return ids + (sorted(self.unreadable) if kind is None else [])
+
+    def ids_after(self, marker: str = "") -> Iterator[str]:
+        """Ids of the index (removed images too) and of unreadable records above `marker`, in order: pages
+        by id stay stable while images come and go."""
+        return heapq.merge(self.images.ids_after(marker), self.unreadable.ids_after(marker))
 
     def _note_intent(self, image: Image) -> None:
         """Keep the indexes of pending intents (snapshots of a disk, copies of a source) up to date."""

@@ -173,7 +173,8 @@ class Fixes:
     def resume(self, repo: FileRepository) -> int:
         """Start the fix of every pending intent and removal that no task works on (non-transparent mode)."""
         started = 0
-        for image in self._pending_first(repo):
+        pending = self._pending_first(repo)
+        for done, image in enumerate(pending):
             fix = self.needed(repo, image)
             if fix and not self._working(repo, image.id, fix):
                 # The id the commit handed out, unless a task ran under it already (and failed).
@@ -182,6 +183,11 @@ class Fixes:
                     self.start(repo, fix, image.id, image.verb or "connectStorageRepository", task_id=task_id,
                                persist=task_id is None)
                     started += 1
+                except AddTaskError as e:  # one line, not one per record left (100,000 records: 100,000 lines)
+                    left = sum(1 for other in pending[done:] if self.needed(repo, other))
+                    log.warning("Resumed %d fixes in %s; %d more wait (%s): checkStorageRepository lists them",
+                                started, repo.id, left, e)
+                    break
                 except HsmError as e:
                     log.warning("Cannot resume the %s fix of %s: %s", fix, image.id, e)
         return started
