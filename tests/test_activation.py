@@ -267,11 +267,9 @@ def test_the_lvm_way_reports_activation_off_with_a_code(vg, supervdsm):
     assert info.value.code == 558 and "nosuchlv" in str(info.value), "lvchange's own failure, with its words"
 
 
-def test_the_option_chooses_the_way(tmp_path):
+def test_the_way_is_lvm_or_loop():
+    """[irs] lv_activation picks it once block-1 repositories use it; until then only the default loads."""
+    assert LVActivation(None, "loop").way == "loop"   # type: ignore[arg-type]
     assert hsmconfig.load().irs.lv_activation == "lvm"
-    loop = hsmconfig.load(None, {("irs", "lv_activation"): "loop"})
-    assert LVActivation.from_config(loop, supervdsm=None).way == "loop"   # type: ignore[arg-type]
-    assert LVActivation.from_config(hsmconfig.load(), supervdsm=None).way == "lvm"   # type: ignore[arg-type]
-    assert "lv_activation" in loop.as_wire("irs")["irs"]
     with pytest.raises(InvalidParameterException):
         LVActivation(None, "dm")   # type: ignore[arg-type]

@@ -7,7 +7,6 @@ and gets a device path either way.
 
 from __future__ import annotations
 
-from hsm.config import Config
 from hsm.errors import InvalidParameterException, SupervdsmCallError
 from supervdsm.activation import check_names  # supervdsmd's own rule: a bad name never costs a privileged call
 from supervdsm.client import SupervdsmClient
@@ -28,10 +27,6 @@ class LVActivation:
         self.way = way
         self._supervdsm = supervdsm
         self._activate, self._deactivate = self.VERBS[way]
-
-    @classmethod
-    def from_config(cls, config: Config, supervdsm: SupervdsmClient) -> LVActivation:
-        return cls(supervdsm, config.irs.lv_activation)
 
     def activate(self, vg_name: str, lv_name: str, read_only: bool = False) -> str:
         """The LV's device path (/dev/<vg>/<lv> or /dev/loopN)."""
