@@ -6,7 +6,7 @@ set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 
-APT_PACKAGES=(python3.11 python3-venv lvm2 sanlock python3-sanlock qemu-utils qemu-block-extra rpm cpio systemd openssl fuse3 libfuse2 xfsprogs
+APT_PACKAGES=(python3.11 python3-venv lvm2 sanlock python3-sanlock qemu-utils qemu-block-extra rpm cpio systemd openssl fuse3 libfuse2 xfsprogs btrfs-progs
               tgt libiscsi-bin open-iscsi multipath-tools nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils libnfs-dev)
 
 missing=()

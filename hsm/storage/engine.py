@@ -410,8 +410,8 @@ class Engine:
                 self._volume_free(target, top.id)
             top = Volume(top.id, new_id, top.format) if top else Volume(str(uuid.uuid4()), new_id)
             image = Image(id=new_id, kind=kind, size=source.size, volumes=[top, *volumes], base=base_id or "",
-                          userData=user_data, intent=CopyIntent(source_repo.uuid, source.id, base_id or ""),
-                          stage="0/2")
+                          userData=user_data, stage="0/2",
+                          intent=CopyIntent(source_repo.uuid, source.id, base_id or "", opts.offload))
             return self._commit(target, image, "copy", "copyImage", opts)
         new_id = image_id if source.kind == SNAPSHOT else self._new_id(opts)
         if source.kind == SNAPSHOT and opts.imageId not in (None, image_id):
@@ -421,7 +421,7 @@ class Engine:
             return new_id  # the target holds this snapshot already (its copy, or itself): nothing to do
         image = Image(id=new_id, kind=source.kind, size=source.size, volumes=[Volume(str(uuid.uuid4()), new_id),
                       *volumes], base=base_id or "", userData=user_data or dict(source.userData),
-                      intent=CopyIntent(source_repo.uuid, source.id, base_id or ""), stage="0/2")
+                      intent=CopyIntent(source_repo.uuid, source.id, base_id or "", opts.offload), stage="0/2")
         return self._commit(target, image, "copy", "copyImage", opts)
 
     @_serialized

@@ -31,11 +31,13 @@ class SnapshotIntent:
 
 @dataclass(frozen=True)
 class CopyIntent:
-    """Copy image `source` of repository `sourceRepo` (only its difference from `base`, if given)."""
+    """Copy image `source` of repository `sourceRepo` (only its difference from `base`, if given);
+    `offload`: a whole copy may be a reflink or copy_file_range (hsm.storage.offload), else qemu-img only."""
     op: ClassVar[str] = "copy"
     sourceRepo: str
     source: str
     base: str = ""
+    offload: bool = True
 
 
 @dataclass(frozen=True)

@@ -165,3 +165,18 @@ class IOProcess:
 
     def rmdir(self, path: str) -> None:
         self.call("rmdir", path)
+
+    def clone(self, src: str, dst: str) -> None:
+        """Make the new file `dst` a reflink of `src` (FICLONE); OSError (EOPNOTSUPP, EXDEV...) where it cannot."""
+        self.call("clone", src, dst)
+
+    def copy_range(self, src: str, dst: str, offset: int = 0, budget: int = 1 << 62) -> tuple[int, int]:
+        """copy_file_range `src` into `dst` from `offset` (0 creates `dst`, which must not exist), skipping
+        holes, until `budget` bytes of data are copied: (the offset to go on from, src's size), equal when
+        all is copied and durable."""
+        offset, size = self.call("copy_range", src, dst, offset, budget)
+        return offset, size
+
+    def offload_probe(self, folder: str) -> dict[str, bool]:
+        """Whether reflink and copy_file_range work between two files of `folder`."""
+        return self.call("offload_probe", folder)

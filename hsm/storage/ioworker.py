@@ -8,9 +8,12 @@ child: (id, op, args) in, (id, ok, value) out.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import sys
 import threading
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
@@ -21,7 +24,7 @@ from hsm.atomicfile import atomic_remove, atomic_write, fsync_dir
 def _stat(path: str) -> dict:
     st = os.stat(path)
     return {"mode": st.st_mode, "size": st.st_size, "mtime": st.st_mtime, "ctime": st.st_ctime, "uid": st.st_uid,
-            "gid": st.st_gid, "blocks": st.st_blocks}
+            "gid": st.st_gid, "blocks": st.st_blocks, "dev": st.st_dev}
 
 
 def _read(path: str, limit: int) -> bytes:
@@ -104,6 +107,128 @@ def _reserve(path: str, size: int) -> bool:
     return True
 
 
+# <linux/fs.h> FICLONE, _IOW(0x94, 9, int); the fcntl module names it from Python 3.12 on.
+FICLONE = getattr(fcntl, "FICLONE", 0x40049409)
+# What a clone or copy_file_range answers where the file system (or this pair of files) cannot do it.
+UNSUPPORTED = frozenset({errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EBADF})
+
+
+def _open_source(path: str) -> int:
+    return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+
+def _create(path: str) -> int:
+    """A new file at `path`: one already there, or a symbolic link, fails (EEXIST)."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+
+
+def _clone(src: str, dst: str) -> None:
+    """Make the new file `dst` share every extent of `src` (FICLONE, a reflink); durable when it returns.
+    On failure `dst` is gone again."""
+    source = _open_source(src)
+    try:
+        target = _create(dst)
+        try:
+            fcntl.ioctl(target, FICLONE, source)
+            os.fsync(target)
+        except BaseException:
+            os.close(target)
+            os.unlink(dst)
+            raise
+        os.close(target)
+    finally:
+        os.close(source)
+    fsync_dir(os.path.dirname(dst))
+
+
+# copy_file_range in pieces on a few threads at once: a single one waits on each read in turn (measured on
+# ext4: 4 threads of 16 MiB pieces beat one, and qemu-img convert -t none -W -m 16).
+PIECE = 16 << 20
+COPY_THREADS = 4
+
+
+def _data_pieces(source: int, offset: int, end: int, budget: int) -> tuple[list[tuple[int, int]], int]:
+    """The (start, stop) runs of data of `source` from `offset` towards `end`, holes skipped, at most PIECE
+    each, `budget` bytes of data in all; and the offset they reach."""
+    pieces: list[tuple[int, int]] = []
+    taken = 0
+    while offset < end and taken < budget:
+        try:
+            start = os.lseek(source, offset, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno != errno.ENXIO:  # ENXIO: only a hole is left
+                raise
+            return pieces, end
+        stop = min(os.lseek(source, start, os.SEEK_HOLE), end, start + budget - taken)
+        pieces += [(piece, min(piece + PIECE, stop)) for piece in range(start, stop, PIECE)]
+        taken += stop - start
+        offset = stop
+    return pieces, min(offset, end)
+
+
+def _copy_piece(source: int, target: int, start: int, stop: int) -> None:
+    begin = start
+    while start < stop:
+        done = os.copy_file_range(source, target, stop - start, start, start)
+        if done == 0:
+            raise OSError(errno.EIO, f"the source ended at {start} while being copied")
+        start += done
+    # Its write-back starts now, without waiting: the last call's fsync finds little left.
+    os.posix_fadvise(target, begin, stop - begin, os.POSIX_FADV_DONTNEED)
+
+
+def _copy_range(src: str, dst: str, offset: int, budget: int) -> tuple[int, int]:
+    """Copy `src` into `dst` by copy_file_range, holes left holes, from `offset` until `budget` bytes of data
+    are copied; answers (the offset to go on from, src's size): all is copied, and `dst` durable, when they
+    are equal. Offset 0 creates `dst`, which must not exist; later calls write into it."""
+    source = _open_source(src)
+    try:
+        size = os.fstat(source).st_size
+        target = _create(dst) if offset == 0 else os.open(dst, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            if offset == 0:
+                os.ftruncate(target, size)
+            pieces, offset = _data_pieces(source, offset, size, budget)
+            with ThreadPoolExecutor(COPY_THREADS, thread_name_prefix="copy") as pool:
+                for _ in pool.map(lambda piece: _copy_piece(source, target, *piece), pieces):
+                    pass  # the first error is raised here
+            if offset == size:
+                os.fsync(target)
+        finally:
+            os.close(target)
+    finally:
+        os.close(source)
+    if offset == size:
+        fsync_dir(os.path.dirname(dst))
+    return offset, size
+
+
+def _offload_probe(folder: str) -> dict[str, bool]:
+    """What `folder`'s file system does between two files in it: {"reflink": FICLONE works,
+    "copyFileRange": copy_file_range works}. Two probe files are made and removed again."""
+    name = os.path.join(folder, f"offload-probe-{uuid.uuid4().hex}")
+    found = {}
+    try:
+        fd = _create(name + ".src")
+        try:
+            os.write(fd, b"\x5a" * 4096)  # an empty file clones and copies anywhere: data tells
+        finally:
+            os.close(fd)
+        for kind, op in (("reflink", _clone), ("copyFileRange", lambda src, dst: _copy_range(src, dst, 0, 4096))):
+            try:
+                op(name + ".src", name + ".dst")
+                found[kind] = True
+            except OSError as e:
+                if e.errno not in UNSUPPORTED:
+                    raise
+                found[kind] = False
+            finally:
+                atomic_remove(name + ".dst")
+    finally:
+        atomic_remove(name + ".src")
+    return found
+
+
 OPS: dict[str, Callable[..., object]] = {
     "stat": _stat,
     "exists": os.path.exists,
@@ -119,6 +244,9 @@ OPS: dict[str, Callable[..., object]] = {
     "is_folder": _is_folder,
     "empty_folder": _empty_folder,
     "rmdir": _rmdir,
+    "clone": _clone,
+    "copy_range": _copy_range,
+    "offload_probe": _offload_probe,
 }
 
 

@@ -129,7 +129,9 @@ def convert(source: str, target: str, source_format: str = "qcow2", target_forma
             progress: Callable[[float], None] | None = None, existing: bool = False) -> None:
     """Copy `source` (its whole chain) into a new `target`; with `backing`, only what its top holds;
     `existing`: into the volume `target` is now, all of it rewritten."""
-    argv = [QEMU_IMG, "convert", "-p", "-f", source_format, "-O", target_format]
+    # -t writeback: the copy is flushed before qemu-img ends (convert's own default, unsafe, never flushes,
+    # and a fix marks its image complete when this returns).
+    argv = [QEMU_IMG, "convert", "-p", "-t", "writeback", "-f", source_format, "-O", target_format]
     if existing:
         argv.append("-n")
     elif target_format == "qcow2":

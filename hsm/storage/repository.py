@@ -49,6 +49,7 @@ from hsm.ids import is_id
 from hsm.storage.image import Image, Volume
 from hsm.storage.intents import CopyIntent, SnapshotIntent
 from hsm.storage.ioprocess import IOProcess
+from hsm.storage.offload import Offload, discover
 from hsm.watch import OwnChanges
 
 log = logging.getLogger("hsm.storage.repository")
@@ -241,6 +242,7 @@ class FileRepository:
         self._copying: dict[tuple[str, str], set[str]] = {}  # (repo uuid, image) -> pending copies of it here
         self.lock = threading.RLock()  # the commit lock: a check and the record write it allows, as one step
         self.health = Health()
+        self.offload = Offload()  # what its file system does for a copy inside it, found at connect
         self._monitor_stop = threading.Event()
         self.own = OwnChanges()  # what hsmd itself writes and removes, while a watch looks (hsm.storage.watching)
 
@@ -280,8 +282,9 @@ class FileRepository:
             self._snapshotting, self._copying = {}, {}
             for image in images.values():
                 self._note_intent(image)
-        log.info("Repository %s (%s) loaded: %d images, %d unreadable records", self.id, self.uuid, len(images),
-                 len(unreadable))
+        self.offload = discover(self.io, self.path)
+        log.info("Repository %s (%s) loaded: %d images, %d unreadable records; offload: %s", self.id, self.uuid,
+                 len(images), len(unreadable), ", ".join(self.offload.mechanisms()) or "none")
 
     @staticmethod
     def _parse(image_id: str, data: bytes) -> Image:
@@ -550,7 +553,7 @@ class FileRepository:
                 "lastCheck": f"{time.time() - health.last_check:.1f}" if health.last_check else "",
                 "readDelay": f"{health.read_delay:.6f}", "freeBytes": str(health.free),
                 "totalBytes": str(health.total), "path": self.path, "lastError": health.error,
-                "capabilities": {"offload": [], "leases": False}}
+                "capabilities": {"offload": self.offload.mechanisms(), "leases": False}}
 
 
 def _conflicts(images: dict[str, Image]) -> dict[str, str]:

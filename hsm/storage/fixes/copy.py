@@ -1,14 +1,26 @@
-"""copy: qemu-img convert the source (or only its difference from the base) into the new image's volume."""
+"""copy: the source (or only its difference from the base) into the new image's volume.
+
+A whole copy of a source that is one volume of the target's format, on the
+same file system, is a reflink or a copy_file_range of that file
+(hsm.storage.offload) unless the intent says not to; anything else is
+qemu-img convert.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+from collections.abc import Callable
+
 from hsm.errors import CopyImageError, HsmError
-from hsm.storage import qemuimg
+from hsm.storage import offload, qemuimg
 from hsm.storage.fixes.base import Fix, StepFunc, backing_format, backing_name
 from hsm.storage.image import OPTIMIZED, Image
 from hsm.storage.intents import CopyIntent
-from hsm.storage.repository import FileRepository
+from hsm.storage.repository import VOLUMES, FileRepository
 from hsm.tasks import StepContext
+
+log = logging.getLogger("hsm.storage.fixes")
 
 
 class CopyFix(Fix):
@@ -46,7 +58,9 @@ class CopyFix(Fix):
         formats = {"source_format": source.top.format, "target_format": image.top.format,
                    "compat": self.engine.qcow2_compat}
         if not intent.base:
-            qemuimg.convert(src, target, **formats, progress=self.fixes.progress(ctx, repo, image, 0, 99))
+            progress = self.fixes.progress(ctx, repo, image, 0, 99)
+            if not self._offloaded(intent, source_repo, source, repo, image, progress):
+                qemuimg.convert(src, target, **formats, progress=progress)
             return
         base_name, base_format = backing_name(image, 0), backing_format(image, 0)
         below = source.volumes[1] if len(source.volumes) > 1 else None
@@ -68,6 +82,23 @@ class CopyFix(Fix):
                         progress=self.fixes.progress(ctx, repo, image, 0, 50))
         qemuimg.rebase(target, base_name, backing_format=base_format,
                        progress=self.fixes.progress(ctx, repo, image, 50, 99))
+
+    def _offloaded(self, intent: CopyIntent, source_repo: FileRepository, source: Image, repo: FileRepository,
+                   image: Image, progress: Callable[[float], None]) -> bool:
+        """Copy the source's one volume file as it is, by the file system, where it can; whether it did."""
+        if not intent.offload or len(source.volumes) != 1 or source.top.format != image.top.format \
+                or not repo.offload.mechanisms():
+            return False
+        if self.engine.is_prepared(source_repo, source.id):  # a VM may write it: qemu-img's locks say
+            return False
+        if not offload.same_filesystem(source_repo.io, os.path.join(source_repo.path, VOLUMES),
+                                       repo.io, os.path.join(repo.path, VOLUMES)):
+            return False
+        used = offload.copy_file(repo.io, repo.offload, source_repo.volume_path(source.top),
+                                 repo.volume_path(image.top), progress)
+        if used:
+            log.info("Copied %s of %s into %s of %s by %s", source.id, source_repo.id, image.id, repo.id, used)
+        return bool(used)
 
     def _done(self, ctx: StepContext, repo: FileRepository, image: Image) -> None:
         if isinstance(image.intent, CopyIntent):
