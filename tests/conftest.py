@@ -6,6 +6,7 @@ import pytest
 
 from tests.hsmd import Hsmd
 from tests.lvm_helpers import raw_lvm, report
+from tests.supervdsmd import Supervdsmd
 from vdsm_shim import ServiceProxy
 from vdsm_shim.inprocess import InProcess
 
@@ -81,8 +82,6 @@ def lvm_dir(tmp_path):
 @pytest.fixture
 def lvm_supervdsmd(tmp_path, lvm_dir):
     """A real supervdsmd running LVM with `lvm_dir`'s settings."""
-    from tests.supervdsmd import Supervdsmd
-
     repository, state = tmp_path / "repository", tmp_path / "state"
     for folder in (repository / "mnt", state):
         folder.mkdir(parents=True, exist_ok=True)
@@ -115,3 +114,22 @@ def loops(tmp_path, lvm_dir):
         raw_lvm(lvm_dir, devices, "pvremove", "-y", *devices)
     for device in devices:
         subprocess.run(["losetup", "-d", device], check=False)
+
+
+@pytest.fixture
+def mounting_hsmd(tmp_path, make_hsmd):
+    """(hsmd, its mount root): an hsmd whose mounts go through a real supervdsmd (root), which may bind and
+    loop-mount sources under tmp_path; whatever is still mounted is unmounted at the end."""
+    repository = tmp_path / "rhev"
+    # Bind and loop sources (exports, images) are made under tmp_path: it is the helper's allowed root.
+    supervdsmd = Supervdsmd(str(tmp_path / "sv"), config={"irs": {"repository": str(repository)}},
+                            mount_sources=str(tmp_path)).start()
+    config = {"supervdsm": {"socket": supervdsmd.socket},
+              "irs": {"repository": str(repository), "sd_health_check_delay": 0.2},
+              "connections": {"monitor_interval": 0.2, "reconnect_backoff_min": 0.2, "reconnect_backoff_max": 1}}
+    daemon = make_hsmd(config=config).start()
+    yield daemon, str(repository / "mnt")
+    daemon.kill()
+    supervdsmd.kill()
+    subprocess.run(f"grep -o ' {repository}/mnt/[^ ]*' /proc/mounts | xargs -r -n1 umount -l", shell=True,
+                   check=False)

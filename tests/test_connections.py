@@ -14,27 +14,9 @@ import time
 import pytest
 
 from tests.images_helpers import code, ok, wait_image
-from tests.supervdsmd import Supervdsmd
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounts need root")
-
-
-@pytest.fixture
-def setup(tmp_path, make_hsmd):
-    repository = tmp_path / "rhev"
-    # Bind and loop sources (exports, images) are made under tmp_path: it is the helper's allowed root.
-    supervdsmd = Supervdsmd(str(tmp_path / "sv"), config={"irs": {"repository": str(repository)}},
-                            mount_sources=str(tmp_path)).start()
-    config = {"supervdsm": {"socket": supervdsmd.socket},
-              "irs": {"repository": str(repository), "sd_health_check_delay": 0.2},
-              "connections": {"monitor_interval": 0.2, "reconnect_backoff_min": 0.2, "reconnect_backoff_max": 1}}
-    daemon = make_hsmd(config=config).start()
-    yield daemon, str(repository / "mnt")
-    daemon.kill()
-    supervdsmd.kill()
-    subprocess.run(f"grep -o ' {repository}/mnt/[^ ]*' /proc/mounts | xargs -r -n1 umount -l", shell=True,
-                   check=False)
 
 
 def bind_uri(path) -> str:
@@ -50,8 +32,8 @@ def mounted(path: str) -> bool:
         return any(line.split()[4] == path for line in f)
 
 
-def test_bad_input_gets_clear_codes_and_changes_nothing(setup, tmp_path):
-    daemon, _ = setup
+def test_bad_input_gets_clear_codes_and_changes_nothing(mounting_hsmd, tmp_path):
+    daemon, _ = mounting_hsmd
     proxy = daemon.proxy()
     ok(proxy.manageStorageServer(bind_uri(tmp_path), "keep"))
     before = wait_for(lambda: servers(proxy)["keep"]["connected"] and servers(proxy), what="mount")
@@ -70,8 +52,8 @@ def test_bad_input_gets_clear_codes_and_changes_nothing(setup, tmp_path):
     assert servers(proxy) == before
 
 
-def test_a_bind_mount_is_made_shared_watched_and_torn_down_with_its_last_cid(setup, tmp_path):
-    daemon, mount_root = setup
+def test_a_bind_mount_is_made_shared_watched_and_torn_down_with_its_last_cid(mounting_hsmd, tmp_path):
+    daemon, mount_root = mounting_hsmd
     proxy = daemon.proxy()
     exported = tmp_path / "exported"
     exported.mkdir()
@@ -96,8 +78,8 @@ def test_a_bind_mount_is_made_shared_watched_and_torn_down_with_its_last_cid(set
     assert not mounted(path) and not any(entry["managed"] for entry in servers(proxy).values())
 
 
-def test_failures_are_reported_and_retried(setup, tmp_path):
-    daemon, _ = setup
+def test_failures_are_reported_and_retried(mounting_hsmd, tmp_path):
+    daemon, _ = mounting_hsmd
     proxy = daemon.proxy()
     missing = tmp_path / "not-yet"
     ok(proxy.manageStorageServer(bind_uri(missing), "late"))
@@ -113,8 +95,8 @@ def test_failures_are_reported_and_retried(setup, tmp_path):
     assert servers(proxy)["late"]["lastError"] == {}
 
 
-def test_managed_connections_survive_a_restart(setup, tmp_path):
-    daemon, _ = setup
+def test_managed_connections_survive_a_restart(mounting_hsmd, tmp_path):
+    daemon, _ = mounting_hsmd
     proxy = daemon.proxy()
     ok(proxy.manageStorageServer(bind_uri(tmp_path), "kept"))
     path = wait_for(lambda: servers(proxy)["kept"]["connected"] and servers(proxy)["kept"])["connectionInfo"]["path"]
@@ -127,8 +109,8 @@ def test_managed_connections_survive_a_restart(setup, tmp_path):
     assert mounted(path)
 
 
-def test_mounts_hsmd_did_not_make_are_listed_as_unmanaged(setup, tmp_path):
-    daemon, mount_root = setup
+def test_mounts_hsmd_did_not_make_are_listed_as_unmanaged(mounting_hsmd, tmp_path):
+    daemon, mount_root = mounting_hsmd
     proxy = daemon.proxy()
     stray = os.path.join(mount_root, "by-hand")
     os.makedirs(stray)
@@ -147,8 +129,8 @@ def test_mounts_hsmd_did_not_make_are_listed_as_unmanaged(setup, tmp_path):
         subprocess.run([*node, "--op=delete"], capture_output=True)
 
 
-def test_credentials_never_show(setup):
-    daemon, _ = setup
+def test_credentials_never_show(mounting_hsmd):
+    daemon, _ = mounting_hsmd
     proxy = daemon.proxy()
     ok(proxy.manageStorageServer("iscsi://admin:s3cr3t-pass@127.0.0.1:3260/iqn.2026-11.org.example:disk1", "lun"))
     entry = wait_for(lambda: servers(proxy)["lun"]["lastError"] and servers(proxy)["lun"], what="login error")
@@ -159,8 +141,8 @@ def test_credentials_never_show(setup):
     assert stat.S_IMODE(os.stat(state).st_mode) == 0o600
 
 
-def test_a_posixfs_repository_on_a_managed_connection(setup, tmp_path):
-    daemon, _ = setup
+def test_a_posixfs_repository_on_a_managed_connection(mounting_hsmd, tmp_path):
+    daemon, _ = mounting_hsmd
     proxy = daemon.proxy()
     storage = tmp_path / "shared"
     storage.mkdir()
@@ -179,8 +161,8 @@ def test_a_posixfs_repository_on_a_managed_connection(setup, tmp_path):
     assert os.path.exists(storage / "repo" / "volumes" / os.path.basename(info["volumes"][0]["path"]))
 
 
-def test_vdsm_connect_and_disconnect_storage_server(setup, tmp_path):
-    daemon, _ = setup
+def test_vdsm_connect_and_disconnect_storage_server(mounting_hsmd, tmp_path):
+    daemon, _ = mounting_hsmd
     proxy = daemon.proxy()
     good = {"id": "11111111-2222-3333-4444-555555555555", "connection": str(tmp_path), "vfs_type": "none",
             "mnt_options": "bind"}
@@ -206,7 +188,7 @@ def iscsi_nodes() -> str:
 
 
 @pytest.mark.parametrize("chap", [True, False], ids=["chap", "no-auth"])
-def test_an_iscsi_connection_writes_real_node_records(setup, tmp_path, chap):
+def test_an_iscsi_connection_writes_real_node_records(mounting_hsmd, tmp_path, chap):
     """tgtd exports a real LUN behind CHAP; hsmd writes real open-iscsi node records through supervdsmd.
 
     The login itself cannot happen on this machine (no iscsid, no iscsi_tcp): its failure is
@@ -224,7 +206,7 @@ def test_an_iscsi_connection_writes_real_node_records(setup, tmp_path, chap):
         if chap:
             assert subprocess.run(["qemu-img", "info", target.url(with_credentials=False)],
                                   capture_output=True).returncode != 0  # CHAP is really required
-        daemon, _ = setup
+        daemon, _ = mounting_hsmd
         proxy = daemon.proxy()
         auth = f"{user}:{password}@" if chap else ""
         uri = f"iscsi://{auth}127.0.0.1:{target.port}/{target.iqn}"
@@ -246,8 +228,8 @@ def test_an_iscsi_connection_writes_real_node_records(setup, tmp_path, chap):
                        capture_output=True)
 
 
-def test_an_ext4_image_on_a_loop_mount_holds_a_repository(setup, tmp_path):
-    daemon, _ = setup
+def test_an_ext4_image_on_a_loop_mount_holds_a_repository(mounting_hsmd, tmp_path):
+    daemon, _ = mounting_hsmd
     proxy = daemon.proxy()
     image = tmp_path / "fs.img"
     with open(image, "wb") as f:
@@ -276,8 +258,8 @@ def repository_checked_after(proxy, repo_id: str, moment: float) -> dict:
     return wait_for(fresh, what=f"a check of {repo_id}")
 
 
-def test_the_last_cid_under_a_repository_is_refused_whichever_cid_the_repository_used(setup, tmp_path):
-    daemon, _ = setup
+def test_the_last_cid_under_a_repository_is_refused_whichever_cid_the_repository_used(mounting_hsmd, tmp_path):
+    daemon, _ = mounting_hsmd
     proxy = daemon.proxy()
     storage = tmp_path / "shared"
     (storage / "repo").mkdir(parents=True)
@@ -300,8 +282,8 @@ def test_the_last_cid_under_a_repository_is_refused_whichever_cid_the_repository
     assert not mounted(path)
 
 
-def test_a_flapping_connection_reports_the_error_until_it_is_back(setup, tmp_path):
-    daemon, _ = setup
+def test_a_flapping_connection_reports_the_error_until_it_is_back(mounting_hsmd, tmp_path):
+    daemon, _ = mounting_hsmd
     proxy = daemon.proxy()
     storage = tmp_path / "flaps"
     storage.mkdir()
@@ -316,7 +298,7 @@ def test_a_flapping_connection_reports_the_error_until_it_is_back(setup, tmp_pat
     assert up["lastError"] == {} and mounted(path)
 
 
-def test_an_nfs_connection_to_a_real_ganesha_export(setup, tmp_path):
+def test_an_nfs_connection_to_a_real_ganesha_export(mounting_hsmd, tmp_path):
     """nfs-ganesha really serves the export (libnfs lists it from user space); this kernel has no NFS
     client, so the mount supervdsmd runs fails, and that failure is what hsmd must report."""
     from tests.ganesha import Ganesha
@@ -328,7 +310,7 @@ def test_an_nfs_connection_to_a_real_ganesha_export(setup, tmp_path):
         # ganesha takes a moment before its export answers
         wait_for(lambda: "probe" in subprocess.run(["nfs-ls", "nfs://127.0.0.1/export?version=4"], capture_output=True,
                                                    text=True).stdout, what="the ganesha export answering", poll=0.5)
-        daemon, _ = setup
+        daemon, _ = mounting_hsmd
         proxy = daemon.proxy()
         ok(proxy.manageStorageServer("nfs://127.0.0.1/export?version=4&timeo=600&retrans=3", "filer"))
         entry = wait_for(lambda: servers(proxy)["filer"]["lastError"] and servers(proxy)["filer"], what="error")

@@ -9,7 +9,6 @@ real tgtd target.
 import json
 import os
 import shutil
-import subprocess
 
 import pytest
 
@@ -17,7 +16,6 @@ from hsm.connections import discovery
 from tests.hsmd import free_port
 from tests.images_helpers import code, ok
 from tests.legacy_helpers import BLANK, run_both
-from tests.supervdsmd import Supervdsmd
 from tests.waiting import wait_for
 
 LOCALFS, FCP, POSIXFS = 4, 2, 6
@@ -147,29 +145,14 @@ def test_cleanup_unused_connections_answers_status_only(both):
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounts and iscsiadm need root")
 
 
-@pytest.fixture
-def privileged(tmp_path, make_hsmd):
-    """(hsmd, its mount root): an hsmd whose privileged acts go through a real supervdsmd."""
-    repository = tmp_path / "rhev"
-    supervdsmd = Supervdsmd(str(tmp_path / "sv"), config={"irs": {"repository": str(repository)}},
-                            mount_sources=str(tmp_path)).start()
-    daemon = make_hsmd(config={"supervdsm": {"socket": supervdsmd.socket}, "irs": {"repository": str(repository)},
-                               "connections": {"monitor_interval": 0.2}}).start()
-    yield daemon, str(repository / "mnt")
-    daemon.kill()
-    supervdsmd.kill()
-    subprocess.run(f"grep -o ' {repository}/mnt/[^ ]*' /proc/mounts | xargs -r -n1 umount -l", shell=True,
-                   check=False)
-
-
 def mounts_under(root: str) -> list:
     with open("/proc/self/mountinfo") as f:
         return [line.split()[4] for line in f if line.split()[4].startswith(root + "/")]
 
 
 @needs_root
-def test_validating_a_mount_makes_it_and_takes_it_down_again(privileged, tmp_path):
-    daemon, mount_root = privileged
+def test_validating_a_mount_makes_it_and_takes_it_down_again(mounting_hsmd, tmp_path):
+    daemon, mount_root = mounting_hsmd
     proxy = daemon.proxy()
     export = tmp_path / "export"
     export.mkdir()
@@ -212,8 +195,8 @@ def tgtd(tmp_path):
 
 
 @needs_root
-def test_discover_send_targets_of_a_real_tgtd(privileged, tgtd):
-    daemon, _ = privileged
+def test_discover_send_targets_of_a_real_tgtd(mounting_hsmd, tgtd):
+    daemon, _ = mounting_hsmd
     proxy = daemon.proxy()
     expected = sorted([f"127.0.0.1:{tgtd.port},1 {IQN}-1", f"127.0.0.1:{tgtd.port},1 {IQN}-2"])
     for con in [{"connection": "127.0.0.1", "port": str(tgtd.port), "user": "", "password": ""},
