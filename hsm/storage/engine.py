@@ -281,6 +281,12 @@ class Engine:
         return opts.imageId or str(uuid.uuid4())
 
     @staticmethod
+    def _check_alone(top: Volume | None, base_id: str | None) -> None:
+        """Only a qcow2 volume can read through a base; a raw one stands alone."""
+        if top is not None and top.format != "qcow2" and base_id:
+            raise InvalidParameterException(f"a {top.format} volume cannot read through snapshot {base_id}")
+
+    @staticmethod
     def _volume_free(repo: FileRepository, volume_id: str) -> None:
         """A volume id the caller chose names no volume of the repository yet."""
         if repo.volume_owner(volume_id) is not None:
@@ -316,8 +322,7 @@ class Engine:
         repo = self.repository(repo_id)
         size = parse_image_size(size)
         volumes: list[Volume] = []
-        if top is not None and top.format != "qcow2" and base_id:
-            raise InvalidParameterException(f"a {top.format} volume cannot read through snapshot {base_id}")
+        self._check_alone(top, base_id)
         if base_id:
             base = repo.get(check_id("baseSnapshotId", base_id))
             if base.kind != SNAPSHOT:
@@ -397,8 +402,7 @@ class Engine:
             if not any(vol.image == base_id for vol in source.volumes):
                 raise ImageIsNotLegalChain(f"{image_id} was not made on snapshot {base_id}")
             volumes = list(base.volumes)
-        if top is not None and top.format != "qcow2" and base_id:
-            raise InvalidParameterException(f"a {top.format} volume cannot read through snapshot {base_id}")
+        self._check_alone(top, base_id)
         if kind is not None:  # a new image of that kind, whatever the source
             new_id = self._new_id(opts)
             known = target.images.get(new_id)

@@ -132,6 +132,11 @@ def choice(name: str, value: object, allowed: dict[int, str] | tuple[int, ...], 
     return picked
 
 
+def _sizes(stat: dict | None) -> tuple[str, str]:
+    """(apparentsize, truesize) of a volume file's stat, as VDSM's strings; ("0", "0") when it is missing."""
+    return (str(stat["size"]), str(stat["blocks"] * 512)) if stat else ("0", "0")
+
+
 def follow_up(opts: ImageOptions, count: int) -> ImageOptions:
     """Options for the `count`th more removal one VDSM verb makes: its task is named after the verb's
     (`<taskId>_<count>`), so that in transparent mode too every task has an id the caller can trace."""
@@ -320,20 +325,19 @@ class Volumes:
         owner, meta = found.owner, VolumeMeta.of(found.owner)
         usable = owner.usable() and found.chain.usable()
         legality = meta.legality if usable else "ILLEGAL"
-        apparent, true = self.sizes(found)
-        mtime = self._stat(found)
+        stat = self._stat(found)  # one stat for the sizes and the time
+        apparent, true = _sizes(stat)
         return {"uuid": found.volume.id, "format": FORMAT_NAMES[found.volume.format],
                 "type": meta.allocation, "voltype": volume_type(owner), "disktype": meta.disktype,
                 "capacity": str(owner.size), "truesize": true, "apparentsize": apparent,
                 "parent": found.parent, "legality": legality, "status": "OK" if legality == "LEGAL" else "ILLEGAL",
-                "ctime": str(int(owner.created)), "mtime": str(int(mtime["mtime"])) if mtime else "0",
+                "ctime": str(int(owner.created)), "mtime": str(int(stat["mtime"])) if stat else "0",
                 "domain": found.repo.uuid, "image": meta.image if owner.kind == SNAPSHOT else found.chain.id,
                 "description": meta.description, "pool": ""}
 
     def sizes(self, found: Located) -> tuple[str, str]:
         """(apparentsize, truesize) in bytes, as strings: the file's length and what it holds on disk."""
-        stat = self._stat(found)
-        return (str(stat["size"]), str(stat["blocks"] * 512)) if stat else ("0", "0")
+        return _sizes(self._stat(found))
 
     def _stat(self, found: Located) -> dict | None:
         try:
