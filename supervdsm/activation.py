@@ -17,34 +17,25 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import threading
 from dataclasses import dataclass
 
 from hsm.errors import (
     CannotActivateLogicalVolume,
     CannotDeactivateLogicalVolume,
-    InvalidParameterException,
     LogicalVolumeDoesNotExistError,
     SupervdsmCallError,
 )
 from supervdsm import devices
 from supervdsm.command import run
+from supervdsm.lvm import check_name
 
-# LVM's own rule for VG and LV names (letters, digits, '_', '+', '.', '-'; no leading '-'), 127 at most.
-NAME = re.compile(r"[A-Za-z0-9_+][A-Za-z0-9_.+-]{0,126}")
-_RESERVED = ("snapshot", "pvmove", "_cdata", "_cmeta", "_corig", "_mimage", "_mlog", "_rimage", "_rmeta",
-             "_tdata", "_tmeta", "_vorigin")
 SEGMENT_FIELDS = "pv_name,pe_start,pvseg_start,pvseg_size,vg_name,vg_extent_size,lv_name,lv_size,segtype"
 _LVM_ENV = {"LVM_SUPPRESS_FD_WARNINGS": "1"}
 
 
 def check_names(vg_name: str, lv_name: str) -> tuple[str, str]:
-    for what, value in (("vgName", vg_name), ("lvName", lv_name)):
-        if not isinstance(value, str) or not NAME.fullmatch(value) or value in (".", "..") or (
-                what == "lvName" and any(word in value for word in _RESERVED)):
-            raise InvalidParameterException(f"{what}={value!r}: not an LVM name")
-    return vg_name, lv_name
+    return check_name("vgName", vg_name), check_name("lvName", lv_name)
 
 
 @dataclass(frozen=True)

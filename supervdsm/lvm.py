@@ -8,6 +8,8 @@ parser reads it, and that value is checked for what the option means.
 
 from __future__ import annotations
 
+import re
+
 from hsm.errors import InvalidParameterException
 from supervdsm import lvmconfig
 from supervdsm.command import Check, check_value, run
@@ -18,7 +20,12 @@ _SIZE = _matches(r"\+?[0-9]+(\.[0-9]+)?[bBsSkKmMgGtTpPeE]?")
 _EXTENTS = _matches(r"\+?[0-9]+(%(VG|FREE|PVS|LV|ORIGIN))?")
 _COUNT = _matches(r"[0-9]{1,6}")
 _TAG = _matches(r"[A-Za-z0-9_+.=:/@][A-Za-z0-9_+.=:/@-]{0,1023}")
-_NAME = _matches(r"[A-Za-z0-9_+][A-Za-z0-9_.+-]{0,126}")
+# LVM's own rule for VG and LV names (letters, digits, '_', '+', '.', '-'; no leading '-' or '.'), 127 at most,
+# and the words LVM keeps for its own hidden or special LVs.
+LVM_NAME = re.compile(r"[A-Za-z0-9_+][A-Za-z0-9_.+-]{0,126}")
+RESERVED = ("snapshot", "pvmove", "_cdata", "_cmeta", "_corig", "_iorig", "_mimage", "_mlog", "_pmspare", "_rimage",
+            "_rmeta", "_tdata", "_tmeta", "_vdata", "_vorigin", "_wcorig")
+_NAME = _matches(LVM_NAME.pattern)
 _UUID = _matches(r"[A-Za-z0-9]{6}(-[A-Za-z0-9]{4}){5}-[A-Za-z0-9]{6}|[A-Za-z0-9]{32}")
 _YES_NO = _choice("y", "n")
 _FIELDS = _matches(r"\+?[a-z_]+(,[a-z_]+)*")
@@ -72,6 +79,14 @@ COMMANDS: dict[str, dict[str, Check | None]] = {
     "lvchange": {**_AUTOBACKUP, **_TAGS, **_ACTIVATE, **_PERMISSION, "--refresh": FLAG},
     "lvrename": {**_AUTOBACKUP},
 }
+
+
+def check_name(what: str, name: object) -> str:
+    """A VG or LV name LVM takes as it is, and none of the words LVM keeps for itself: the one rule for
+    hsmd's LVM layer and supervdsmd's activation verbs."""
+    if not isinstance(name, str) or not LVM_NAME.fullmatch(name) or any(word in name for word in RESERVED):
+        raise InvalidParameterException(f"{what}={name!r}: not a valid LVM name")
+    return name
 
 
 def check_args(command: str, args: list) -> list[str]:

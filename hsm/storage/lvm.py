@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from hsm import errors
 from hsm.sampling import SamplingMethod
 from supervdsm.client import SupervdsmClient
+from supervdsm.lvm import check_name
 
 log = logging.getLogger("hsm.storage.lvm")
 
@@ -32,10 +33,6 @@ MiB = 1 << 20
 EXTENT_SIZE = 128 * MiB    # VDSM's extent size for block storage domains
 METADATA_SIZE = 128 * MiB  # VDSM's metadata area: two per PV, used on the first PV only
 
-_NAME = re.compile(r"[A-Za-z0-9_+][A-Za-z0-9_.+-]{0,126}")
-# Suffixes and prefixes LVM keeps for its own hidden LVs.
-_RESERVED = ("_cdata", "_cmeta", "_corig", "_iorig", "_mimage", "_mlog", "_pmspare", "_rimage", "_rmeta",
-             "_tdata", "_tmeta", "_vdata", "_vorigin", "_wcorig")
 _TAG = re.compile(r"[A-Za-z0-9_+.=:/][A-Za-z0-9_+.=:/-]{0,1023}")
 _DEVICE = re.compile(r"/dev/[A-Za-z0-9_.:/+-]+")
 _SEGMENT_DEVICE = re.compile(r"(.+)\(([0-9]+)\)")
@@ -58,14 +55,6 @@ _CONDITIONS: list[tuple[re.Pattern, type[errors.HsmError]]] = [
     (re.compile(r"A volume group called \S+ already exists"), errors.VolumeGroupAlreadyExistsError),
     (re.compile(r"insufficient free space", re.I), errors.VolumeGroupSizeError),
 ]
-
-
-def check_name(what: str, name: str) -> str:
-    """A VG or LV name LVM takes as it is, and none of the names LVM keeps for itself."""
-    if (not isinstance(name, str) or not _NAME.fullmatch(name) or any(word in name for word in _RESERVED)
-            or name.startswith(("snapshot", "pvmove"))):
-        raise errors.InvalidParameterException(f"{what}={name!r}: not a valid LVM name")
-    return name
 
 
 def check_tag(tag: str) -> str:
