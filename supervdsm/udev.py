@@ -15,13 +15,13 @@ import re
 
 from hsm.atomicfile import atomic_remove, atomic_write
 from hsm.errors import InvalidParameterException, MiscFileWriteException, SupervdsmCallError
+from hsm.ids import is_uuid
 from supervdsm.command import run
 
 # A device-mapper (multipath) name: letters, digits, '_', '.', '-', at most 127 (DM_NAME_LEN - 1).
 # Nothing udev reads as a pattern ('*', '?', '[', '|') nor a quote: the name goes into a rule and a match.
 GUID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,126}")
 # The VM's id: a UUID in VDSM's form.
-THIEF_ID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 PREFIX, SUFFIX = "99-vdsm-", ".rules"
 DEVICE_OWNER, DEVICE_GROUP = "vdsm", "qemu"  # VDSM's DISKIMAGE_USER and DISKIMAGE_GROUP
@@ -37,7 +37,7 @@ def check_guid(value: object) -> str:
 
 
 def check_thief_id(value: object) -> str:
-    if not isinstance(value, str) or not THIEF_ID.fullmatch(value):
+    if not is_uuid(value):
         raise InvalidParameterException(f"thiefId={value!r}: expected a UUID")
     return value
 

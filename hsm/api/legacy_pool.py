@@ -16,8 +16,9 @@ from hsm.api.dispatch import options_of
 from hsm.api.legacy_domains import parse_bool
 from hsm.api.verbs import verb
 from hsm.errors import InvalidParameterException, UnsupportedDomainVersion
+from hsm.ids import is_uuid
 from hsm.storage import ovf
-from hsm.storage.domains import VERSIONS, check_uuid, is_uuid, number
+from hsm.storage.domains import VERSIONS, check_uuid, number
 from hsm.storage.options import check_id
 from hsm.storage.pools import Pools
 from hsm.tasks import Step, StepContext, TaskKind, TaskManager

@@ -35,6 +35,7 @@ from hsm.errors import (
     StorageServerAccessPermissionError,
     UnsupportedDomainVersion,
 )
+from hsm.ids import is_uuid
 from hsm.storage.engine import Engine
 from hsm.storage.repository import ISO_FOLDER, FileRepository
 
@@ -47,19 +48,13 @@ CLASSES = {1: "Data", 2: "Iso", 3: "Backup"}
 VERSIONS = (0, 2, 3)  # the domain versions VDSM 4.10 made
 MAX_DESCRIPTION = 50  # characters, as VDSM allowed
 BLANK_UUID = "00000000-0000-0000-0000-000000000000"
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 
 def check_uuid(name: str, value: object, blank: bool = False) -> str:
     """A UUID in VDSM's textual form; the blank UUID only where `blank` allows it."""
-    if not isinstance(value, str) or not _UUID.fullmatch(value) or (value == BLANK_UUID and not blank):
+    if not is_uuid(value) or (value == BLANK_UUID and not blank):
         raise InvalidParameterException(f"{name}={value!r}: expected a UUID")
     return value
-
-
-def is_uuid(value: object) -> bool:
-    """Whether `value` is a UUID in VDSM's textual form (the blank one too)."""
-    return isinstance(value, str) and _UUID.fullmatch(value) is not None
 
 
 def check_description(value: object, name: str = "description",

@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import re
 
 from hsm.errors import (
     InvalidParameterException,
@@ -20,19 +19,18 @@ from hsm.errors import (
     NoSpaceLeftOnDomain,
     StorageDomainAccessError,
 )
-from hsm.ids import is_id
+from hsm.ids import is_id, is_uuid
 from hsm.storage.repository import VMS_FOLDER, FileRepository
 
 log = logging.getLogger("hsm.storage.ovf")
 
 SUFFIX = ".ovf"
 MAX_OVF_BYTES = 4 << 20  # an engine's OVF is tens of KiB; a few MiB holds hundreds of disks and snapshots
-_VM = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 def check_vm(value: object, name: str = "vmUUID") -> str:
     """A VM's UUID in VDSM's form; being an hsm.ids id too, it is one plain file name (no '/', never '..')."""
-    if not isinstance(value, str) or not _VM.fullmatch(value) or not is_id(value):
+    if not isinstance(value, str) or not is_uuid(value) or not is_id(value):
         raise InvalidParameterException(f"{name}={value!r}: expected a VM UUID")
     return value
 
@@ -110,7 +108,7 @@ def vm_ids(repo: FileRepository) -> list[str]:
     except OSError as e:
         raise StorageDomainAccessError(f"{repo.uuid}: {e}") from None
     return [name[:-len(SUFFIX)] for name in names
-            if name.endswith(SUFFIX) and _VM.fullmatch(name[:-len(SUFFIX)])]
+            if name.endswith(SUFFIX) and is_uuid(name[:-len(SUFFIX)])]
 
 
 def read(repo: FileRepository, vms: list[str] | None = None) -> dict[str, str]:

@@ -36,8 +36,9 @@ from hsm.errors import (
     VolumeImageHasChildren,
     VolumeIsBusy,
 )
+from hsm.ids import is_uuid
 from hsm.storage import qemuimg
-from hsm.storage.domains import BLANK_UUID, check_uuid, is_uuid, number
+from hsm.storage.domains import BLANK_UUID, check_uuid, number
 from hsm.storage.engine import Engine
 from hsm.storage.image import DISK, SNAPSHOT, Image, Volume
 from hsm.storage.options import ImageOptions
