@@ -114,7 +114,7 @@ def _options() -> list[Option]:
         o("irs", "task_resource_default_timeout", _int, "120000", "milliseconds a task waits for a resource lock"),
         o("irs", "prepare_image_timeout", _int, "600000", "milliseconds prepareImage waits for its image lock"),
         o("irs", "lvm_dev_whitelist", _list, "", "devices always accepted by the LVM filter", coming=_BLOCK),
-        o("irs", "lv_activation", _choice("lvm", "loop"), "lvm", "how an LV of a block repository is made usable: lvm (lvchange -ay, device-mapper) or loop (a loop device over its extents, for hosts without device-mapper)", coming=_BLOCK),
+        o("irs", "lv_activation", _choice("lvm", "loop"), "lvm", "how an LV of a block repository is made usable: lvm (lvchange -ay, device-mapper) or loop (a loop device over its extents, for hosts without device-mapper)"),
         o("irs", "qcow2_compat", _choice("0.10", "1.1"), "1.1", "qcow2 compat level of new volumes"),
         o("irs", "udev_settle_timeout", _int, "5", "seconds to wait for udev events to settle", coming=_BLOCK),
         o("irs", "scsi_rescan_maximal_timeout", _int, "30", "seconds a SCSI rescan may take", coming=_BLOCK),

@@ -10,11 +10,14 @@ the VG and the LV, never a device or an offset.
 gone): with LVM's activation off, lvchange answers 0 and does nothing, and that must not read as success.
 
 Both are idempotent: activating an active LV answers its device again; deactivating an inactive one
-does nothing.
+does nothing. The device is handed to the caller (owner its uid and gid, mode 0660: what VDSM's udev
+rules did for vdsm), so an unprivileged hsmd runs qemu-img on it; a loop device detached goes back to
+root.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -32,6 +35,14 @@ from supervdsm.lvm import check_name
 
 SEGMENT_FIELDS = "pv_name,pe_start,pvseg_start,pvseg_size,vg_name,vg_extent_size,lv_name,lv_size,segtype"
 _LVM_ENV = {"LVM_SUPPRESS_FD_WARNINGS": "1"}
+
+
+def hand_over(path: str, peer: tuple[int, int] | None) -> None:
+    """Give the device node to the caller (uid, gid): it alone, besides root, may read and write it."""
+    uid, gid = peer if peer is not None else (0, 0)
+    node = os.path.realpath(path)
+    os.chown(node, uid, gid)
+    os.chmod(node, 0o660)
 
 
 def check_names(vg_name: str, lv_name: str) -> tuple[str, str]:
@@ -92,8 +103,10 @@ class LoopActivation:
         self._timeout = timeout
         self._lock = threading.Lock()
 
-    def activate(self, vgName: str, lvName: str, readOnly: bool = False) -> dict:
-        """{path: the loop device}: the one already over the LV if there is one, else a new one."""
+    def activate(self, vgName: str, lvName: str, readOnly: bool = False,
+                 peer: tuple[int, int] | None = None) -> dict:
+        """{path: the loop device}: the one already over the LV if there is one, else a new one; the
+        caller (`peer`) owns it."""
         vg_name, lv_name = check_names(vgName, lvName)
         segment = linear_segment(vg_name, lv_name, self._timeout)
         with self._lock:
@@ -104,14 +117,16 @@ class LoopActivation:
                     raise CannotActivateLogicalVolume(
                         f"{vg_name}/{lv_name} is active {'read-only' if loop.get('ro') else 'read-write'} on "
                         f"{loop['name']}; deactivate it first")
+                hand_over(loop["name"], peer)
                 return {"path": loop["name"]}
             argv = ["losetup", "--find", "--show", "--offset", str(segment.offset), "--sizelimit",
                     str(segment.size), *(["--read-only"] if readOnly else []), segment.pv]
             done = run(argv, self._timeout)
-        path = done["out"].strip()
-        if done["rc"] != 0 or not path.startswith("/dev/loop"):
-            raise CannotActivateLogicalVolume(f"{vg_name}/{lv_name}: losetup failed (rc {done['rc']}): "
-                                              f"{done['err'].strip()}")
+            path = done["out"].strip()
+            if done["rc"] != 0 or not path.startswith("/dev/loop"):
+                raise CannotActivateLogicalVolume(f"{vg_name}/{lv_name}: losetup failed (rc {done['rc']}): "
+                                                  f"{done['err'].strip()}")
+            hand_over(path, peer)
         return {"path": path}
 
     def deactivate(self, vgName: str, lvName: str) -> dict:
@@ -124,6 +139,8 @@ class LoopActivation:
             for loop in _maps(segment, self._timeout):
                 done = run(["losetup", "--detach", loop["name"]], self._timeout)
                 if done["rc"] == 0:
+                    with contextlib.suppress(OSError):
+                        hand_over(loop["name"], None)
                     detached.append(loop["name"])
                 else:
                     failed.append(f"{loop['name']}: {done['err'].strip()}")
@@ -146,8 +163,9 @@ class LvmActivation:
         return run(["lvm", "lvchange", "--config", config, flag, f"{vg_name}/{lv_name}"], self._timeout,
                    env=_LVM_ENV)
 
-    def activate(self, vgName: str, lvName: str, readOnly: bool = False) -> dict:
-        """{path: /dev/<vg>/<lv>}, once the node is there."""
+    def activate(self, vgName: str, lvName: str, readOnly: bool = False,
+                 peer: tuple[int, int] | None = None) -> dict:
+        """{path: /dev/<vg>/<lv>}, once the node is there; the caller (`peer`) owns it."""
         vg_name, lv_name = check_names(vgName, lvName)
         path = os.path.join(self._dev_root, vg_name, lv_name)
         done = self._lvchange("-ay", vg_name, lv_name, readOnly)
@@ -158,6 +176,7 @@ class LvmActivation:
             raise CannotActivateLogicalVolume(
                 f"lvchange -ay {vg_name}/{lv_name} answered 0 but {path} is not there: LVM's activation is off "
                 "on this host (global/activation=0, or no device-mapper); [irs] lv_activation = loop serves such hosts")
+        hand_over(path, peer)
         return {"path": path}
 
     def deactivate(self, vgName: str, lvName: str) -> dict:

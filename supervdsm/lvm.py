@@ -74,7 +74,7 @@ COMMANDS: dict[str, dict[str, Check | None]] = {
                  "-Zn": FLAG, "-Zy": FLAG, "-Z": _YES_NO, "--zero": _YES_NO, "-W": _YES_NO,
                  "--wipesignatures": _YES_NO, "-C": _YES_NO, "--contiguous": _YES_NO, "-y": FLAG, "--yes": FLAG},
     "lvremove": {**_AUTOBACKUP, **_FORCE},
-    "lvextend": {**_AUTOBACKUP, **_LV_SIZE},
+    "lvextend": {**_AUTOBACKUP, **_LV_SIZE, "--alloc": _choice("contiguous", "normal", "inherit")},
     "lvreduce": {**_AUTOBACKUP, **_LV_SIZE, **_FORCE},
     "lvchange": {**_AUTOBACKUP, **_TAGS, **_ACTIVATE, **_PERMISSION, "--refresh": FLAG},
     "lvrename": {**_AUTOBACKUP},

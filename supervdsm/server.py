@@ -41,7 +41,7 @@ class _Handler(socketserver.BaseRequestHandler):
                 if str(e) != "connection closed":
                     log.warning("Dropping peer pid=%d: %s", pid, e)
                 return
-            protocol.send_frame(self.request, self.server.answer(request, pid))
+            protocol.send_frame(self.request, self.server.answer(request, pid, uid, gid))
 
     def _refuse(self, uid: int) -> None:
         """Answer the peer's first request with 5009, then hang up.
@@ -81,7 +81,8 @@ class SupervdsmServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer
         self.allowed_uids = allowed_uids
         self._runner = ThreadPoolExecutor(workers, thread_name_prefix="privileged")
 
-    def answer(self, request: dict, pid: int) -> dict:
+    def answer(self, request: dict, pid: int, uid: int = 0, gid: int = 0) -> dict:
+        """Run one request; a verb that hands a device to its caller gets the caller's (uid, gid) as `peer`."""
         call_id = request.get("id")
         try:
             verb = self.verbs.get(request.get("verb"))  # type: ignore[arg-type]
@@ -89,6 +90,8 @@ class SupervdsmServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer
                 raise InvalidParameterException(f"unknown verb {request.get('verb')!r}")
             args = check_args(verb, request.get("args", {}))
             log.info("pid %d: %s %s", pid, verb.name, verb.redact(args))
+            if verb.peer:
+                args = {**args, "peer": (uid, gid)}
             future = self._runner.submit(verb.func, **args)
             try:
                 return {"id": call_id, "result": future.result(timeout=verb.timeout)}

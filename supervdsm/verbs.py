@@ -23,6 +23,7 @@ class PrivilegedVerb:
     timeout: float = 60.0
     optional: frozenset[str] = frozenset()
     redact: Callable[[dict], dict] = lambda args: args  # what of the arguments may be logged
+    peer: bool = False  # called with peer=(uid, gid) of the caller, as the kernel saw it connect (never an argument)
 
 
 def check_args(verb: PrivilegedVerb, args: object) -> dict[str, Any]:
@@ -119,9 +120,9 @@ def make_verbs(config: Config) -> dict[str, PrivilegedVerb]:
                        {"guid": str, "thiefId": str}, timeout + 5),
         PrivilegedVerb("inappropriateDevices", lambda thiefId: udev.inappropriate(rules_dir, thiefId),
                        {"thiefId": str}, timeout + 5),
-        PrivilegedVerb("loopActivateLV", lv_loop.activate, lv_args, timeout + 5, frozenset({"readOnly"})),
+        PrivilegedVerb("loopActivateLV", lv_loop.activate, lv_args, timeout + 5, frozenset({"readOnly"}), peer=True),
         PrivilegedVerb("loopDeactivateLV", lv_loop.deactivate, {"vgName": str, "lvName": str}, timeout + 5),
-        PrivilegedVerb("lvmActivateLV", lv_lvm.activate, lv_args, timeout + 5, frozenset({"readOnly"})),
+        PrivilegedVerb("lvmActivateLV", lv_lvm.activate, lv_args, timeout + 5, frozenset({"readOnly"}), peer=True),
         PrivilegedVerb("lvmDeactivateLV", lv_lvm.deactivate, {"vgName": str, "lvName": str}, timeout + 5),
     ]
     return {verb.name: verb for verb in table}

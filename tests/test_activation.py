@@ -268,8 +268,10 @@ def test_the_lvm_way_reports_activation_off_with_a_code(vg, supervdsm):
 
 
 def test_the_way_is_lvm_or_loop():
-    """[irs] lv_activation picks it once block-1 repositories use it; until then only the default loads."""
+    """[irs] lv_activation picks it for block-1 repositories: lvm by default, loop where there is no
+    device-mapper; anything else is refused."""
     assert LVActivation(None, "loop").way == "loop"   # type: ignore[arg-type]
     assert hsmconfig.load().irs.lv_activation == "lvm"
+    assert hsmconfig.load(None, {("irs", "lv_activation"): "loop"}).irs.lv_activation == "loop"
     with pytest.raises(InvalidParameterException):
         LVActivation(None, "dm")   # type: ignore[arg-type]

@@ -37,7 +37,8 @@ def test_config_whole_and_one_section(make_hsmd):
     assert config["rpc"]["threads"] == 4
     assert config["rpc"]["port"] == daemon.port
     assert config["irs"]["state_dir"] == daemon.state_dir
-    assert "lv_activation" not in config["irs"]  # not supported yet: not shown
+    assert config["irs"]["lv_activation"] == "lvm"
+    assert "maximum_allowed_pvs" not in config["irs"]  # not supported yet: not shown
     assert proxy.getHsmConfig("tasks") == {
         "status": {"code": 0, "message": "OK"},
         "config": {"tasks": {"mode": "non-transparent", "thread_pool_size": 10, "max_tasks": 500,

@@ -70,13 +70,13 @@ class Application:
                              monitor_interval=irs.sd_health_check_delay, qcow2_compat=irs.qcow2_compat,
                              state_dir=state_dir, prepare_timeout=irs.prepare_image_timeout / 1000,
                              progress_interval=irs.progress_interval, watcher=self.watcher,
-                             connections=self.connections)
+                             connections=self.connections, supervdsm=supervdsm, lv_activation=irs.lv_activation)
         self.domains = Domains(self.engine, self.connections, state_dir)  # VDSM's storage domains and pool
         self.pools = Pools(self.domains, state_dir)
         groups: list[object] = [
             ServiceAPI(config, self.stats, task_mode=lambda: self.tasks.mode, task_counts=self.tasks.counts,
                        repositories=self.engine.health,
-                       repo_formats=["localfs-1", "nfs-1", "posixfs-1"]),
+                       repo_formats=["localfs-1", "nfs-1", "posixfs-1", "block-1"]),
             TasksAPI(self.tasks),
             RepositoriesAPI(self.engine),
             ImagesAPI(self.engine),

@@ -43,6 +43,12 @@ class RepositoriesAPI:
         self._engine.disconnect(repoId, force=opts.force)
         return {}
 
+    @verb(mutating=True)
+    def extendStorageRepository(self, repoId: str, devices: list, options: dict | None = None) -> dict:
+        """Add devices to a block-1 repository's volume group: {freeBytes, totalBytes} after."""
+        options_of(options)
+        return self._engine.extend_repository(repoId, devices)
+
     @verb()
     def getStorageRepositoryList(self, options: dict | None = None) -> dict:
         options_of(options)

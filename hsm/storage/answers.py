@@ -39,10 +39,7 @@ def image_info(engine, repo_id: str, image_id: str) -> dict:
     volumes = []
     for vol in image.volumes:
         path = repo.volume_path(vol)
-        try:
-            allocated = repo.io.stat(path)["blocks"] * 512
-        except FileNotFoundError:
-            allocated = 0
+        allocated = repo.allocated(vol)
         volumes.append({"id": vol.id, "format": vol.format, "path": path, "image": vol.image,
                         "capacity": format_size(image.size), "allocated": format_size(allocated)})
     info = image.status(engine.image_tasks(repo, image))

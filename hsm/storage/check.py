@@ -16,17 +16,12 @@ import time
 from hsm.errors import ImageDoesNotExistInSD, InvalidFix, VolumeDoesNotExist, VolumeMetadataReadError
 from hsm.storage.fixes import FIX_TYPES, Fixes
 from hsm.storage.image import BROKEN, OPTIMIZED, Image
-from hsm.storage.repository import IMAGES, VOLUMES, FileRepository
+from hsm.storage.repository import VOLUMES, FileRepository
 
 log = logging.getLogger("hsm.storage.check")
 
 TMP_AGE = 60.0   # seconds after which an atomic write's temporary file is surely abandoned
 _FILE = re.compile(r"^(images|volumes)/(?!\.\.?$)[A-Za-z0-9_.-]+$")  # never "." or ".."
-
-def _listing(repo: FileRepository) -> set[str]:
-    return {f"{folder}/{name}" for folder in (IMAGES, VOLUMES)
-            for name in repo.io.listdir(os.path.join(repo.path, folder))}
-
 
 def check(repo: FileRepository, fixes: Fixes) -> list[dict]:
     """Every fix the repository needs now, and every broken image no fix can repair (`fixable: false`).
@@ -35,7 +30,7 @@ def check(repo: FileRepository, fixes: Fixes) -> list[dict]:
     create still reads through) is left out until that one has run.
     """
     repo.reread()
-    on_storage = _listing(repo)
+    on_storage = repo.listing()
     found = [_unreadable(image_id, reason) for image_id, reason in sorted(repo.unreadable.items())]
     for image in list(repo.images.values()):
         entry = _examine(repo, fixes, image, on_storage)
@@ -54,7 +49,7 @@ def check_page(repo: FileRepository, fixes: Fixes, limit: int, marker: str) -> t
     Only the images of the page are examined; the listing of the files is made for each page.
     """
     repo.reread()
-    on_storage = _listing(repo)
+    on_storage = repo.listing()
     found: list[dict] = []
     for image_id in repo.ids_after(marker):
         reason = repo.unreadable.get(image_id)

@@ -11,6 +11,7 @@ import contextlib
 import functools
 import logging
 import os
+import tempfile
 import threading
 import uuid
 from collections.abc import Callable
@@ -22,30 +23,38 @@ from hsm.errors import (
     ImageIsNotLegalChain,
     ImageIsSnapshot,
     InvalidParameterException,
+    InvalidPhysDev,
     MiscFileWriteException,
+    PhysDevInitializationError,
     PrepareIllegalVolumeError,
     RepositoryIdInUse,
     ResourceTimeout,
     StorageDomainAccessError,
     StorageDomainDoesNotExist,
     StorageDomainFSNotMounted,
+    StorageDomainTypeError,
     VolumeAlreadyExists,
     VolumeDoesNotExist,
+    VolumeGroupAlreadyExistsError,
     VolumeIsBusy,
     VolumeWasNotPreparedBeforeTeardown,
 )
-from hsm.storage import check
+from hsm.storage import block, check
 from hsm.storage import repository as repositories
+from hsm.storage.activation import LVActivation
 from hsm.storage.fixes import Fixes
 from hsm.storage.image import DISK, SNAPSHOT, Image, Volume
 from hsm.storage.intents import CopyIntent, CreateIntent, SnapshotIntent
 from hsm.storage.ioprocess import IOProcess
+from hsm.storage.lvm import LVM, check_device
 from hsm.storage.options import ImageOptions, check_id, parse_image_size
 from hsm.storage.prepared import PreparedImages
 from hsm.storage.repository import IMAGES, VOLUMES, FileRepository, Health
 from hsm.storage.watching import RepositoryWatch
 from hsm.tasks import TaskManager
 from hsm.watch import Watcher
+from supervdsm.client import SupervdsmClient
+from supervdsm.lvm import check_name
 
 if TYPE_CHECKING:
     from hsm.connections.manager import ConnectionManager
@@ -68,7 +77,8 @@ class Engine:
     def __init__(self, tasks: TaskManager, host_id: int = 1, io_timeout: float = 60.0, io_slots: int = 10,
                  monitor_interval: float = 10.0, qcow2_compat: str = "1.1", state_dir: str | None = None,
                  prepare_timeout: float = 600.0, progress_interval: float = 30.0,
-                 watcher: Watcher | None = None, connections: ConnectionManager | None = None) -> None:
+                 watcher: Watcher | None = None, connections: ConnectionManager | None = None,
+                 supervdsm: SupervdsmClient | None = None, lv_activation: str = "lvm") -> None:
         self.tasks = tasks
         self.watcher = watcher  # inotify, for changes made behind hsmd's back (hsm.storage.watching)
         self.prepare_timeout = prepare_timeout  # seconds prepare waits for the repository's commit lock
@@ -80,6 +90,9 @@ class Engine:
         self.qcow2_compat = qcow2_compat
         self.repositories: dict[str, FileRepository] = {}
         self.connections = connections  # where nfs-1 and posixfs-1 repositories are mounted
+        self.supervdsm = supervdsm  # LVM and activation of block-1 repositories
+        self.lv_activation = lv_activation
+        self._links_root = os.path.join(state_dir or tempfile.gettempdir(), "block")  # volume links of block-1
         self.reconnect: Callable[[str], FileRepository] | None = None  # by_uuid's way to a known repository
         self.prepared = PreparedImages(os.path.join(state_dir, "prepared.json") if state_dir else None)
         self._lock = threading.Lock()  # the table of connected repositories
@@ -95,6 +108,8 @@ class Engine:
     def create_repository(self, repo_format: str, params: dict, force: bool = False, repo_uuid: str | None = None,
                           labels: dict | None = None) -> str:
         """Format storage as a repository; `repo_uuid` and `labels` as repository.create takes them."""
+        if repo_format == block.FORMAT:
+            return self._create_block(params, repo_uuid, labels or {})
         path = self._local_path(repo_format, params)
         io = self._io("create")
         try:
@@ -107,6 +122,89 @@ class Engine:
         finally:
             io.close()
 
+    # -- block-1 -------------------------------------------------------------
+
+    def _lvm_of(self, params: dict, creating: bool = False) -> LVM:
+        """An LVM over the VG `params` names: its PVs as this host sees them (supervdsmd's device listing),
+        or, making one, the `devices` given (each seen here and in no VG)."""
+        if self.supervdsm is None:
+            raise InvalidParameterException("block-1 repositories need supervdsmd")
+        if not isinstance(params, dict):
+            raise InvalidParameterException("connectionParameters: expected a struct")
+        vg_name = check_name("vgName", params.get("vgName"))
+        listing = [disk for disk in self.supervdsm.call("listBlockDevices") if disk.get("devnode")]
+        members = [disk["devnode"] for disk in listing if disk.get("vgName") == vg_name]
+        if not creating:
+            if not members:
+                raise StorageDomainDoesNotExist(f"no physical volume of volume group {vg_name} on this host")
+            return LVM(self.supervdsm, vg_name, members)
+        devices = params.get("devices")
+        if not isinstance(devices, list) or not devices or len(set(map(str, devices))) < len(devices):
+            raise InvalidParameterException("connectionParameters: block-1 needs {vgName, devices: [device paths]}, "
+                                            "each named once")
+        devices = [check_device(device) for device in devices]
+        self._check_free_devices(listing, devices)
+        return LVM(self.supervdsm, vg_name, devices)
+
+    @staticmethod
+    def _check_free_devices(listing: list[dict], devices: list[str]) -> None:
+        """Devices this host sees and nothing uses: 466 for one not seen, 601 for one in a VG or in use."""
+        known = {disk["devnode"]: disk for disk in listing}
+        missing = [device for device in devices if device not in known]
+        if missing:
+            raise InvalidPhysDev(f"no such device on this host: {', '.join(missing)}")
+        taken = [f"{device} belongs to volume group {known[device]['vgName']}" if known[device].get("vgName")
+                 else f"{device} is in use ({known[device].get('usedBy') or 'a signature'})"
+                 for device in devices if known[device].get("vgName") or known[device].get("inUse")]
+        if taken:
+            raise PhysDevInitializationError("; ".join(taken))
+
+    def _create_block(self, params: dict, repo_uuid: str | None, labels: dict) -> str:
+        lvm = self._lvm_of(params) if repo_uuid and self._vg_seen(params) else None
+        if lvm is not None:  # the same repository made again (createStorageDomain called twice) answers its uuid
+            known = block.repository_uuid(lvm.vg().tags)
+            if known == repo_uuid:
+                return known
+            held = f"repository {known}" if known else "no repository"
+            raise VolumeGroupAlreadyExistsError(f"{lvm.vg_name} is on this host already and holds {held}")
+        lvm = self._lvm_of(params, creating=True)
+        if self._vg_seen(params):
+            raise VolumeGroupAlreadyExistsError(f"a volume group {lvm.vg_name} is on this host already")
+        assert self.supervdsm is not None  # _lvm_of refused otherwise
+        io = self._io("create")
+        try:
+            return block.create(lvm, LVActivation(self.supervdsm, self.lv_activation), io,
+                                repo_uuid or str(uuid.uuid4()), labels)
+        finally:
+            io.close()
+
+    def _vg_seen(self, params: dict) -> bool:
+        assert self.supervdsm is not None
+        vg_name = check_name("vgName", params.get("vgName"))
+        return any(disk.get("vgName") == vg_name for disk in self.supervdsm.call("listBlockDevices"))
+
+    def extend_repository(self, repo_id: str, devices: object) -> dict:
+        """Add devices (each seen here, in no VG) to a block-1 repository's VG: {freeBytes, totalBytes}."""
+        repo = self.repository(repo_id)
+        if not isinstance(repo, block.BlockRepository):
+            raise StorageDomainTypeError(f"{repo_id} is a {repo.format} repository: only block-1 is extended")
+        if not isinstance(devices, list) or not devices or len(set(map(str, devices))) < len(devices):
+            raise InvalidParameterException("devices: a list of device paths, each named once")
+        assert self.supervdsm is not None
+        devices = [check_device(device) for device in devices]
+        with repo.lock:
+            self._check_free_devices(self.supervdsm.call("listBlockDevices"), devices)
+            vg = repo.lvm.extend_vg(devices)
+        repo.check_health()
+        log.info("Extended repository %s (VG %s) with %s", repo_id, repo.vg_name, ", ".join(devices))
+        return {"freeBytes": str(vg.free), "totalBytes": str(vg.size)}
+
+    def _connect_block(self, repo_id: str, params: dict) -> FileRepository:
+        lvm = self._lvm_of(params)
+        assert self.supervdsm is not None
+        return block.BlockRepository(repo_id, lvm, LVActivation(self.supervdsm, self.lv_activation), self._io(repo_id),
+                                     os.path.join(self._links_root, repo_id))
+
     def remove_repository(self, repo_id: str) -> None:
         """Disconnect a repository and delete it with everything in it (VDSM's formatStorageDomain).
 
@@ -114,6 +212,10 @@ class Engine:
         """
         repo = self.repository(repo_id)
         self.disconnect(repo_id)
+        if isinstance(repo, block.BlockRepository):
+            repo.lvm.remove_vg()
+            log.info("Removed repository %s (%s) and its VG %s", repo_id, repo.uuid, repo.vg_name)
+            return
         io = self._io("remove")
         try:
             for folder in (VOLUMES, IMAGES, *repositories.EXTRA_FOLDERS):
@@ -131,25 +233,35 @@ class Engine:
 
     def connect(self, repo_id: str, repo_format: str, params: dict) -> FileRepository:
         check_id("repoId", repo_id)
-        path = self._local_path(repo_format, params)
+        is_block = repo_format == block.FORMAT
+        path = check_name("vgName", params.get("vgName")) if is_block else self._local_path(repo_format, params)
         with self._lock:
             known = self.repositories.get(repo_id)
             if known is not None:
-                if known.path == path and known.format == repo_format:
+                where = known.vg_name if isinstance(known, block.BlockRepository) else known.path
+                if where == path and known.format == repo_format:
                     return known
-                raise RepositoryIdInUse(f"{repo_id} is {known.format} at {known.path}")
-            repo = FileRepository(repo_id, path, repo_format, self._io(repo_id))
-            repo.connection_id = params.get("connectionId", "") if repo_format != "localfs-1" else ""
+                raise RepositoryIdInUse(f"{repo_id} is {known.format} at {where}")
+            if is_block:
+                repo = self._connect_block(repo_id, params)
+            else:
+                repo = FileRepository(repo_id, path, repo_format, self._io(repo_id))
+                repo.connection_id = params.get("connectionId", "") if repo_format != "localfs-1" else ""
             try:
                 repo.load()
             except BaseException:
-                repo.close()
+                self._close(repo)
                 raise
             twin = next((r for r in self.repositories.values() if r.uuid == repo.uuid), None)
             if twin is not None:
-                repo.close()
+                self._close(repo)
                 raise RepositoryIdInUse(f"repository {repo.uuid} is already connected as {twin.id}")
             self.repositories[repo_id] = repo
+        if isinstance(repo, block.BlockRepository):  # what VMs here use stays usable across a restart
+            for image_id in self.prepared.of_repository(repo.uuid):
+                image = repo.images.get(image_id)
+                if image is not None:
+                    self._hold(repo, image)
         repo.keep_reserve()
         repo.start_monitor(self.monitor_interval)
         self._watches[repo_id] = RepositoryWatch.start(repo, self.watcher, self.fixes)
@@ -170,8 +282,14 @@ class Engine:
         watch = self._watches.pop(repo_id, None)
         if watch is not None:
             watch.stop()
-        repo.close()
+        self._close(repo)
         log.info("Disconnected repository %s", repo_id)
+
+    @staticmethod
+    def _close(repo: FileRepository) -> None:
+        if isinstance(repo, block.BlockRepository):
+            repo.deactivate_all()
+        repo.close()
 
     def users_of(self, connection_ids: set[str]) -> list[str]:
         """Connected repositories that sit on any of these managed connections."""
@@ -496,15 +614,37 @@ class Engine:
         if image_id in repo.rewriting:
             raise VolumeIsBusy(f"{image_id}: a merge or optimize is changing its chain now")
         for vol in image.volumes:
+            if not repo.volume_exists(vol):
+                raise VolumeDoesNotExist(f"{image_id}: volume {vol.id} is missing")
+        key = (repo.uuid, image_id)
+        if key not in self.prepared:
+            self._hold(repo, image)
             try:
-                repo.io.stat(repo.volume_path(vol))
-            except FileNotFoundError:
-                raise VolumeDoesNotExist(f"{image_id}: volume {vol.id} is missing") from None
-        try:
-            self.prepared.add((repo.uuid, image_id))
-        except OSError as e:
-            raise MiscFileWriteException(f"the prepared state of {image_id}: {e}") from None
+                self.prepared.add(key)
+            except OSError as e:
+                self._release(repo, image)
+                raise MiscFileWriteException(f"the prepared state of {image_id}: {e}") from None
         return repo.volume_path(image.top), image.kind == SNAPSHOT or bool(readonly)
+
+    @staticmethod
+    def _hold(repo: FileRepository, image: Image) -> None:
+        """Activate a block image's chain for a VM here (files need nothing)."""
+        if isinstance(repo, block.BlockRepository):
+            held: list[Volume] = []
+            try:
+                for vol in image.volumes:
+                    repo.hold(vol)
+                    held.append(vol)
+            except BaseException:
+                for vol in held:
+                    repo.release(vol)
+                raise
+
+    @staticmethod
+    def _release(repo: FileRepository, image: Image) -> None:
+        if isinstance(repo, block.BlockRepository):
+            for vol in image.volumes:
+                repo.release(vol)
 
     @_serialized
     def teardown(self, repo_id: str, image_id: str) -> None:
@@ -517,6 +657,9 @@ class Engine:
             self.prepared.discard(key)
         except OSError as e:
             raise MiscFileWriteException(f"the prepared state of {image_id}: {e}") from None
+        image = repo.images.get(image_id)
+        if image is not None:
+            self._release(repo, image)
 
     def is_prepared(self, repo: FileRepository, image_id: str) -> bool:
         return (repo.uuid, image_id) in self.prepared

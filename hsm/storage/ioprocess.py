@@ -180,3 +180,15 @@ class IOProcess:
     def offload_probe(self, folder: str) -> dict[str, bool]:
         """Whether reflink and copy_file_range work between two files of `folder`."""
         return self.call("offload_probe", folder)
+
+    def read_at(self, path: str, offset: int, size: int) -> bytes:
+        """Bytes of a block device from `offset`, past the page cache (aligned to 4096)."""
+        return self.call("read_at", path, offset, size)
+
+    def write_at(self, path: str, offset: int, data: bytes) -> None:
+        """Write to a block device at `offset`, durably, past the page cache (aligned to 4096)."""
+        self.call("write_at", path, offset, data)
+
+    def zero_range(self, path: str, offset: int, size: int) -> None:
+        """Make a byte range of a block device read as zeros (512-byte aligned)."""
+        self.call("zero_range", path, offset, size)

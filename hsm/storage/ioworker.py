@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import mmap
 import os
+import struct
 import sys
 import threading
 import uuid
@@ -19,6 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 
 from hsm.atomicfile import atomic_remove, atomic_write, fsync_dir
+
+BLKZEROOUT = 0x127F  # _IO(0x12, 127): zero a byte range of a block device
 
 
 def _stat(path: str) -> dict:
@@ -229,6 +233,46 @@ def _offload_probe(folder: str) -> dict[str, bool]:
     return found
 
 
+def _direct_buffer(size: int) -> mmap.mmap:
+    """A page-aligned buffer, as O_DIRECT wants."""
+    return mmap.mmap(-1, size)
+
+
+def _read_at(path: str, offset: int, size: int) -> bytes:
+    """`size` bytes of the block device `path` from `offset`, read past the page cache (O_DIRECT): what
+    the storage holds now, as another host may have written it. Offset and size: multiples of 4096."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
+    try:
+        buf = _direct_buffer(size)
+        done = os.preadv(fd, [buf], offset)
+        return bytes(buf[:done])
+    finally:
+        os.close(fd)
+
+
+def _write_at(path: str, offset: int, data: bytes) -> None:
+    """Write `data` to the block device `path` at `offset`, durable when it returns (O_DIRECT | O_DSYNC).
+    Offset and length: multiples of 4096."""
+    fd = os.open(path, os.O_WRONLY | os.O_DIRECT | os.O_DSYNC | os.O_CLOEXEC)
+    try:
+        buf = _direct_buffer(len(data))
+        buf[:] = data
+        if os.pwritev(fd, [buf], offset) != len(data):
+            raise OSError(errno.EIO, f"short write at {offset} of {path}")
+    finally:
+        os.close(fd)
+
+
+def _zero_range(path: str, offset: int, size: int) -> None:
+    """Make `size` bytes of the block device `path` from `offset` read as zeros (BLKZEROOUT: the device
+    does it, a loop device over a sparse file punches holes)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, BLKZEROOUT, struct.pack("QQ", offset, size))
+    finally:
+        os.close(fd)
+
+
 OPS: dict[str, Callable[..., object]] = {
     "stat": _stat,
     "exists": os.path.exists,
@@ -247,6 +291,9 @@ OPS: dict[str, Callable[..., object]] = {
     "clone": _clone,
     "copy_range": _copy_range,
     "offload_probe": _offload_probe,
+    "read_at": _read_at,
+    "write_at": _write_at,
+    "zero_range": _zero_range,
 }
 
 

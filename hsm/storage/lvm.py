@@ -332,14 +332,17 @@ class LVM:
                 "-l", str(extents), "-n", name, *tag_options, self.vg_name]
         self._change("lvcreate", args, errors.CannotCreateLogicalVolume)
 
-    def extend_lv(self, name: str, size: int) -> None:
-        """Grow an LV to at least `size` bytes (whole extents); nothing to do if it is that big already."""
+    def extend_lv(self, name: str, size: int, contiguous: bool = False) -> None:
+        """Grow an LV to at least `size` bytes (whole extents); nothing to do if it is that big already.
+        `contiguous`: only right after its last extent, so an LV of one linear segment stays one (else 560)."""
         extent_size = self.extent_size()
         wanted = -(-_check_size("size", size) // extent_size)
         if self.volume(name).size // extent_size >= wanted:
             return
         try:
-            self._change("lvextend", [*_NO_BACKUP, "-l", str(wanted), self._lv(name)], errors.LogicalVolumeExtendError)
+            alloc = ["--alloc", "contiguous"] if contiguous else []
+            self._change("lvextend", [*_NO_BACKUP, *alloc, "-l", str(wanted), self._lv(name)],
+                         errors.LogicalVolumeExtendError)
         except errors.LogicalVolumeExtendError:
             if self.volume(name).size // extent_size < wanted:  # else another caller extended it meanwhile
                 raise

@@ -150,6 +150,15 @@ def rebase(path: str, backing: str | None, backing_format: str = "qcow2",
     _run_with_progress([*argv, path], progress)
 
 
+def measure(size: int | None = None, source: str | None = None, source_format: str = "qcow2",
+            target_format: str = "qcow2") -> dict:
+    """qemu-img measure: {"required", "fully-allocated"} bytes of a new `target_format` volume of virtual
+    `size`, or of a copy of `source` (its whole chain)."""
+    argv = [QEMU_IMG, "measure", "--output=json", "-O", target_format]
+    argv += ["--size", str(size)] if source is None else ["-f", source_format, source]
+    return json.loads(_run(argv, INFO_TIMEOUT))
+
+
 def info(path: str, fmt: str | None = None, chain: bool = False,
          timeout: float = INFO_TIMEOUT) -> dict | list[dict]:
     """qemu-img info's report; past `timeout` QemuImgTimeout."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+import contextlib
 import errno
 import heapq
 import json
@@ -264,13 +265,19 @@ class FileRepository:
             found = self.io.read_all(os.path.join(self.path, IMAGES), META_SUFFIX)
         except OSError as e:
             raise StorageDomainAccessError(f"{self.path}: {e}") from None
+        images, unreadable = self._index({name[:-len(META_SUFFIX)]: data for name, data in found.items()})
+        self.offload = discover(self.io, self.path)
+        log.info("Repository %s (%s) loaded: %d images, %d unreadable records; offload: %s", self.id, self.uuid,
+                 len(images), len(unreadable), ", ".join(self.offload.mechanisms()) or "none")
+
+    def _index(self, found: dict[str, bytes]) -> tuple[dict[str, Image], dict[str, str]]:
+        """Make the index hold the records `found` ({image id: its bytes}): (images, unreadable records)."""
         images, unreadable = {}, {}
-        for name, data in found.items():
-            image_id = name[:-len(META_SUFFIX)]
+        for image_id, data in found.items():
             try:
                 images[image_id] = self._parse(image_id, data)
             except ValueError as e:
-                log.error("Image record %s in %s is unreadable: %s", name, self.id, e)
+                log.error("Image record %s in %s is unreadable: %s", image_id, self.id, e)
                 unreadable[image_id] = str(e)
         for image_id, reason in _conflicts(images).items():
             log.error("Image record %s in %s conflicts with another: %s", image_id, self.id, reason)
@@ -282,9 +289,7 @@ class FileRepository:
             self._snapshotting, self._copying = {}, {}
             for image in images.values():
                 self._note_intent(image)
-        self.offload = discover(self.io, self.path)
-        log.info("Repository %s (%s) loaded: %d images, %d unreadable records; offload: %s", self.id, self.uuid,
-                 len(images), len(unreadable), ", ".join(self.offload.mechanisms()) or "none")
+        return images, unreadable
 
     @staticmethod
     def _parse(image_id: str, data: bytes) -> Image:
@@ -310,7 +315,7 @@ class FileRepository:
         with self.lock:
             known = self.images.get(image_id)
             try:
-                data = self.io.read(self.meta_path(image_id), 1 << 20)
+                data = self._read_stored(image_id)
             except FileNotFoundError:
                 if known is not None or image_id in self.unreadable:
                     log.warning("Image record %s was removed from %s behind hsmd's back", image_id, self.id)
@@ -366,6 +371,38 @@ class FileRepository:
 
     def volume_path(self, volume: Volume) -> str:
         return os.path.join(self.path, VOLUMES, volume.filename)
+
+    # -- volumes: what differs between files and LVs ------------------------
+
+    allocates_on_write = True  # a volume takes space as it is written (files); else it is sized up front (LVs)
+
+    def make_volume(self, volume: Volume, size: int, below: list[Volume], preallocated: bool = False,
+                    needed: int | None = None) -> None:
+        """Make room for a new volume of virtual `size` over `below`, which qemu-img then formats; `needed`:
+        the bytes a copy into it takes, when known. A file is made by qemu-img itself: nothing to do."""
+
+    def grow_volume(self, volume: Volume, virtual_size: int, needed: int | None = None) -> None:
+        """Make a volume able to take `needed` more bytes (None: all of its `virtual_size`). A file grows by
+        itself."""
+
+    def activated(self, volumes: list[Volume]) -> contextlib.AbstractContextManager[None]:
+        """Make the volumes usable at volume_path while the block runs (files always are)."""
+        return contextlib.nullcontext()
+
+    def volume_exists(self, volume: Volume) -> bool:
+        return self.io.exists(self.volume_path(volume))
+
+    def allocated(self, volume: Volume) -> int:
+        """Bytes of storage the volume takes (0 when it is gone)."""
+        try:
+            return self.io.stat(self.volume_path(volume))["blocks"] * 512
+        except FileNotFoundError:
+            return 0
+
+    def listing(self) -> set[str]:
+        """What storage holds now, as names relative to the repository (images/<id>.json, volumes/<file>)."""
+        return {f"{folder}/{name}" for folder in (IMAGES, VOLUMES)
+                for name in self.io.listdir(os.path.join(self.path, folder))}
 
     # -- the index --------------------------------------------------------
 
@@ -462,6 +499,17 @@ class FileRepository:
         filesystem the reserve is let go to make room for it.
         """
         image.generation += 1
+        try:
+            self._store(image, freeing)
+        except BaseException:
+            image.generation -= 1
+            raise
+        with self.lock:
+            self.images[image.id] = image
+            self._note_intent(image)
+
+    def _store(self, image: Image, freeing: bool) -> None:
+        """Write the record durably (save's storage half)."""
         name = f"{IMAGES}/{image.id}{META_SUFFIX}"
         self.own.expect(name)
         try:
@@ -476,13 +524,13 @@ class FileRepository:
                 self.io.write(self.meta_path(image.id), image.to_json())
         except OSError as e:
             self.own.consume(name)  # nothing was written: no event comes
-            image.generation -= 1
             if e.errno == errno.ENOSPC:
                 raise NoSpaceLeftOnDomain(f"{self.id}: no room for the record of {image.id}") from None
             raise VolumeMetadataWriteError(f"{image.id}: {e}") from None
-        with self.lock:
-            self.images[image.id] = image
-            self._note_intent(image)
+
+    def _read_stored(self, image_id: str) -> bytes:
+        """The record's bytes as storage holds them now; FileNotFoundError when there is none."""
+        return self.io.read(self.meta_path(image_id), 1 << 20)
 
     def keep_reserve(self) -> None:
         """Make the reserve whole again once there is room (after a clean gave space back)."""
@@ -502,20 +550,24 @@ class FileRepository:
             raise
 
     def forget(self, image_id: str) -> None:
-        try:
-            self.remove_file(f"{IMAGES}/{image_id}{META_SUFFIX}")
-        except OSError as e:
-            raise VolumeMetadataWriteError(f"{image_id}: {e}") from None
+        """Remove the record from storage, then from the index."""
+        self._unstore(image_id)
         with self.lock:
             image = self.images.pop(image_id, None)
             if image is not None:
                 image.removed = True
                 self._note_intent(image)
 
+    def _unstore(self, image_id: str) -> None:
+        try:
+            self.remove_file(f"{IMAGES}/{image_id}{META_SUFFIX}")
+        except OSError as e:
+            raise VolumeMetadataWriteError(f"{image_id}: {e}") from None
+
     def read_record(self, image_id: str) -> Image:
         """The record as it is on storage now (the index may be older after an outside change)."""
         try:
-            return Image.from_json(self.io.read(self.meta_path(image_id)))
+            return Image.from_json(self._read_stored(image_id))
         except FileNotFoundError:
             raise ImageDoesNotExistInSD(image_id) from None
         except (OSError, ValueError) as e:

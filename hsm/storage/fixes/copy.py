@@ -54,6 +54,16 @@ class CopyFix(Fix):
             return
         source_repo = self.engine.by_uuid(intent.sourceRepo)
         source = source_repo.get(intent.source)
+        with source_repo.activated(source.volumes):
+            src = source_repo.volume_path(source.top)
+            needed = None if repo.allocates_on_write else int(qemuimg.measure(
+                source=src, source_format=source.top.format, target_format=image.top.format)["required"])
+            repo.make_volume(image.top, image.size, image.volumes[1:], needed=needed)
+            with repo.activated(image.volumes):
+                self._copy(ctx, intent, source_repo, source, repo, image)
+
+    def _copy(self, ctx: StepContext, intent: CopyIntent, source_repo: FileRepository, source: Image,
+              repo: FileRepository, image: Image) -> None:
         src, target = source_repo.volume_path(source.top), repo.volume_path(image.top)
         formats = {"source_format": source.top.format, "target_format": image.top.format,
                    "compat": self.engine.qcow2_compat}

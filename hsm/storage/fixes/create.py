@@ -27,9 +27,12 @@ class CreateFix(Fix):
     def _volume(self, ctx: StepContext, repo: FileRepository, image: Image) -> None:
         if not isinstance(image.intent, CreateIntent):
             return
-        qemuimg.create(repo.volume_path(image.top), image.size, fmt=image.top.format, backing=backing_name(image, 0),
-                       backing_format=backing_format(image, 0), compat=self.engine.qcow2_compat,
-                       preallocate=image.intent.preallocate)
+        preallocate = image.intent.preallocate
+        repo.make_volume(image.top, image.size, image.volumes[1:], preallocated=preallocate)
+        with repo.activated(image.volumes):
+            qemuimg.create(repo.volume_path(image.top), image.size, fmt=image.top.format,
+                           backing=backing_name(image, 0), backing_format=backing_format(image, 0),
+                           compat=self.engine.qcow2_compat, preallocate=preallocate and repo.allocates_on_write)
 
     def _done(self, ctx: StepContext, repo: FileRepository, image: Image) -> None:
         if not isinstance(image.intent, CreateIntent):
@@ -52,7 +55,9 @@ class OptimizeFix(Fix):
         if not isinstance(image.intent, OptimizeIntent):
             return
         with self.fixes.rewriting(repo, [image.id], "it is optimized after teardownImage"):
-            qemuimg.rebase(repo.volume_path(image.top), None,
-                           progress=self.fixes.progress(ctx, repo, image, 0, 99))
+            repo.grow_volume(image.top, image.size)  # it will hold all its data
+            with repo.activated(image.volumes):
+                qemuimg.rebase(repo.volume_path(image.top), None,
+                               progress=self.fixes.progress(ctx, repo, image, 0, 99))
             self.fixes.update(repo, image, state=OPTIMIZED, intent=None, volumes=[image.top], percentComplete=100,
                               lastError={})

@@ -38,22 +38,30 @@ class MergeFix(Fix):
             return
         below = snapshot.volumes[len(snapshot.own)] if len(snapshot.volumes) > len(snapshot.own) else None
         above: dict[str, Volume] = {}
+        sizes: dict[str, int] = {}  # the virtual size of each volume above
         self.fixes.kind(CleanFix).check_unused(repo, snapshot)
         children = repo.dependents(snapshot)
         for child in children:
             index = next(i for i, vol in enumerate(child.volumes) if vol.id == snapshot.top.id)
             if index > 0:
                 above[child.volumes[index - 1].id] = child.volumes[index - 1]
+                sizes[child.volumes[index - 1].id] = child.size
         with self.fixes.rewriting(repo, [child.id for child in children],
                                   f"snapshot {snapshot.id} is merged after teardownImage"):
+            chains = {child.volumes[index].id: child.volumes[index:] for child in children
+                      for index, vol in enumerate(child.volumes) if vol.id in above}
             for vol in above.values():
-                path = repo.volume_path(vol)
-                if not repo.io.exists(path):  # gone behind hsmd's back: its image is reported broken
+                if not repo.volume_exists(vol):  # gone behind hsmd's back: its image is reported broken
                     continue
-                report = qemuimg.info(path)
-                current = report.get("backing-filename", "") if isinstance(report, dict) else ""
-                wanted = below.filename if below else ""
-                if current != wanted:
+                with repo.activated(chains[vol.id]):
+                    path = repo.volume_path(vol)
+                    report = qemuimg.info(path)
+                    current = report.get("backing-filename", "") if isinstance(report, dict) else ""
+                    wanted = below.filename if below else ""
+                    if current == wanted:
+                        continue
+                    # it takes in what the snapshot's own volumes hold (a file grows by itself)
+                    repo.grow_volume(vol, sizes[vol.id], sum(repo.allocated(own) for own in snapshot.own))
                     log.info("Merging snapshot %s into volume %s", snapshot.id, vol.id)
                     qemuimg.rebase(path, wanted or None, backing_format=below.format if below else "qcow2",
                                    progress=lambda percent: ctx.check_stop())

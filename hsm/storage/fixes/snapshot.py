@@ -39,8 +39,11 @@ class SnapshotFix(Fix):
         parts = self._parts(repo, snapshot)
         if parts is not None:
             disk, top = parts
-            qemuimg.create(repo.volume_path(Volume(top, disk.id)), disk.size, backing=snapshot.top.filename,
-                           backing_format=snapshot.top.format, compat=self.engine.qcow2_compat)
+            new_top = Volume(top, disk.id)
+            repo.make_volume(new_top, disk.size, snapshot.volumes)
+            with repo.activated([new_top, *snapshot.volumes]):
+                qemuimg.create(repo.volume_path(new_top), disk.size, backing=snapshot.top.filename,
+                               backing_format=snapshot.top.format, compat=self.engine.qcow2_compat)
 
     def _switch(self, ctx: StepContext, repo: FileRepository, snapshot: Image) -> None:
         parts = self._parts(repo, snapshot)

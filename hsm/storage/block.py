@@ -1,0 +1,380 @@
+"""A block repository (`block-1`): an LVM volume group on shared LUNs, one LV per volume.
+
+Layout of the VG:
+
+    tags            HSM_FORMAT=block-1, HSM_UUID=<uuid>: what makes the VG a repository, read by one vgs
+    LV metadata     1 GiB (8 extents of VDSM's 128 MiB), one linear segment: the records in slots
+                    (hsm.storage.slots), slot 0 the repository record, then one slot per image
+    LV <volume id>  one per volume; tags IU_<image id> and PU_<the volume below, or VDSM's blank uuid>,
+                    as VDSM tagged them, so `lvs -o+tags` tells an admin what each LV is
+
+Volumes are used through links: <state dir>/block/<repository uuid>/<volume file name> points at the
+LV's device while it is active (`[irs] lv_activation`: /dev/<vg>/<lv>, or a loop device over its
+extents). A qcow2 chain names its backing volumes by those file names, so chains resolve within the
+links folder whatever device each LV got. Links are made by the activation that needs them and
+removed with it; every link is removed at connect, so none survives a reboot that reassigned loop
+devices.
+
+A raw volume takes its whole virtual size, zeroed when made (an LV may hold an earlier volume's
+bytes). A qcow2 volume starts at the smaller of its fully allocated size and VDSM's 1 GiB chunk, and
+grows by lvextend (extendVolume, a merge, an optimize). Where LVs are mapped by loop devices
+(`lv_activation = loop`) an LV must stay one linear segment, and an LV followed by another cannot grow
+in place: there every LV is made at the full size its volume can take (thin qcow2 in a thick LV), so
+no fix ever needs to grow one.
+
+Records are changed only by hsmd, under the engine's locks; another host writing this VG's
+metadata is the subject of sanlock's metadata-writer lease (not yet here: one host at a time).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+
+from hsm.errors import (
+    HsmError,
+    InvalidParameterException,
+    NoSpaceLeftOnDomain,
+    StorageDomainAccessError,
+    StorageDomainTypeError,
+    VolumeMetadataWriteError,
+)
+from hsm.ids import is_id
+from hsm.storage import qemuimg
+from hsm.storage.activation import LVActivation
+from hsm.storage.image import Image, Volume
+from hsm.storage.intents import SnapshotIntent
+from hsm.storage.ioprocess import IOProcess
+from hsm.storage.lvm import LVM
+from hsm.storage.repository import LABELS, VERSION, VOLUMES, FileRepository, Health, _labels
+from hsm.storage.slots import RecordTooLarge, SlotsFull, SlotStore
+
+log = logging.getLogger("hsm.storage.block")
+
+FORMAT = "block-1"
+FORMAT_TAG = f"HSM_FORMAT={FORMAT}"
+UUID_TAG = "HSM_UUID="
+METADATA_LV = "metadata"
+GiB = 1 << 30
+METADATA_SIZE = GiB
+QCOW2_CHUNK = GiB               # VDSM's volume_utilization_chunk_mb: a new thin qcow2 LV's first size
+BLANK_UUID = "00000000-0000-0000-0000-000000000000"
+IMAGE_TAG, PARENT_TAG = "IU_", "PU_"
+
+
+def repository_uuid(tags: tuple[str, ...]) -> str:
+    """The repository uuid a VG's tags carry, or '' when the VG is no block-1 repository."""
+    if FORMAT_TAG not in tags:
+        return ""
+    found = [tag[len(UUID_TAG):] for tag in tags if tag.startswith(UUID_TAG)]
+    return found[0] if len(found) == 1 and is_id(found[0]) else ""
+
+
+def full_size(volume: Volume, size: int) -> int:
+    """The most bytes a volume of virtual `size` can take (a qcow2's metadata included)."""
+    return size if volume.format == "raw" else int(qemuimg.measure(size)["fully-allocated"])
+
+
+class BlockRepository(FileRepository):
+    """The index and verbs of FileRepository over a VG: what differs is where records and volumes live.
+
+    `path` is the links folder (where volume_path points); the VG's name is `vg_name`.
+    """
+
+    def __init__(self, repo_id: str, lvm: LVM, activation: LVActivation, io: IOProcess, links_dir: str) -> None:
+        super().__init__(repo_id, links_dir, FORMAT, io)
+        self.lvm = lvm
+        self.vg_name = lvm.vg_name
+        self.activation = activation
+        self.slots: SlotStore | None = None
+        self._active: collections.Counter[str] = collections.Counter()  # LV -> users here (fixes, prepared)
+        self._active_lock = threading.Lock()
+        self._damaged: dict[int, str] = {}
+        self._metadata_active = False  # only an LV this repository activated is ever deactivated by it
+
+    # -- connect ----------------------------------------------------------
+
+    def load(self) -> None:
+        """Read the VG's tags, then every record from the metadata LV, into the index."""
+        vg = self.lvm.vg()
+        repo_uuid = repository_uuid(vg.tags)
+        if not repo_uuid:
+            raise StorageDomainTypeError(f"volume group {self.vg_name} is not a {FORMAT} repository (no "
+                                         f"{FORMAT_TAG} and {UUID_TAG}<uuid> tags)")
+        self.uuid = repo_uuid
+        os.makedirs(self.path, mode=0o750, exist_ok=True)
+        for name in os.listdir(self.path):  # links of an earlier run: their devices may be others' now
+            os.unlink(os.path.join(self.path, name))
+        device = self._activate(METADATA_LV)
+        self._metadata_active = True
+        self.slots = SlotStore(self.io, device, repo_uuid, self.lvm.volume(METADATA_LV).size)
+        try:
+            record = self.slots.repository()
+            found, self._damaged = self.slots.load()
+        except OSError as e:
+            raise StorageDomainAccessError(f"{self.vg_name}/{METADATA_LV}: {e}") from None
+        if record is None:
+            raise StorageDomainAccessError(f"{self.vg_name}: the metadata LV holds no repository record")
+        try:
+            self.labels = _labels(json.loads(record))
+        except ValueError as e:
+            raise StorageDomainAccessError(f"{self.vg_name}: the repository record is damaged: {e}") from None
+        for number, reason in self._damaged.items():
+            log.error("Slot %d of %s/%s is damaged (%s): every LV counts as owned until it is repaired",
+                      number, self.vg_name, METADATA_LV, reason)
+        images, unreadable = self._index(found)
+        log.info("Repository %s (%s, VG %s) loaded: %d images, %d unreadable records", self.id, self.uuid,
+                 self.vg_name, len(images), len(unreadable))
+
+    @staticmethod
+    def _parse(image_id: str, data: bytes) -> Image:
+        image = Image.from_json(data)
+        if image.id != image_id:
+            raise ValueError(f"the record names image {image.id}, not the {image_id} its slot says")
+        return image
+
+    def relabel(self, **labels: object) -> None:
+        with self.lock:
+            assert self.slots is not None
+            record = json.loads(self.slots.repository() or b"{}")
+            record.update({name: value for name, value in labels.items() if name in LABELS})
+            try:
+                self.slots.write_repository(json.dumps(record).encode())
+            except OSError as e:
+                raise StorageDomainAccessError(f"{self.vg_name}: {e}") from None
+            self.labels = _labels(record)
+
+    # -- records ------------------------------------------------------------
+
+    def _store(self, image: Image, freeing: bool) -> None:
+        assert self.slots is not None
+        try:
+            self.slots.write(image.id, image.to_json())
+        except RecordTooLarge as e:
+            raise VolumeMetadataWriteError(f"{image.id}: its record is too large: {e}") from None
+        except SlotsFull as e:
+            raise NoSpaceLeftOnDomain(f"{self.id}: {e}") from None
+        except OSError as e:
+            raise VolumeMetadataWriteError(f"{image.id}: {e}") from None
+
+    def _read_stored(self, image_id: str) -> bytes:
+        assert self.slots is not None
+        data = self.slots.read(image_id)
+        if data is None:
+            raise FileNotFoundError(image_id)
+        return data
+
+    def _unstore(self, image_id: str) -> None:
+        assert self.slots is not None
+        try:
+            self.slots.free(image_id)
+        except OSError as e:
+            raise VolumeMetadataWriteError(f"{image_id}: {e}") from None
+
+    def keep_reserve(self) -> None:
+        """Nothing to keep: a removal frees its slot in place and gives extents back."""
+
+    # -- volumes --------------------------------------------------------------
+
+    allocates_on_write = False
+
+    def make_volume(self, volume: Volume, size: int, below: list[Volume], preallocated: bool = False,
+                    needed: int | None = None) -> None:
+        """The LV of a new volume (again after a crash: then only grown if it is too small); a raw one zeroed."""
+        full = full_size(volume, size)
+        thin = volume.format == "qcow2" and not preallocated and not self._contiguous
+        bytes_ = full if not thin else min(full, needed if needed is not None else QCOW2_CHUNK)
+        known = self.lvm.volumes().get(volume.id) or self.lvm.refresh().get(volume.id)
+        if known is None:
+            parent = below[0].id if below else BLANK_UUID
+            self.lvm.create_lv(volume.id, bytes_, tags=[IMAGE_TAG + volume.image, PARENT_TAG + parent],
+                               contiguous=self._contiguous)
+        elif known.size < bytes_:
+            self.grow_volume(volume, size, bytes_ - known.size)
+        if volume.format == "raw":
+            with self.activated([volume]):
+                self.io.zero_range(self.volume_path(volume), 0, self.lvm.volume(volume.id).size)
+
+    def grow_volume(self, volume: Volume, virtual_size: int, needed: int | None = None) -> None:
+        """Extend the volume's LV to hold `needed` more bytes than it holds now (None: all of its
+        `virtual_size`), never past what that size can take; where it is active here, its link then leads
+        to a device of the new size."""
+        full = full_size(volume, virtual_size)
+        known = self.lvm.volume(volume.id)
+        wanted = full if needed is None else min(full, known.size + needed)
+        if known.size >= wanted:
+            return
+        self.lvm.extend_lv(volume.id, wanted, contiguous=self._contiguous)
+        with self._active_lock:
+            if self._active.get(volume.id):
+                self._link(volume, self._activate(volume.id))
+
+    @property
+    def _contiguous(self) -> bool:
+        return self.activation.way == "loop"  # a loop device maps one linear segment
+
+    @contextlib.contextmanager
+    def activated(self, volumes: list[Volume]) -> Iterator[None]:
+        taken: list[Volume] = []
+        try:
+            for volume in volumes:
+                self.hold(volume)
+                taken.append(volume)
+            yield
+        finally:
+            for volume in reversed(taken):
+                self.release(volume)
+
+    def hold(self, volume: Volume) -> str:
+        """Activate the volume's LV for one more user here, and link it; its link path."""
+        with self._active_lock:
+            self._active[volume.id] += 1
+            try:
+                device = self._activate(volume.id)
+            except BaseException:
+                self._drop_user(volume.id)
+                raise
+            return self._link(volume, device)
+
+    def _link(self, volume: Volume, device: str) -> str:
+        """Point the volume's link at `device` (replaced in one rename when it pointed elsewhere)."""
+        link = self.volume_path(volume)
+        if os.path.islink(link) and os.readlink(link) == device:
+            return link
+        tmp = f"{link}.{os.getpid()}.tmp"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        os.symlink(device, tmp)
+        os.replace(tmp, link)
+        return link
+
+    def release(self, volume: Volume) -> None:
+        """One user less; the last one deactivates the LV and removes its link."""
+        with self._active_lock:
+            if self._drop_user(volume.id):
+                return
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.volume_path(volume))
+            try:
+                self.activation.deactivate(self.vg_name, volume.id)
+            except HsmError as e:
+                log.warning("Could not deactivate %s/%s: %s", self.vg_name, volume.id, e)
+
+    def _drop_user(self, lv: str) -> int:
+        self._active[lv] -= 1
+        left = self._active[lv]
+        if left <= 0:
+            del self._active[lv]
+        return max(left, 0)
+
+    def _activate(self, lv: str) -> str:
+        return self.activation.activate(self.vg_name, lv)
+
+    def volume_path(self, volume: Volume) -> str:
+        return os.path.join(self.path, volume.filename)
+
+    def volume_exists(self, volume: Volume) -> bool:
+        return volume.id in self.lvm.volumes()
+
+    def allocated(self, volume: Volume) -> int:
+        found = self.lvm.volumes().get(volume.id)
+        return found.size if found is not None else 0
+
+    def listing(self) -> set[str]:
+        """The LVs, as the file names of the volumes they hold (an LV no record names: its bare name)."""
+        known: dict[str, str] = {}
+        for image in list(self.images.values()):
+            for vol in image.volumes:
+                known[vol.id] = vol.filename
+            if isinstance(image.intent, SnapshotIntent):
+                known.setdefault(image.intent.top, f"{image.intent.top}.qcow2")
+        return {f"{VOLUMES}/{known.get(name, name)}" for name in self.lvm.refresh() if name != METADATA_LV}
+
+    def unowned(self, names: set[str]) -> set[str]:
+        """As for files; while a slot is damaged every LV counts as owned (it may hold any record)."""
+        return set() if self._damaged else super().unowned(names)
+
+    def remove_file(self, relative: str) -> None:
+        """Remove the LV of `volumes/<file name>` (deactivated first); one already gone is no error."""
+        folder, _, name = relative.partition("/")
+        lv = name.rsplit(".", 1)[0] if name.endswith((".qcow2", ".raw")) else name
+        if folder != VOLUMES or not is_id(lv):
+            raise InvalidParameterException(f"{relative}: not a volume of a block repository")
+        with self._active_lock:
+            if self._active.get(lv):
+                raise OSError(16, f"{self.vg_name}/{lv} is in use on this host")
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.path, name))
+        if lv not in self.lvm.refresh():
+            return
+        self.activation.deactivate(self.vg_name, lv)
+        self.lvm.remove_lvs(lv)
+
+    # -- the monitor ----------------------------------------------------------
+
+    def check_health(self) -> Health:
+        started = time.monotonic()
+        try:
+            assert self.slots is not None
+            if self.slots.repository() is None:
+                raise StorageDomainAccessError(f"{self.vg_name}: the repository record is gone")
+            delay = time.monotonic() - started
+            vg = self.lvm.vg()
+            self.health = Health(True, time.time(), delay, vg.free, vg.size)
+        except (OSError, HsmError, AssertionError) as e:
+            self.health = Health(False, time.time(), time.monotonic() - started, self.health.free,
+                                 self.health.total, str(e))
+            log.warning("Repository %s is not valid: %s", self.id, e)
+        return self.health
+
+    def deactivate_all(self) -> None:
+        """Deactivate every LV this repository activated (at disconnect, once nothing here uses them)."""
+        with self._active_lock:
+            held, self._active = list(self._active), collections.Counter()
+            metadata, self._metadata_active = self._metadata_active, False
+        for lv in [*held, *([METADATA_LV] if metadata else [])]:
+            try:
+                self.activation.deactivate(self.vg_name, lv)
+            except HsmError as e:
+                log.warning("Could not deactivate %s/%s: %s", self.vg_name, lv, e)
+        if os.path.isdir(self.path):
+            for name in os.listdir(self.path):
+                os.unlink(os.path.join(self.path, name))
+
+    def wire(self) -> dict:
+        answer = super().wire()
+        answer.update(path=self.vg_name, vgName=self.vg_name)
+        return answer
+
+
+def create(lvm: LVM, activation: LVActivation, io: IOProcess, repo_uuid: str, labels: dict) -> str:
+    """Make the VG (on lvm's devices) a new repository; nothing is left half-made when it fails.
+
+    A device in any VG is refused (601), a VG of that name already on the host too (505).
+    """
+    labels = {name: value for name, value in labels.items() if name in LABELS}
+    lvm.create_vg(tags=[FORMAT_TAG, UUID_TAG + repo_uuid])
+    try:
+        lvm.create_lv(METADATA_LV, METADATA_SIZE, contiguous=True)
+        device = activation.activate(lvm.vg_name, METADATA_LV)
+        try:
+            io.zero_range(device, 0, lvm.volume(METADATA_LV).size)
+            slots = SlotStore(io, device, repo_uuid, lvm.volume(METADATA_LV).size)
+            record = {"format": FORMAT, "uuid": repo_uuid, "version": VERSION, "created": time.time(), **labels}
+            slots.write_repository(json.dumps(record).encode())
+        finally:
+            activation.deactivate(lvm.vg_name, METADATA_LV)
+    except BaseException:
+        try:
+            lvm.remove_vg()
+        except HsmError as e:
+            log.warning("Could not remove the VG %s of a failed create: %s", lvm.vg_name, e)
+        raise
+    log.info("Created %s repository %s on VG %s (%s)", FORMAT, repo_uuid, lvm.vg_name, ", ".join(lvm.devices))
+    return repo_uuid

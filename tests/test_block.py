@@ -1,0 +1,213 @@
+"""block-1 repositories on real LVM over loop devices, through a real supervdsmd and a real hsmd.
+
+LVM runs with activation off (LVM_SYSTEM_DIR, as shared/environment.md says: no device-mapper here), so
+hsmd runs with `[irs] lv_activation = loop`: each LV is used through a loop device over its extents.
+The data checks read the bytes back through a second loop device over the PV, not through hsm.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import uuid
+
+import pytest
+
+from hsm.storage.block import METADATA_LV
+from tests.images_helpers import code, new_disk, new_snapshot, ok, qemu_check, qemu_reads, qemu_write, wait_image
+from tests.lvm_helpers import raw_lvm, real_lvm, report
+from tests.waiting import wait_for
+
+pytestmark = real_lvm
+
+MiB = 1 << 20
+GiB = 1 << 30
+EXTENT = 128 * MiB
+
+
+@pytest.fixture
+def block_hsmd(tmp_path, make_hsmd, lvm_supervdsmd):
+    """An hsmd whose LVM and activation go through `lvm_supervdsmd`, LVs used through loop devices."""
+    daemon = make_hsmd(config={"supervdsm": {"socket": lvm_supervdsmd.socket},
+                               "irs": {"lv_activation": "loop", "sd_health_check_delay": 0.2}}).start()
+    yield daemon
+    daemon.kill()
+
+
+@pytest.fixture
+def pvs(loops):
+    """Two sparse 20 GiB PVs-to-be."""
+    return [loops(20 * 1024), loops(20 * 1024)]
+
+
+def lvs(lvm_dir, devices, vg):
+    return {lv["lv_name"]: lv for lv in report(lvm_dir, devices, "lvs", "lv", "-o", "lv_name,lv_size,lv_tags", vg)}
+
+
+def extents_of(lvm_dir, devices, vg, lv):
+    """(pv, offset, size) of the LV's one segment, as LVM reports it."""
+    rows = report(lvm_dir, devices, "pvs", "pvseg", "--segments", "-o",
+                  "pv_name,pe_start,pvseg_start,lv_name,vg_extent_size,lv_size", "--select",
+                  f'vg_name="{vg}" && lv_name="{lv}"')
+    assert len(rows) == 1, rows
+    row = rows[0]
+    return row["pv_name"], int(row["pe_start"]) + int(row["pvseg_start"]) * int(row["vg_extent_size"]), \
+        int(row["lv_size"])
+
+
+class SecondLoop:
+    """A read-only loop device over an LV's extents on the PV: the bytes as they are on the disk."""
+
+    def __init__(self, pv: str, offset: int, size: int) -> None:
+        done = subprocess.run(["losetup", "-f", "--show", "-r", "-o", str(offset), "--sizelimit", str(size), pv],
+                              capture_output=True, text=True, check=True)
+        self.device = done.stdout.strip()
+
+    def __enter__(self) -> str:
+        return self.device
+
+    def __exit__(self, *exc) -> None:
+        subprocess.run(["losetup", "-d", self.device], check=False)
+
+
+def detach_loops_over(pvs_: list[str]) -> None:
+    listing = json.loads(subprocess.run(["losetup", "--json", "--list"], capture_output=True, text=True).stdout
+                         or '{"loopdevices": []}')["loopdevices"]
+    for loop in listing:
+        if loop.get("back-file") in pvs_:
+            subprocess.run(["losetup", "-d", loop["name"]], check=False)
+
+
+@pytest.fixture
+def block_repo(block_hsmd, pvs, lvm_dir):
+    """(proxy, vg name, devices): a connected block-1 repository 'blk' on the two PVs."""
+    proxy = block_hsmd.proxy()
+    vg = f"hsmtest{uuid.uuid4().hex[:8]}"
+    repo_uuid = ok(proxy.createStorageRepository("block-1", {"vgName": vg, "devices": pvs}))["repoUuid"]
+    ok(proxy.connectStorageRepository("blk", "block-1", {"vgName": vg}))
+    yield proxy, vg, pvs, repo_uuid
+    detach_loops_over(pvs)
+
+
+def test_create_connect_layout(block_repo, lvm_dir):
+    """The VG carries hsm's tags; the metadata LV is there; the repository lists as block-1 with its space."""
+    proxy, vg, pvs, repo_uuid = block_repo
+    tags = report(lvm_dir, pvs, "vgs", "vg", "-o", "vg_tags", vg)[0]["vg_tags"].split(",")
+    assert "HSM_FORMAT=block-1" in tags and f"HSM_UUID={repo_uuid}" in tags
+    assert METADATA_LV in lvs(lvm_dir, pvs, vg)
+    repos = ok(proxy.getStorageRepositoryList())["repos"]
+    assert repos["blk"]["format"] == "block-1" and repos["blk"]["uuid"] == repo_uuid
+    assert repos["blk"]["vgName"] == vg
+    assert "block-1" in ok(proxy.getCapabilities())["info"]["repoFormats"]
+
+
+def test_disk_data_lands_on_the_pv(block_repo, lvm_dir):
+    """A disk's volume is an LV tagged with its image; what qemu-io writes through prepareImage's path is on
+    the PV's extents of that LV, read back through a second loop device; teardown deactivates it."""
+    proxy, vg, pvs, _ = block_repo
+    disk = new_disk(proxy, repo="blk", size=GiB)
+    wait_image(proxy, "blk", disk)
+    info = ok(proxy.getImageInfo("blk", disk))["image"]
+    (volume,) = info["volumes"]
+    lv = lvs(lvm_dir, pvs, vg)[volume["id"]]
+    assert f"IU_{disk}" in lv["lv_tags"].split(",")
+    # loop devices map one segment: the LV takes all a qcow2 of 1 GiB can, so no fix ever needs to grow it
+    full = json.loads(subprocess.run(["qemu-img", "measure", "--output=json", "-O", "qcow2", "--size", str(GiB)],
+                                     capture_output=True, text=True, check=True).stdout)["fully-allocated"]
+    assert int(lv["lv_size"]) == -(-full // EXTENT) * EXTENT
+    path = ok(proxy.prepareImage("blk", disk))["path"]
+    qemu_write(path, 0x5A, 0, MiB)
+    assert qemu_reads(path, 0x5A, 0, MiB)
+    ok(proxy.teardownImage("blk", disk))
+    assert not os.path.exists(path)
+    with SecondLoop(*extents_of(lvm_dir, pvs, vg, volume["id"])) as device:
+        qemu_check(device)
+        assert qemu_reads(device, 0x5A, 0, MiB)
+
+
+def test_snapshot_copy_remove_merge(block_repo, lvm_dir):
+    """Snapshot, a disk on it, a copy, remove the snapshot: the merge folds it in, its LV goes, data stays."""
+    proxy, vg, pvs, _ = block_repo
+    disk = new_disk(proxy, repo="blk", size=GiB)
+    wait_image(proxy, "blk", disk)
+    path = ok(proxy.prepareImage("blk", disk))["path"]
+    qemu_write(path, 0x11, 0, MiB)
+    ok(proxy.teardownImage("blk", disk))
+    snap = new_snapshot(proxy, disk, repo="blk")
+    wait_image(proxy, "blk", snap)
+    child = new_disk(proxy, repo="blk", size=GiB, base=snap)
+    wait_image(proxy, "blk", child)
+    copy = ok(proxy.copyImage("blk", child))["imageId"]
+    wait_image(proxy, "blk", copy)
+    snap_volume = ok(proxy.getImageInfo("blk", snap))["image"]["volumes"][0]["id"]
+    ok(proxy.removeImage("blk", snap))
+    for image in (disk, child):
+        wait_image(proxy, "blk", image)
+    assert wait_for_no_fix(proxy, "blk")
+    assert snap_volume not in lvs(lvm_dir, pvs, vg)
+    for image in (disk, child, copy):
+        info = ok(proxy.getImageInfo("blk", image))["image"]
+        assert snap_volume not in [vol["id"] for vol in info["volumes"]]
+        path = ok(proxy.prepareImage("blk", image))["path"]
+        assert qemu_reads(path, 0x11, 0, MiB), image
+        ok(proxy.teardownImage("blk", image))
+
+
+def wait_for_no_fix(proxy, repo, timeout=120.0):
+    """Check until it lists nothing to do (the fixes verbs started have run)."""
+    seen: list = []
+
+    def settled() -> bool:
+        seen[:] = [f for f in ok(proxy.checkStorageRepository(repo))["fixes"] if f.get("fixable", True)]
+        return not seen
+    return wait_for(settled, timeout=timeout, what=lambda: f"repository with nothing to fix: {seen}")
+
+
+def test_remove_gives_extents_back_and_restart_keeps_records(block_repo, block_hsmd, lvm_dir):
+    """removeImage's clean removes the LV; the records survive a kill -9 of hsmd (they are in the metadata
+    LV, not in hsmd's memory)."""
+    proxy, vg, pvs, _ = block_repo
+    keep = ok(proxy.createVirtualDisk("blk", str(GiB), "", {"name": "keep"}, {}))["imageId"]
+    gone = new_disk(proxy, repo="blk", size=GiB)
+    for image in (keep, gone):
+        wait_image(proxy, "blk", image)
+    gone_volume = ok(proxy.getImageInfo("blk", gone))["image"]["volumes"][0]["id"]
+    ok(proxy.removeImage("blk", gone))
+    assert wait_for_no_fix(proxy, "blk")
+    assert gone_volume not in lvs(lvm_dir, pvs, vg)
+    block_hsmd.kill()
+    block_hsmd.start()
+    proxy = block_hsmd.proxy()
+    ok(proxy.connectStorageRepository("blk", "block-1", {"vgName": vg}))
+    assert ok(proxy.getImageList("blk"))["images"] == [keep]
+    assert ok(proxy.getImageInfo("blk", keep))["image"]["userData"] == {"name": "keep"}
+    assert code(proxy.getImageInfo("blk", gone)) == 268
+
+
+def test_bad_input(block_hsmd, pvs, loops, lvm_dir):
+    """Devices in another VG (601), a device the host does not see (606), a VG that is no repository, a VG
+    name taken: each refused with its code, nothing made."""
+    proxy = block_hsmd.proxy()
+    other = loops(2048)
+    raw_lvm(lvm_dir, [other], "pvcreate", other)
+    done = raw_lvm(lvm_dir, [other], "vgcreate", "foreignvg", other)
+    assert done.returncode == 0, done.stderr
+    assert code(proxy.createStorageRepository("block-1", {"vgName": "newvg", "devices": [pvs[0], other]})) == 601
+    assert code(proxy.createStorageRepository("block-1", {"vgName": "newvg", "devices": ["/dev/nosuch"]})) == 606
+    assert code(proxy.createStorageRepository("block-1", {"vgName": "bad/name", "devices": pvs})) == 1000
+    assert code(proxy.createStorageRepository("block-1", {"vgName": "foreignvg", "devices": pvs})) == 505
+    assert code(proxy.connectStorageRepository("f", "block-1", {"vgName": "foreignvg"})) == 372
+    assert code(proxy.connectStorageRepository("f", "block-1", {"vgName": "novg"})) == 358
+    labels = {pv["pv_name"]: pv["vg_name"] for pv in report(lvm_dir, pvs, "pvs", "pv", "-o", "pv_name,vg_name")}
+    assert labels == {}, labels
+
+
+def test_extend_with_a_device(block_repo, loops, lvm_dir):
+    proxy, vg, pvs, _ = block_repo
+    before = int(ok(proxy.getStorageRepositoryList())["repos"]["blk"]["totalBytes"])
+    extra = loops(4096)
+    answer = ok(proxy.extendStorageRepository("blk", [extra]))
+    assert int(answer["totalBytes"]) > before
+    assert report(lvm_dir, [*pvs, extra], "pvs", "pv", "-o", "pv_name,vg_name", extra)[0]["vg_name"] == vg
+    assert code(proxy.extendStorageRepository("blk", [extra])) == 601
