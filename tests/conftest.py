@@ -1,10 +1,13 @@
 import os
 import pathlib
 import subprocess
+import uuid
 
 import pytest
 
+from tests.block_helpers import detach_loops_over
 from tests.hsmd import Hsmd
+from tests.images_helpers import ok
 from tests.lvm_helpers import raw_lvm, report
 from tests.supervdsmd import Supervdsmd
 from vdsm_shim import ServiceProxy
@@ -133,3 +136,29 @@ def mounting_hsmd(tmp_path, make_hsmd):
     supervdsmd.kill()
     subprocess.run(f"grep -o ' {repository}/mnt/[^ ]*' /proc/mounts | xargs -r -n1 umount -l", shell=True,
                    check=False)
+
+
+@pytest.fixture
+def block_hsmd(tmp_path, make_hsmd, lvm_supervdsmd):
+    """An hsmd whose LVM and activation go through `lvm_supervdsmd`, LVs used through loop devices."""
+    daemon = make_hsmd(config={"supervdsm": {"socket": lvm_supervdsmd.socket},
+                               "irs": {"lv_activation": "loop", "sd_health_check_delay": 0.2}}).start()
+    yield daemon
+    daemon.kill()
+
+
+@pytest.fixture
+def pvs(loops):
+    """Two sparse 20 GiB PVs-to-be."""
+    return [loops(20 * 1024), loops(20 * 1024)]
+
+
+@pytest.fixture
+def block_repo(block_hsmd, pvs, lvm_dir):
+    """(proxy, vg name, devices): a connected block-1 repository 'blk' on the two PVs."""
+    proxy = block_hsmd.proxy()
+    vg = f"hsmtest{uuid.uuid4().hex[:8]}"
+    repo_uuid = ok(proxy.createStorageRepository("block-1", {"vgName": vg, "devices": pvs}))["repoUuid"]
+    ok(proxy.connectStorageRepository("blk", "block-1", {"vgName": vg}))
+    yield proxy, vg, pvs, repo_uuid
+    detach_loops_over(pvs)

@@ -10,35 +10,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import uuid
-
-import pytest
 
 from hsm.storage.block import METADATA_LV
+from tests.block_helpers import EXTENT, GiB, MiB
 from tests.images_helpers import code, new_disk, new_snapshot, ok, qemu_check, qemu_reads, qemu_write, wait_image
 from tests.lvm_helpers import raw_lvm, real_lvm, report
 from tests.waiting import wait_for
 
 pytestmark = real_lvm
-
-MiB = 1 << 20
-GiB = 1 << 30
-EXTENT = 128 * MiB
-
-
-@pytest.fixture
-def block_hsmd(tmp_path, make_hsmd, lvm_supervdsmd):
-    """An hsmd whose LVM and activation go through `lvm_supervdsmd`, LVs used through loop devices."""
-    daemon = make_hsmd(config={"supervdsm": {"socket": lvm_supervdsmd.socket},
-                               "irs": {"lv_activation": "loop", "sd_health_check_delay": 0.2}}).start()
-    yield daemon
-    daemon.kill()
-
-
-@pytest.fixture
-def pvs(loops):
-    """Two sparse 20 GiB PVs-to-be."""
-    return [loops(20 * 1024), loops(20 * 1024)]
 
 
 def lvs(lvm_dir, devices, vg):
@@ -69,25 +48,6 @@ class SecondLoop:
 
     def __exit__(self, *exc) -> None:
         subprocess.run(["losetup", "-d", self.device], check=False)
-
-
-def detach_loops_over(pvs_: list[str]) -> None:
-    listing = json.loads(subprocess.run(["losetup", "--json", "--list"], capture_output=True, text=True).stdout
-                         or '{"loopdevices": []}')["loopdevices"]
-    for loop in listing:
-        if loop.get("back-file") in pvs_:
-            subprocess.run(["losetup", "-d", loop["name"]], check=False)
-
-
-@pytest.fixture
-def block_repo(block_hsmd, pvs, lvm_dir):
-    """(proxy, vg name, devices): a connected block-1 repository 'blk' on the two PVs."""
-    proxy = block_hsmd.proxy()
-    vg = f"hsmtest{uuid.uuid4().hex[:8]}"
-    repo_uuid = ok(proxy.createStorageRepository("block-1", {"vgName": vg, "devices": pvs}))["repoUuid"]
-    ok(proxy.connectStorageRepository("blk", "block-1", {"vgName": vg}))
-    yield proxy, vg, pvs, repo_uuid
-    detach_loops_over(pvs)
 
 
 def test_create_connect_layout(block_repo, lvm_dir):
