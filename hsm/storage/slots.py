@@ -194,11 +194,20 @@ class SlotStore:
 
     def write(self, image_id: str, payload: bytes) -> None:
         """Write the image's record durably: into its slot, or a free one (SlotsFull when none is left)."""
+        if len(payload) > MAX_PAYLOAD:
+            raise RecordTooLarge(f"{len(payload)} bytes, at most {MAX_PAYLOAD} in a block repository's slot")
         with self._lock:
             number = self._by_image.get(image_id)
+            new = number is None
             if number is None:
                 number = self._allocate()
-            self._write(number, image_id, RECORD, payload)
+            try:
+                self._write(number, image_id, RECORD, payload)
+            except BaseException:
+                if new:  # not this image's: free for the next record (a torn copy there is overwritten)
+                    self._slots.setdefault(number, Slot(number, None, 0))
+                    heapq.heappush(self._free, number)
+                raise
             self._by_image[image_id] = number
 
     def free(self, image_id: str) -> None:
