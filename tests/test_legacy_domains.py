@@ -18,7 +18,7 @@ def domains_flow(irs, root: str) -> list:
     seen = []
     # Bad input first: VDSM's codes, nothing written.
     for args, expected in [((4, "not-a-uuid", "d", data, 1), 1000), ((4, BLANK, "d", data, 1), 1000),
-                           ((3, SD, "d", "vg-uuid", 1), 372), ((2, SD, "d", "vg-uuid", 1), 372),
+                           ((3, SD, "d", "vg-uuid", 1), 1000), ((2, SD, "d", "/some/path", 1), 1000),
                            ((9, SD, "d", data, 1), 372), (("nfs", SD, "d", data, 1), 1000),
                            ((4, SD, "d", data, 7), 386), ((4, SD, "d", data, 1, 9), 394),
                            ((4, SD, "x" * 51, data, 1), 387), ((4, SD, "d", "relative", 1), 1000),

@@ -244,9 +244,10 @@ def block_flow(irs, root: str) -> list:
     return answers
 
 
-def test_vg_verbs_check_arguments_and_extend_answers_block_storage_is_not_served(both):
+def test_vg_verbs_check_arguments_and_extend_refuses_a_file_domain(both):
     """The VG verbs' arguments are checked before supervdsmd is asked (tests/test_legacy_vg.py runs them on
-    real LVM); extendStorageDomain answers 372 for the file domains hsm serves."""
+    real LVM); extendStorageDomain answers 372 for a file domain, which has no devices
+    (tests/test_legacy_block.py extends a block domain)."""
     run_both(both, block_flow)
 
 

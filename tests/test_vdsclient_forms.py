@@ -375,7 +375,7 @@ def test_get_all_tasks_as_vdsclient_sends_it(irs, keys):
     assert all(not keys or entry["tag"] in keys for entry in tasks.values())
 
 
-# Devices (block storage is not served yet: only the argument forms are checked)
+# Devices (only the argument forms are checked here: tests/test_legacy_block.py runs block domains)
 
 def test_device_list_with_the_type_as_typed(irs):
     assert code(irs.getDeviceList("3")) == code(irs.getDeviceList(3))

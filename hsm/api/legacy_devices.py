@@ -9,14 +9,12 @@ createVG, removeVG, getVGList and getVGInfo are VDSM 4.10's (vdsm/storage/hsm.py
 lvm.py): volume groups on the disks getDeviceList offers (their GUID is the
 kernel's name), every LVM command through hsm.storage.lvm with a filter naming
 exactly those disks. Nothing is cached between calls: each verb reads
-supervdsmd's listing afresh. Block storage domains are not served yet, so
-extendStorageDomain checks its arguments as VDSM did, then answers VDSM's 372
-(StorageDomainTypeError), never "unknown verb", so a caller learns why.
+supervdsmd's listing afresh. extendStorageDomain adds disks to a block domain's
+VG (hsm.storage.engine's extend_repository, as extendStorageRepository does).
 """
 
 from __future__ import annotations
 
-import re
 import threading
 
 from hsm.api.devices import DevicesAPI
@@ -35,18 +33,13 @@ from hsm.errors import (
     VolumeGroupRemoveError,
     VolumeGroupSizeError,
 )
-from hsm.storage.domains import TYPE_NAMES, Domains, check_uuid, number
+from hsm.storage.block import STORAGE_DOMAIN_TAG, STORAGE_UNREADY_DOMAIN_TAG, BlockRepository, refusal
+from hsm.storage.domains import LVM_UUID, TYPE_NAMES, Domains, check_uuid, number
 from hsm.storage.lvm import LVM, MiB, PhysicalVolume, VolumeGroup, volume_groups
 from hsm.storage.pools import Pools
 from supervdsm import udev
 from supervdsm.client import SupervdsmClient
 
-# LVM's own UUIDs (a VG's vgUUID): 32 letters and digits grouped 6-4-4-4-4-4-6.
-LVM_UUID = re.compile(r"[A-Za-z0-9]{6}(-[A-Za-z0-9]{4}){5}-[A-Za-z0-9]{6}")
-BLOCK_NOT_SERVED = "block storage domains (LVM volume groups) are not served by hsm yet"
-# VDSM's blockSD tags: a VG createVG made, and one createStorageDomain made a domain of.
-STORAGE_UNREADY_DOMAIN_TAG = "RHAT_storage_domain_UNREADY"
-STORAGE_DOMAIN_TAG = "RHAT_storage_domain"
 MINIMAL_VG_SIZE = 10 * 1024 * MiB  # VDSM's createVG refused smaller device sets (504)
 VG_ATTR_BITS = ("permission", "resizeable", "exported", "partial", "allocation", "clustered")  # VDSM's names
 # VDSM's storage type of a VG: FCP when all its devices are, else iSCSI (mixed and unknown transports too).
@@ -84,17 +77,6 @@ def _pv_entry(pv: PhysicalVolume, disk: dict, vg: VolumeGroup) -> dict:
             "devcapacity": disk["size"], "vendorID": disk["vendor"], "productID": disk["model"],
             "serial": disk["serial"], "fwrev": "0000", "devtype": disk.get("transport", ""),
             "pathstatus": [], "pathlist": []}
-
-
-def _refusal(disk: dict) -> str:
-    """Why createVG may not make this disk a PV of a new VG, or "" (a free disk, or a PV in no VG)."""
-    if disk["vgName"]:
-        return f"{disk['name']} belongs to volume group {disk['vgName']}"
-    if disk["inUse"] and disk["usedBy"] != "pv":
-        return f"{disk['name']} is in use ({disk['usedBy']})"
-    if disk["readOnly"]:
-        return f"{disk['name']} is read-only"
-    return ""
 
 
 class LegacyDevicesAPI:
@@ -188,7 +170,7 @@ class LegacyDevicesAPI:
             if any(disk["vgName"] == name for disk in disks):
                 raise VolumeGroupAlreadyExistsError(name)
             chosen = [known[guid] for guid in guids]
-            refused = [why for why in map(_refusal, chosen) if why]
+            refused = [why for why in map(refusal, chosen) if why]
             if refused:
                 raise PhysDevInitializationError("; ".join(refused))
             if sum(int(disk["size"]) for disk in chosen) < MINIMAL_VG_SIZE:
@@ -236,15 +218,25 @@ class LegacyDevicesAPI:
     @verb(mutating=True)
     def extendStorageDomain(self, sdUUID: str, spUUID: str, devlist: list, force: bool | str = False,
                             options: dict | None = None) -> dict:
-        """Every domain hsm serves is a file domain, which has no devices to add (VDSM's file domains did
-        nothing with them): 372 once the domain is known to be one of the pool's."""
+        """Add the disks of `devlist` (GUIDs, as getDeviceList names them) to a block domain's VG: 606 for a
+        disk this host does not see, 601 for one in a VG or in use; a file domain has no devices (372).
+        force=True (VDSM's pvcreate -ff over a device in use) answers 1000, as createVG does."""
         options_of(options)
         sd_uuid, sp_uuid = check_uuid("sdUUID", sdUUID), check_uuid("spUUID", spUUID)
-        _devlist(devlist)
-        parse_bool("force", force)
+        guids = _devlist(devlist)
+        if parse_bool("force", force):
+            raise InvalidParameterException("force=True: hsm never relabels a device in use (VDSM's pvcreate "
+                                            "-ff); free the devices and call again without force")
         pool = self._pools.connected(sp_uuid)
         repo = self._domains.get(sd_uuid)
         if repo.uuid not in pool.domains:
             raise StorageDomainNotMemberOfPool(f"{repo.uuid} in pool {pool.uuid}")
-        kind = TYPE_NAMES[self._domains.storage_type(repo)]
-        raise StorageDomainTypeError(f"{repo.uuid} is a {kind} domain; {BLOCK_NOT_SERVED}")
+        if not isinstance(repo, BlockRepository):
+            kind = TYPE_NAMES[self._domains.storage_type(repo)]
+            raise StorageDomainTypeError(f"{repo.uuid} is a {kind} domain: only block domains have devices")
+        known = {disk["name"]: disk for disk in self._disks()}
+        missing = [guid for guid in guids if guid not in known]
+        if missing:
+            raise InvalidPhysDev(f"no such disk: {', '.join(missing)}")
+        self._domains.extend(repo, [known[guid]["devnode"] for guid in guids])
+        return {}

@@ -16,9 +16,11 @@ from hsm.api.legacy_domains import parse_bool
 from hsm.api.verbs import verb
 from hsm.errors import ImageExists, InvalidParameterException, VolumeAlreadyExists, VolumeDoesNotExist
 from hsm.storage import moves
+from hsm.storage.block import BlockRepository
 from hsm.storage.domains import BLANK_UUID, Domains, check_uuid, number
 from hsm.storage.engine import Engine
 from hsm.storage.image import SNAPSHOT
+from hsm.storage.lvm import MiB
 from hsm.storage.options import ImageOptions, check_id
 from hsm.storage.pools import Pools
 from hsm.storage.repository import FileRepository
@@ -279,12 +281,16 @@ class LegacyVolumesAPI:
     @verb(mutating=True)
     def extendVolume(self, sdUUID: str, spUUID: str, imgUUID: str, volumeUUID: str, size: int | str,
                      isShuttingDown: object = None, options: dict | None = None) -> dict:
-        """size in MiB. A volume in a file grows as it is written: on these domains, as on VDSM's file
-        domains, there is nothing to allocate, so the volume and size are checked and nothing else."""
+        """size in MiB. On a block domain the volume's LV grows to that size (VDSM's thin provisioning: the
+        VM's volume fills, its host asks for more); a file grows as it is written, so on file domains, as
+        on VDSM's, the volume and size are checked and nothing else."""
         options_of(options)
-        self._locate(sdUUID, spUUID, imgUUID, volumeUUID)
-        if number("size", size) <= 0:
+        found = self._locate(sdUUID, spUUID, imgUUID, volumeUUID)
+        mib = number("size", size)
+        if mib <= 0:
             raise InvalidParameterException(f"size={size!r}: MiB, more than 0")
+        if isinstance(found.repo, BlockRepository):
+            found.repo.extend(found.volume, mib * MiB)
         return {}
 
     # -- use on this host ------------------------------------------------------------
@@ -292,9 +298,12 @@ class LegacyVolumesAPI:
     @verb()
     def refreshVolume(self, sdUUID: str, spUUID: str, imgUUID: str, volUUID: str,
                       options: dict | None = None) -> dict:
-        """Nothing is cached about a file volume's size: the volume is checked, and that is all."""
+        """A block volume active here is used at its LV's size now (another host may have extended it);
+        nothing is cached about a file volume's size."""
         options_of(options)
-        self._locate(sdUUID, spUUID, imgUUID, volUUID)
+        found = self._locate(sdUUID, spUUID, imgUUID, volUUID)
+        if isinstance(found.repo, BlockRepository):
+            found.repo.refresh_volume(found.volume)
         return {}
 
     @verb()

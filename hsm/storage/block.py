@@ -66,6 +66,22 @@ METADATA_SIZE = GiB
 QCOW2_CHUNK = GiB               # VDSM's volume_utilization_chunk_mb: a new thin qcow2 LV's first size
 BLANK_UUID = "00000000-0000-0000-0000-000000000000"
 IMAGE_TAG, PARENT_TAG = "IU_", "PU_"
+# VDSM's blockSD tags: a VG createVG made, and one createStorageDomain made a domain of.
+STORAGE_UNREADY_DOMAIN_TAG = "RHAT_storage_domain_UNREADY"
+STORAGE_DOMAIN_TAG = "RHAT_storage_domain"
+
+
+def refusal(disk: dict) -> str:
+    """Why a disk of supervdsmd's listing may not become a PV of a repository's VG, or "" (a free disk, or
+    a PV in no VG)."""
+    name = disk.get("name") or disk.get("devnode")
+    if disk.get("vgName"):
+        return f"{name} belongs to volume group {disk['vgName']}"
+    if disk.get("inUse") and disk.get("usedBy") != "pv":
+        return f"{name} is in use ({disk.get('usedBy') or 'a signature'})"
+    if disk.get("readOnly"):
+        return f"{name} is read-only"
+    return ""
 
 
 def repository_uuid(tags: tuple[str, ...]) -> str:
@@ -208,9 +224,19 @@ class BlockRepository(FileRepository):
         full = full_size(volume, virtual_size)
         known = self.lvm.volume(volume.id)
         wanted = full if needed is None else min(full, known.size + needed)
-        if known.size >= wanted:
-            return
-        self.lvm.extend_lv(volume.id, wanted, contiguous=self._contiguous)
+        if known.size < wanted:
+            self.extend(volume, wanted)
+
+    def extend(self, volume: Volume, size: int) -> None:
+        """Extend the volume's LV to at least `size` bytes (VDSM's extendVolume); where it is active here, its
+        link then leads to a device of the new size. Under `loop` activation only the extents right after
+        it can be taken (560 when they are not free)."""
+        self.lvm.extend_lv(volume.id, size, contiguous=self._contiguous)
+        self.refresh_volume(volume)
+
+    def refresh_volume(self, volume: Volume) -> None:
+        """Where the volume is active here, make its link lead to a device of the LV's size now."""
+        self.lvm.invalidate()
         with self._active_lock:
             if self._active.get(volume.id):
                 self._link(volume, self._activate(volume.id))
@@ -353,13 +379,17 @@ class BlockRepository(FileRepository):
         return answer
 
 
-def create(lvm: LVM, activation: LVActivation, io: IOProcess, repo_uuid: str, labels: dict) -> str:
-    """Make the VG (on lvm's devices) a new repository; nothing is left half-made when it fails.
+def create(lvm: LVM, activation: LVActivation, io: IOProcess, repo_uuid: str, labels: dict,
+           existing: tuple[str, ...] = ()) -> str:
+    """Make a new repository of the VG on lvm's devices; nothing is left half-made when it fails.
 
-    A device in any VG is refused (601), a VG of that name already on the host too (505).
+    A new VG: a device in any VG is refused (601). `existing`: the VG is there already (VDSM's createVG
+    made it) with these tags to take off; hsm's tags go on last, so a failure leaves it as it was.
     """
     labels = {name: value for name, value in labels.items() if name in LABELS}
-    lvm.create_vg(tags=[FORMAT_TAG, UUID_TAG + repo_uuid])
+    tags = [FORMAT_TAG, UUID_TAG + repo_uuid, *([STORAGE_DOMAIN_TAG] if existing else [])]
+    if not existing:
+        lvm.create_vg(tags=tags)
     try:
         lvm.create_lv(METADATA_LV, METADATA_SIZE, contiguous=True)
         device = activation.activate(lvm.vg_name, METADATA_LV)
@@ -370,11 +400,17 @@ def create(lvm: LVM, activation: LVActivation, io: IOProcess, repo_uuid: str, la
             slots.write_repository(json.dumps(record).encode())
         finally:
             activation.deactivate(lvm.vg_name, METADATA_LV)
+        if existing:
+            lvm.change_vg_tags(add=tags, remove=existing)
     except BaseException:
         try:
-            lvm.remove_vg()
+            if existing:
+                if METADATA_LV in lvm.refresh():
+                    lvm.remove_lvs(METADATA_LV)
+            else:
+                lvm.remove_vg()
         except HsmError as e:
-            log.warning("Could not remove the VG %s of a failed create: %s", lvm.vg_name, e)
+            log.warning("Could not undo the failed create on VG %s: %s", lvm.vg_name, e)
         raise
     log.info("Created %s repository %s on VG %s (%s)", FORMAT, repo_uuid, lvm.vg_name, ", ".join(lvm.devices))
     return repo_uuid

@@ -36,6 +36,7 @@ from hsm.errors import (
     UnsupportedDomainVersion,
 )
 from hsm.ids import is_uuid
+from hsm.storage.block import BlockRepository
 from hsm.storage.engine import Engine
 from hsm.storage.repository import ISO_FOLDER, FileRepository
 
@@ -43,11 +44,13 @@ log = logging.getLogger("hsm.storage.domains")
 
 NFS, FCP, ISCSI, LOCALFS, POSIXFS = 1, 2, 3, 4, 6
 TYPE_NAMES = {NFS: "NFS", FCP: "FCP", ISCSI: "ISCSI", LOCALFS: "LOCALFS", POSIXFS: "POSIXFS"}
-FORMATS = {NFS: "nfs-1", LOCALFS: "localfs-1", POSIXFS: "posixfs-1"}
+FORMATS = {NFS: "nfs-1", FCP: "block-1", ISCSI: "block-1", LOCALFS: "localfs-1", POSIXFS: "posixfs-1"}
+BLOCK_TYPES = (FCP, ISCSI)
 CLASSES = {1: "Data", 2: "Iso", 3: "Backup"}
 VERSIONS = (0, 2, 3)  # the domain versions VDSM 4.10 made
 MAX_DESCRIPTION = 50  # characters, as VDSM allowed
 BLANK_UUID = "00000000-0000-0000-0000-000000000000"
+LVM_UUID = re.compile(r"[A-Za-z0-9]{6}(-[A-Za-z0-9]{4}){5}-[A-Za-z0-9]{6}")  # a VG's own UUID
 
 
 def check_uuid(name: str, value: object, blank: bool = False) -> str:
@@ -138,8 +141,8 @@ class Domains:
         name = check_description(name)
         kind = number("storageType", storage_type)
         if kind not in FORMATS:
-            raise StorageDomainTypeError(f"storageType={storage_type!r}: hsm serves 1 (NFS), 4 (localfs) and "
-                                         "6 (posixfs) domains; block domains (2, 3) are not served yet")
+            raise StorageDomainTypeError(f"storageType={storage_type!r}: expected 1 (NFS), 2 (FCP), 3 (iSCSI), "
+                                         "4 (localfs) or 6 (posixfs)")
         klass = number("domClass", dom_class)
         if klass not in CLASSES:
             raise StorageDomainClassError(f"domClass={dom_class!r}: expected 1 (Data), 2 (Iso) or 3 (Backup)")
@@ -147,7 +150,8 @@ class Domains:
         if version not in VERSIONS:
             raise UnsupportedDomainVersion(f"domVersion={version}: expected one of {VERSIONS}")
         if not isinstance(remote, str) or not remote:
-            raise InvalidParameterException(f"typeSpecificArg={remote!r}: expected the domain's path")
+            raise InvalidParameterException(f"typeSpecificArg={remote!r}: expected the domain's path (a VG's "
+                                            "UUID for a block domain)")
         labels = {"name": name, "domainClass": CLASSES[klass], "domainVersion": version}
         with self._lock:
             place = self._place_for(kind, sd_uuid, remote)
@@ -166,6 +170,11 @@ class Domains:
         log.info("Created storage domain %s (%s) on %s", sd_uuid, TYPE_NAMES[kind], place.remotePath)
 
     def _place_for(self, kind: int, sd_uuid: str, remote: str) -> Place:
+        if kind in BLOCK_TYPES:  # remote: the LVM UUID of the VG createVG made, named after the domain
+            if not LVM_UUID.fullmatch(remote):
+                raise InvalidParameterException(f"typeSpecificArg={remote!r}: expected a VG's LVM UUID")
+            vg_name = self._engine.vg_name_of(remote)
+            return Place(FORMATS[kind], {"vgName": vg_name, "vgUUID": remote}, kind, remote)
         if kind == LOCALFS:
             if not os.path.isabs(remote):
                 raise InvalidParameterException(f"typeSpecificArg={remote!r}: expected an absolute path")
@@ -187,6 +196,11 @@ class Domains:
         if not found:
             raise StorageDomainFSNotMounted(f"{remote}: no storage connection mounts it; connectStorageServer first")
         return min(found)[1]
+
+    def extend(self, repo: BlockRepository, devices: list[str]) -> None:
+        """Add devices to a block domain's VG (extendStorageDomain)."""
+        self._engine.extend_repository(repo.id, devices)
+        log.info("Extended storage domain %s with %s", repo.uuid, ", ".join(devices))
 
     def remove(self, sd_uuid: str) -> None:
         """Delete the domain and everything in it (formatStorageDomain)."""
@@ -236,18 +250,27 @@ class Domains:
         return place.storageType if place else {v: k for k, v in FORMATS.items()}[repo.format]
 
     def remote_path(self, repo: FileRepository) -> str:
+        """Where the domain is: a file domain's path, a block domain's VG UUID."""
         place = self._places.get(repo.uuid)
-        return place.remotePath if place else repo.path
+        if place:
+            return place.remotePath
+        return repo.lvm.vg().uuid if isinstance(repo, BlockRepository) else repo.path
 
     def info(self, repo: FileRepository) -> dict:
         """VDSM's getStorageDomainInfo keys that belong to the domain itself (the pool adds its own)."""
         labels = repo.labels
-        return {"uuid": repo.uuid, "type": TYPE_NAMES[self.storage_type(repo)],
+        kind = self.storage_type(repo)
+        where = {"vguuid": self.remote_path(repo)} if kind in BLOCK_TYPES else {"remotePath": self.remote_path(repo)}
+        return {"uuid": repo.uuid, "type": TYPE_NAMES[kind],
                 "class": labels.get("domainClass", "Data"), "name": labels.get("name", repo.id),
-                "version": str(labels.get("domainVersion", VERSIONS[0])), "remotePath": self.remote_path(repo)}
+                "version": str(labels.get("domainVersion", VERSIONS[0])), **where}
 
     @staticmethod
     def stats(repo: FileRepository) -> dict:
+        if isinstance(repo, BlockRepository):
+            vg = repo.lvm.vg()
+            return {"disktotal": str(vg.size), "diskfree": str(vg.free), "mdavalid": True, "mdathreshold": True,
+                    "mdasize": vg.mda_size, "mdafree": 0}
         try:
             space = repo.io.statvfs(repo.path)
         except OSError as e:

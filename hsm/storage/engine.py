@@ -30,12 +30,14 @@ from hsm.errors import (
     RepositoryIdInUse,
     ResourceTimeout,
     StorageDomainAccessError,
+    StorageDomainAlreadyExists,
     StorageDomainDoesNotExist,
     StorageDomainFSNotMounted,
     StorageDomainTypeError,
     VolumeAlreadyExists,
     VolumeDoesNotExist,
     VolumeGroupAlreadyExistsError,
+    VolumeGroupDoesNotExist,
     VolumeIsBusy,
     VolumeWasNotPreparedBeforeTeardown,
 )
@@ -153,13 +155,22 @@ class Engine:
         missing = [device for device in devices if device not in known]
         if missing:
             raise InvalidPhysDev(f"no such device on this host: {', '.join(missing)}")
-        taken = [f"{device} belongs to volume group {known[device]['vgName']}" if known[device].get("vgName")
-                 else f"{device} is in use ({known[device].get('usedBy') or 'a signature'})"
-                 for device in devices if known[device].get("vgName") or known[device].get("inUse")]
+        taken = [why for why in (block.refusal(known[device]) for device in devices) if why]
         if taken:
             raise PhysDevInitializationError("; ".join(taken))
 
+    def vg_name_of(self, vg_uuid: str) -> str:
+        """The name of the VG with this LVM UUID on this host's devices; 506 when there is none."""
+        assert self.supervdsm is not None
+        names = {disk.get("vgName") for disk in self.supervdsm.call("listBlockDevices")
+                 if disk.get("vgUUID") == vg_uuid and disk.get("vgName")}
+        if len(names) != 1:
+            raise VolumeGroupDoesNotExist(f"vg_uuid: {vg_uuid}")
+        return names.pop()
+
     def _create_block(self, params: dict, repo_uuid: str | None, labels: dict) -> str:
+        if params.get("vgUUID") is not None:
+            return self._format_vg(params, repo_uuid, labels)
         lvm = self._lvm_of(params) if repo_uuid and self._vg_seen(params) else None
         if lvm is not None:  # the same repository made again (createStorageDomain called twice) answers its uuid
             known = block.repository_uuid(lvm.vg().tags)
@@ -175,6 +186,29 @@ class Engine:
         try:
             return block.create(lvm, LVActivation(self.supervdsm, self.lv_activation), io,
                                 repo_uuid or str(uuid.uuid4()), labels)
+        finally:
+            io.close()
+
+    def _format_vg(self, params: dict, repo_uuid: str | None, labels: dict) -> str:
+        """A repository on a VG that VDSM's createVG made ({vgName, vgUUID}): the same one made again answers
+        its uuid; a VG that holds another repository, or that createVG did not make, is refused."""
+        lvm = self._lvm_of(params)
+        vg = lvm.vg()
+        if vg.uuid != params["vgUUID"]:
+            raise VolumeGroupDoesNotExist(f"vg_uuid: {params['vgUUID']} (volume group {vg.name} is {vg.uuid})")
+        known = block.repository_uuid(vg.tags)
+        if known:
+            if known == repo_uuid:
+                return known
+            raise StorageDomainAlreadyExists(f"volume group {vg.name} holds repository {known}")
+        if block.STORAGE_UNREADY_DOMAIN_TAG not in vg.tags or vg.lv_count:
+            raise StorageDomainTypeError(f"volume group {vg.name} was not made by createVG for a new domain "
+                                         f"(no {block.STORAGE_UNREADY_DOMAIN_TAG} tag, or it holds LVs)")
+        assert self.supervdsm is not None  # _lvm_of refused otherwise
+        io = self._io("create")
+        try:
+            return block.create(lvm, LVActivation(self.supervdsm, self.lv_activation), io,
+                                repo_uuid or str(uuid.uuid4()), labels, existing=(block.STORAGE_UNREADY_DOMAIN_TAG,))
         finally:
             io.close()
 
