@@ -171,3 +171,19 @@ def test_extend_with_a_device(block_repo, loops, lvm_dir):
     assert int(answer["totalBytes"]) > before
     assert report(lvm_dir, [*pvs, extra], "pvs", "pv", "-o", "pv_name,vg_name", extra)[0]["vg_name"] == vg
     assert code(proxy.extendStorageRepository("blk", [extra])) == 601
+
+
+def test_a_pv_uevent_makes_hsmd_read_lvm_again(block_repo, lvm_dir):
+    """An admin grows a volume's LV behind hsmd's back; the kernel's uevent for the PV (as a rescan or
+    resize sends) makes hsmd read LVM again, so getImageInfo shows the new allocation."""
+    proxy, vg, pvs, _ = block_repo
+    disk = new_disk(proxy, repo="blk", size=GiB)
+    volume = ok(proxy.getImageInfo("blk", disk))["image"]["volumes"][0]
+    before = int(volume["allocated"])
+    done = raw_lvm(lvm_dir, pvs, "lvextend", "--autobackup", "n", "-l", "+1", f"{vg}/{volume['id']}")
+    assert done.returncode == 0, done.stderr
+    for pv in pvs:
+        with open(f"/sys/block/{os.path.basename(pv)}/uevent", "w") as f:
+            f.write("change")
+    wait_for(lambda: int(ok(proxy.getImageInfo("blk", disk))["image"]["volumes"][0]["allocated"]) == before + EXTENT,
+             timeout=30, what="the LV's new size")

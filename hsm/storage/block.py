@@ -40,6 +40,7 @@ from collections.abc import Iterator
 from hsm.errors import (
     HsmError,
     InvalidParameterException,
+    LogicalVolumeAlreadyExists,
     NoSpaceLeftOnDomain,
     StorageDomainAccessError,
     StorageDomainTypeError,
@@ -54,6 +55,7 @@ from hsm.storage.ioprocess import IOProcess
 from hsm.storage.lvm import LVM
 from hsm.storage.repository import LABELS, VERSION, VOLUMES, FileRepository, Health, _labels
 from hsm.storage.slots import RecordTooLarge, SlotsFull, SlotStore
+from hsm.storage.udev_monitor import BlockDeviceEvent, BlockDeviceMonitor
 
 log = logging.getLogger("hsm.storage.block")
 
@@ -113,8 +115,21 @@ class BlockRepository(FileRepository):
         self._active_lock = threading.Lock()
         self._damaged: dict[int, str] = {}
         self._metadata_active = False  # only an LV this repository activated is ever deactivated by it
+        self._monitor: BlockDeviceMonitor | None = None
 
     # -- connect ----------------------------------------------------------
+
+    def watch_devices(self, monitor: BlockDeviceMonitor | None) -> None:
+        """Invalidate LVM's cache of the VG when one of its PVs changes (resized, gone, back)."""
+        if monitor is not None:
+            self._monitor = monitor
+            monitor.add_callback(self._device_event)
+
+    def _device_event(self, event: BlockDeviceEvent) -> None:
+        if event.devnode in self.lvm.devices:
+            log.info("%s: %s %s: LVM's view of %s is read again", self.id, event.action, event.devnode,
+                     self.vg_name)
+            self.lvm.invalidate()
 
     def load(self) -> None:
         """Read the VG's tags, then every record from the metadata LV, into the index."""
@@ -206,13 +221,14 @@ class BlockRepository(FileRepository):
         full = full_size(volume, size)
         thin = volume.format == "qcow2" and not preallocated and not self._contiguous
         bytes_ = full if not thin else min(full, needed if needed is not None else QCOW2_CHUNK)
-        known = self.lvm.volumes().get(volume.id) or self.lvm.refresh().get(volume.id)
-        if known is None:
-            parent = below[0].id if below else BLANK_UUID
+        parent = below[0].id if below else BLANK_UUID
+        try:  # one lvcreate, no lvs: the LV is new but after a crash
             self.lvm.create_lv(volume.id, bytes_, tags=[IMAGE_TAG + volume.image, PARENT_TAG + parent],
                                contiguous=self._contiguous)
-        elif known.size < bytes_:
-            self.grow_volume(volume, size, bytes_ - known.size)
+        except LogicalVolumeAlreadyExists:
+            known = self.lvm.volume(volume.id)
+            if known.size < bytes_:
+                self.grow_volume(volume, size, bytes_ - known.size)
         if volume.format == "raw":
             with self.activated([volume]):
                 self.io.zero_range(self.volume_path(volume), 0, self.lvm.volume(volume.id).size)
@@ -358,6 +374,11 @@ class BlockRepository(FileRepository):
                                  self.health.total, str(e))
             log.warning("Repository %s is not valid: %s", self.id, e)
         return self.health
+
+    def close(self) -> None:
+        if self._monitor is not None:
+            self._monitor.remove_callback(self._device_event)
+        super().close()
 
     def deactivate_all(self) -> None:
         """Deactivate every LV this repository activated (at disconnect, once nothing here uses them)."""

@@ -52,6 +52,7 @@ from hsm.storage.lvm import LVM, check_device
 from hsm.storage.options import ImageOptions, check_id, parse_image_size
 from hsm.storage.prepared import PreparedImages
 from hsm.storage.repository import IMAGES, VOLUMES, FileRepository, Health
+from hsm.storage.udev_monitor import BlockDeviceMonitor
 from hsm.storage.watching import RepositoryWatch
 from hsm.tasks import TaskManager
 from hsm.watch import Watcher
@@ -95,6 +96,8 @@ class Engine:
         self.supervdsm = supervdsm  # LVM and activation of block-1 repositories
         self.lv_activation = lv_activation
         self._links_root = os.path.join(state_dir or tempfile.gettempdir(), "block")  # volume links of block-1
+        self._udev: BlockDeviceMonitor | None = None
+        self._udev_failed = False  # uevents cannot be read here
         self.reconnect: Callable[[str], FileRepository] | None = None  # by_uuid's way to a known repository
         self.prepared = PreparedImages(os.path.join(state_dir, "prepared.json") if state_dir else None)
         self._lock = threading.Lock()  # the table of connected repositories
@@ -236,8 +239,23 @@ class Engine:
     def _connect_block(self, repo_id: str, params: dict) -> FileRepository:
         lvm = self._lvm_of(params)
         assert self.supervdsm is not None
-        return block.BlockRepository(repo_id, lvm, LVActivation(self.supervdsm, self.lv_activation), self._io(repo_id),
-                                     os.path.join(self._links_root, repo_id))
+        repo = block.BlockRepository(repo_id, lvm, LVActivation(self.supervdsm, self.lv_activation),
+                                     self._io(repo_id), os.path.join(self._links_root, repo_id))
+        repo.watch_devices(self._device_events())
+        return repo
+
+    def _device_events(self) -> BlockDeviceMonitor | None:
+        """The one monitor of block device uevents, started for the first block repository (connect holds
+        the table's lock); None where uevents cannot be read: then LVM's cache is refreshed after hsm's own
+        changes only."""
+        if self._udev is None and not self._udev_failed:
+            try:
+                self._udev = BlockDeviceMonitor().start()
+            except Exception as e:  # pyudev missing, or no netlink here
+                log.warning("Block device events cannot be watched (%s): LVM's view is refreshed after hsm's "
+                            "own changes only", e)
+                self._udev_failed = True
+        return self._udev
 
     def remove_repository(self, repo_id: str) -> None:
         """Disconnect a repository and delete it with everything in it (VDSM's formatStorageDomain).
@@ -332,6 +350,8 @@ class Engine:
     def close(self) -> None:
         for repo in list(self.repositories.values()):
             repo.close()
+        if self._udev is not None:
+            self._udev.stop()
 
     def _local_path(self, repo_format: str, params: dict) -> str:
         """Where a file repository's files are on this host, from its connectionParameters."""
