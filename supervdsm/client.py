@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import socket
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 from hsm.errors import HsmError, SupervdsmCallError, SupervdsmUnavailable
@@ -21,7 +23,8 @@ class SupervdsmClient:
 
     At most `max_calls` calls are in flight at once; one more fails at once
     with SupervdsmUnavailable (5003), so a frozen supervdsmd ties up at most
-    that many of the caller's threads. Each call waits for its answer as long
+    that many of the caller's threads (inside patient(), a task's thread
+    waits for its turn instead). Each call waits for its answer as long
     as supervdsmd lets its verb run, plus a margin; past that it fails with
     5003. A call while supervdsmd is down fails within `connect_timeout` with
     5003; an error inside supervdsmd comes back with its own code. Connections
@@ -38,13 +41,27 @@ class SupervdsmClient:
         self._idle: list[socket.socket] = []  # connections with no call on them, the most recently used last
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
+        self._local = threading.local()  # patient(): this thread's calls wait for a slot
 
     def timeout(self, verb: str) -> float:
         """Seconds a call of `verb` waits for its answer."""
         return VERB_TIMEOUTS.get(verb, self._call_timeout + 5) + ANSWER_MARGIN
 
+    @contextlib.contextmanager
+    def patient(self) -> Iterator[None]:
+        """Calls from this thread inside the block wait for a free slot, up to a call's own time limit,
+        instead of failing at once: for task threads, whose work (a fix) may wait its turn, never for the
+        RPC workers that must answer."""
+        before = getattr(self._local, "patient", False)
+        self._local.patient = True
+        try:
+            yield
+        finally:
+            self._local.patient = before
+
     def call(self, verb: str, **args: Any) -> Any:
-        if not self._slots.acquire(blocking=False):
+        wait = self._call_timeout if getattr(self._local, "patient", False) else 0
+        if not (self._slots.acquire(timeout=wait) if wait else self._slots.acquire(blocking=False)):
             raise SupervdsmUnavailable(f"{verb}: {self._max_calls} calls already wait on supervdsmd")
         try:
             answer = self._exchange({"id": next(self._ids), "verb": verb, "args": args})

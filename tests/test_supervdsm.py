@@ -229,6 +229,38 @@ def test_a_frozen_supervdsmd_costs_only_the_calls_on_it(supervdsmd, monkeypatch)
     client.close()
 
 
+def test_a_task_thread_waits_its_turn_past_max_calls(supervdsmd):
+    """Inside patient() (a fix's steps) a call past max_calls waits for a slot and then runs; outside it
+    (an RPC worker) the same call is refused at once."""
+    from supervdsm import client as sv_client
+
+    client = sv_client.SupervdsmClient(supervdsmd.socket, max_calls=1, call_timeout=30)
+    answers: list = []
+
+    def busy() -> None:
+        answers.append(client.call("ping"))
+
+    def patient() -> None:
+        with client.patient():
+            answers.append(client.call("ping"))
+
+    supervdsmd.process.send_signal(signal.SIGSTOP)
+    try:
+        first = threading.Thread(target=busy)
+        first.start()
+        wait_for(lambda: client._slots._value == 0, what="the one slot taken")  # noqa: SLF001 (the test's probe)
+        second = threading.Thread(target=patient)
+        second.start()
+        with pytest.raises(SupervdsmUnavailable):
+            client.call("ping")
+    finally:
+        supervdsmd.process.send_signal(signal.SIGCONT)
+    first.join(30)
+    second.join(30)
+    assert [answer["pid"] for answer in answers] == [supervdsmd.process.pid] * 2
+    client.close()
+
+
 def _answers(client):
     try:
         return client.call("ping")

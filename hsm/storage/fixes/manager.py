@@ -258,8 +258,10 @@ class Fixes:
                 return  # the record is gone: a clean already finished this image
             if image is not None:
                 image.stage = ctx.task.stage
+            patient = self.engine.supervdsm.patient() if self.engine.supervdsm else contextlib.nullcontext()
             try:
-                run(ctx, repo, image)
+                with patient:  # a task's privileged calls wait their turn behind others'
+                    run(ctx, repo, image)
             except (HsmError, qemuimg.QemuImgError, OSError) as e:
                 error = e if isinstance(e, HsmError) else fix.data_error(str(e))
                 current = repo.images.get(ctx.args["image"]) if image is not None else None
