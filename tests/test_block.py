@@ -187,3 +187,12 @@ def test_a_pv_uevent_makes_hsmd_read_lvm_again(block_repo, lvm_dir):
             f.write("change")
     wait_for(lambda: int(ok(proxy.getImageInfo("blk", disk))["image"]["volumes"][0]["allocated"]) == before + EXTENT,
              timeout=30, what="the LV's new size")
+
+
+def test_a_record_too_large_for_its_slot_is_refused_and_nothing_is_written(block_repo):
+    proxy, vg, pvs, _ = block_repo
+    answer = proxy.createVirtualDisk("blk", str(GiB), "", {"notes": "x" * (20 << 10)}, {})
+    assert code(answer) == 208 and "too large" in answer["status"]["message"]
+    assert ok(proxy.getImageList("blk"))["images"] == []
+    small = new_disk(proxy, repo="blk", size=GiB)
+    assert ok(proxy.getImageList("blk"))["images"] == [small]

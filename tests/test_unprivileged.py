@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.block_helpers import detach_loops_over
 from tests.hsmd import Hsmd
 from tests.images_helpers import code, ok, qemu_reads, qemu_write, top_path, wait_image
 from tests.supervdsmd import Supervdsmd
@@ -178,3 +179,33 @@ def test_hsmd_started_as_root_says_so_once(tmp_path):
         assert daemon.log_text().count(ROOT_WARNING) == 1
     finally:
         daemon.kill()
+
+
+def test_a_block_repository_as_hsm(place, hsm_user, loops, lvm_dir):
+    """block-1 with hsmd as hsm: every LVM command and activation through supervdsmd (root), which hands
+    each activated loop device to hsm (and takes it back when it is detached), so qemu-img runs as hsm."""
+    repository = place / "rhev"
+    supervdsmd = Supervdsmd(str(place / "sv"), config={"irs": {"repository": str(repository)}},
+                            env={"LVM_SYSTEM_DIR": lvm_dir}, allowed_uids="hsm", group="hsm").start()
+    (place / "hsmd").mkdir()
+    daemon = Hsmd(str(place / "hsmd"), user="hsm", config={
+        "supervdsm": {"socket": supervdsmd.socket},
+        "irs": {"repository": str(repository), "lv_activation": "loop", "sd_health_check_delay": 0.2}}).start()
+    pvs = [loops(8 * 1024), loops(8 * 1024)]
+    try:
+        proxy = daemon.proxy()
+        ok(proxy.createStorageRepository("block-1", {"vgName": "hsmunpriv", "devices": pvs}))
+        ok(proxy.connectStorageRepository("blk", "block-1", {"vgName": "hsmunpriv"}))
+        disk = ok(proxy.createVirtualDisk("blk", str(GiB), "", {}, {}))["imageId"]
+        wait_image(proxy, "blk", disk)
+        path = ok(proxy.prepareImage("blk", disk))["path"]
+        device = os.path.realpath(path)
+        assert device.startswith("/dev/loop") and os.stat(device).st_uid == hsm_user.pw_uid
+        qemu_write(path, 0x42, 0, MiB)
+        assert qemu_reads(path, 0x42, 0, MiB)
+        ok(proxy.teardownImage("blk", disk))
+        assert os.stat(device).st_uid == 0  # detached: root's again
+    finally:
+        daemon.kill()
+        supervdsmd.kill()
+        detach_loops_over(pvs)
