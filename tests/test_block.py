@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import uuid
 
 from hsm.storage.block import METADATA_LV
-from tests.block_helpers import EXTENT, GiB, MiB
+from tests.block_helpers import EXTENT, GiB, MiB, detach_loops_over
 from tests.images_helpers import code, new_disk, new_snapshot, ok, qemu_check, qemu_reads, qemu_write, wait_image
 from tests.lvm_helpers import raw_lvm, real_lvm, report
+from tests.tgtd import Tgtd
 from tests.waiting import wait_for
 
 pytestmark = real_lvm
@@ -196,3 +198,38 @@ def test_a_record_too_large_for_its_slot_is_refused_and_nothing_is_written(block
     assert ok(proxy.getImageList("blk"))["images"] == []
     small = new_disk(proxy, repo="blk", size=GiB)
     assert ok(proxy.getImageList("blk"))["images"] == [small]
+
+
+def test_a_repository_on_an_iscsi_lun_read_back_over_iscsi(block_hsmd, tmp_path, lvm_dir):
+    """A LUN exported by a real tgtd: the kernel's initiator cannot log in here (no iscsi_tcp), so a loop
+    device over the LUN's backing file stands in for the disk it would make (the same bytes). hsm makes a
+    block-1 repository on it; what qemu-io writes into a disk is then read back over iSCSI by libiscsi
+    (qemu's iscsi driver), at the LV's extents on the LUN."""
+    target = Tgtd(str(tmp_path), "iqn.2026-11.org.hsm.test:blocklun").start(lun_bytes=8 << 30)
+    lun = subprocess.run(["losetup", "-f", "--show", os.path.join(str(tmp_path), "lun1.img")], capture_output=True,
+                         text=True, check=True).stdout.strip()
+    vg = f"hsmiscsi{uuid.uuid4().hex[:6]}"
+    try:
+        proxy = block_hsmd.proxy()
+        ok(proxy.createStorageRepository("block-1", {"vgName": vg, "devices": [lun]}))
+        ok(proxy.connectStorageRepository("lun", "block-1", {"vgName": vg}))
+        disk = new_disk(proxy, repo="lun", size=GiB)
+        path = ok(proxy.prepareImage("lun", disk))["path"]
+        qemu_write(path, 0x6B, 0, MiB)
+        ok(proxy.teardownImage("lun", disk))
+        volume = ok(proxy.getImageInfo("lun", disk))["image"]["volumes"][0]["id"]
+        _, offset, size = extents_of(lvm_dir, [lun], vg, volume)
+        over_iscsi = json.dumps({"driver": "qcow2", "file": {
+            "driver": "raw", "offset": offset, "size": size, "file": {
+                "driver": "iscsi", "transport": "tcp", "portal": f"127.0.0.1:{target.port}", "target": target.iqn,
+                "lun": 1}}})
+        done = subprocess.run(["qemu-io", "-r", "-c", f"read -P {0x6B} 0 {MiB}", f"json:{over_iscsi}"],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0 and "Pattern verification failed" not in done.stdout, done.stdout + done.stderr
+        ok(proxy.disconnectStorageRepository("lun"))
+    finally:
+        detach_loops_over([lun])
+        raw_lvm(lvm_dir, [lun], "vgremove", "-f", vg)
+        raw_lvm(lvm_dir, [lun], "pvremove", "-y", lun)
+        subprocess.run(["losetup", "-d", lun], check=False)
+        target.stop()
