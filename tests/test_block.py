@@ -233,3 +233,14 @@ def test_a_repository_on_an_iscsi_lun_read_back_over_iscsi(block_hsmd, tmp_path,
         raw_lvm(lvm_dir, [lun], "pvremove", "-y", lun)
         subprocess.run(["losetup", "-d", lun], check=False)
         target.stop()
+
+
+def test_a_create_that_fails_half_way_leaves_the_devices_as_they_were(block_hsmd, loops, lvm_dir):
+    """A 1 GiB device takes the VG but not the 1 GiB metadata LV: the create answers LVM's failure with
+    VDSM's number, and the VG and PV labels it made are gone again."""
+    proxy = block_hsmd.proxy()
+    small = loops(1024)
+    answer = proxy.createStorageRepository("block-1", {"vgName": "hsmsmall", "devices": [small]})
+    assert code(answer) in (504, 550), answer  # VolumeGroupSizeError, or CannotCreateLogicalVolume
+    assert report(lvm_dir, [small], "pvs", "pv", "-o", "pv_name,vg_name") == []
+    assert code(proxy.connectStorageRepository("s", "block-1", {"vgName": "hsmsmall"})) == 358
