@@ -7,7 +7,7 @@ import pytest
 
 from tests.block_helpers import detach_loops_over
 from tests.hsmd import Hsmd
-from tests.images_helpers import ok
+from tests.images_helpers import FORMATS, ok, repositories
 from tests.lvm_helpers import raw_lvm, report
 from tests.supervdsmd import Supervdsmd
 from vdsm_shim import ServiceProxy
@@ -162,3 +162,16 @@ def block_repo(block_hsmd, pvs, lvm_dir):
     ok(proxy.connectStorageRepository("blk", "block-1", {"vgName": vg}))
     yield proxy, vg, pvs, repo_uuid
     detach_loops_over(pvs)
+
+
+@pytest.fixture(params=FORMATS)
+def make_repo(request):
+    """make_repo(config=...): a repository of each format (localfs-1, block-1) on an hsmd of its own
+    (tests/images_helpers.py `repositories`)."""
+    yield from repositories(request)
+
+
+@pytest.fixture
+def repo(make_repo):
+    """A repository of each format, on its hsmd with the default configuration."""
+    return make_repo()

@@ -10,10 +10,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 import uuid
 
+import pytest
+
 from hsm.storage.block import METADATA_LV
-from tests.block_helpers import EXTENT, GiB, MiB, detach_loops_over
+from tests.block_helpers import EXTENT, GiB, MiB, detach_loops_over, lv_place
 from tests.images_helpers import code, new_disk, new_snapshot, ok, qemu_check, qemu_reads, qemu_write, wait_image
 from tests.lvm_helpers import raw_lvm, real_lvm, report
 from tests.tgtd import Tgtd
@@ -24,17 +27,6 @@ pytestmark = real_lvm
 
 def lvs(lvm_dir, devices, vg):
     return {lv["lv_name"]: lv for lv in report(lvm_dir, devices, "lvs", "lv", "-o", "lv_name,lv_size,lv_tags", vg)}
-
-
-def extents_of(lvm_dir, devices, vg, lv):
-    """(pv, offset, size) of the LV's one segment, as LVM reports it."""
-    rows = report(lvm_dir, devices, "pvs", "pvseg", "--segments", "-o",
-                  "pv_name,pe_start,pvseg_start,lv_name,vg_extent_size,lv_size", "--select",
-                  f'vg_name="{vg}" && lv_name="{lv}"')
-    assert len(rows) == 1, rows
-    row = rows[0]
-    return row["pv_name"], int(row["pe_start"]) + int(row["pvseg_start"]) * int(row["vg_extent_size"]), \
-        int(row["lv_size"])
 
 
 class SecondLoop:
@@ -83,7 +75,7 @@ def test_disk_data_lands_on_the_pv(block_repo, lvm_dir):
     assert qemu_reads(path, 0x5A, 0, MiB)
     ok(proxy.teardownImage("blk", disk))
     assert not os.path.exists(path)
-    with SecondLoop(*extents_of(lvm_dir, pvs, vg, volume["id"])) as device:
+    with SecondLoop(*lv_place(lvm_dir, pvs, vg, volume["id"])) as device:
         qemu_check(device)
         assert qemu_reads(device, 0x5A, 0, MiB)
 
@@ -218,7 +210,7 @@ def test_a_repository_on_an_iscsi_lun_read_back_over_iscsi(block_hsmd, tmp_path,
         qemu_write(path, 0x6B, 0, MiB)
         ok(proxy.teardownImage("lun", disk))
         volume = ok(proxy.getImageInfo("lun", disk))["image"]["volumes"][0]["id"]
-        _, offset, size = extents_of(lvm_dir, [lun], vg, volume)
+        _, offset, size = lv_place(lvm_dir, [lun], vg, volume)
         over_iscsi = json.dumps({"driver": "qcow2", "file": {
             "driver": "raw", "offset": offset, "size": size, "file": {
                 "driver": "iscsi", "transport": "tcp", "portal": f"127.0.0.1:{target.port}", "target": target.iqn,
@@ -244,3 +236,54 @@ def test_a_create_that_fails_half_way_leaves_the_devices_as_they_were(block_hsmd
     assert code(answer) == 504 and "metadata" in answer["status"]["message"], answer  # VolumeGroupSizeError
     assert report(lvm_dir, [small], "pvs", "pv", "-o", "pv_name,vg_name") == []
     assert code(proxy.connectStorageRepository("s", "block-1", {"vgName": "hsmsmall"})) == 358
+
+
+@pytest.mark.timeout(1800)  # about 3 minutes alone (making 1,000 LVs), 3 times that on a busy 2-core machine
+def test_a_repository_of_a_thousand_lvs(block_hsmd, loops, lvm_dir):
+    """1,000 disks, each an LV: all listed and checked clean, all back after a kill -9 and a connect; of two
+    LVs made behind hsmd's back, the one named as hsm names volumes is the left-over check finds, and its
+    fix removes only it (an LV named otherwise is never hsm's)."""
+    pvs = [loops(100 * 1024), loops(100 * 1024)]
+    vg = f"hsmk{uuid.uuid4().hex[:8]}"
+    proxy = block_hsmd.proxy()
+    ok(proxy.createStorageRepository("block-1", {"vgName": vg, "devices": pvs}))
+    ok(proxy.connectStorageRepository("blk", "block-1", {"vgName": vg}))
+    try:
+        made: list[str] = []
+
+        def client(count: int) -> None:
+            mine = block_hsmd.proxy(timeout=120)
+
+            def create() -> str | None:
+                answer = mine.createVirtualDisk("blk", str(MiB), "", {}, {})
+                return None if code(answer) == 405 else ok(answer)["imageId"]  # a full task queue: again later
+            for _ in range(count):
+                made.append(wait_for(create, timeout=1200, what="room in the task queue", poll=0.2))
+
+        workers = [threading.Thread(target=client, args=(125,)) for _ in range(8)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        assert len(made) == 1000
+        wait_for_no_fix(proxy, "blk", timeout=1500)
+        volumes = {ok(proxy.getImageInfo("blk", image))["image"]["volumes"][0]["id"] for image in made}
+        assert volumes <= set(lvs(lvm_dir, pvs, vg)) and len(lvs(lvm_dir, pvs, vg)) == 1001  # and the metadata LV
+        stray = str(uuid.uuid4())  # named as hsm names volumes, but no record owns it
+        for name in (stray, "adminsvolume"):  # the second is not hsm's to remove
+            done = raw_lvm(lvm_dir, pvs, "lvcreate", "--autobackup", "n", "-an", "-Zn", "-l", "1", "-n", name, vg)
+            assert done.returncode == 0, done.stderr
+        block_hsmd.kill()
+        block_hsmd.start()
+        proxy = block_hsmd.proxy()
+        ok(proxy.connectStorageRepository("blk", "block-1", {"vgName": vg}))
+        assert sorted(ok(proxy.getImageList("blk"))["images"]) == sorted(made)
+        fixes = ok(proxy.checkStorageRepository("blk"))["fixes"]
+        assert [(f["type"], json.loads(f["fix"])["files"]) for f in fixes] == [("clean", [f"volumes/{stray}"])]
+        task = ok(proxy.fixStorageRepository("blk", fixes[0]["fix"]))["taskId"]
+        wait_for(lambda: ok(proxy.getTaskStatus(task))["taskStatus"]["state"] == "finished", timeout=120,
+                 what="the orphans fix")
+        left = set(lvs(lvm_dir, pvs, vg))
+        assert stray not in left and "adminsvolume" in left and volumes <= left
+    finally:
+        detach_loops_over(pvs)

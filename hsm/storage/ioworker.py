@@ -8,6 +8,7 @@ child: (id, op, args) in, (id, ok, value) out.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import mmap
@@ -23,6 +24,10 @@ from multiprocessing.connection import Connection
 from hsm.atomicfile import atomic_remove, atomic_write, fsync_dir
 
 BLKZEROOUT = 0x127F  # _IO(0x12, 127): zero a byte range of a block device
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
+_libc = ctypes.CDLL(None, use_errno=True)
+_fallocate = _libc.fallocate
+_fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
 
 
 def _stat(path: str) -> dict:
@@ -264,11 +269,16 @@ def _write_at(path: str, offset: int, data: bytes) -> None:
 
 
 def _zero_range(path: str, offset: int, size: int) -> None:
-    """Make `size` bytes of the block device `path` from `offset` read as zeros (BLKZEROOUT: the device
-    does it, a loop device over a sparse file punches holes)."""
+    """Make `size` bytes of the block device `path` from `offset` read as zeros: unmapped where the device
+    can promise zeros after it (fallocate PUNCH_HOLE: a thin LUN gives the space back, a loop device
+    punches holes in its file), else written as zeros by the device (BLKZEROOUT)."""
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
-        fcntl.ioctl(fd, BLKZEROOUT, struct.pack("QQ", offset, size))
+        if _fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, size) != 0:
+            error = ctypes.get_errno()
+            if error not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise OSError(error, os.strerror(error), path)
+            fcntl.ioctl(fd, BLKZEROOUT, struct.pack("QQ", offset, size))
     finally:
         os.close(fd)
 
