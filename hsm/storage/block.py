@@ -46,7 +46,7 @@ from hsm.errors import (
     StorageDomainTypeError,
     VolumeMetadataWriteError,
 )
-from hsm.ids import is_id
+from hsm.ids import is_uuid
 from hsm.storage import qemuimg
 from hsm.storage.activation import LVActivation
 from hsm.storage.image import Image, Volume
@@ -91,7 +91,7 @@ def repository_uuid(tags: tuple[str, ...]) -> str:
     if FORMAT_TAG not in tags:
         return ""
     found = [tag[len(UUID_TAG):] for tag in tags if tag.startswith(UUID_TAG)]
-    return found[0] if len(found) == 1 and is_id(found[0]) else ""
+    return found[0] if len(found) == 1 and is_uuid(found[0]) else ""
 
 
 def full_size(volume: Volume, size: int) -> int:
@@ -329,24 +329,30 @@ class BlockRepository(FileRepository):
         return found.size if found is not None else 0
 
     def listing(self) -> set[str]:
-        """The LVs, as the file names of the volumes they hold (an LV no record names: its bare name)."""
+        """The LVs named by a volume id, as the file names of the volumes they hold (one no record names: its
+        bare name)."""
         known: dict[str, str] = {}
         for image in list(self.images.values()):
             for vol in image.volumes:
                 known[vol.id] = vol.filename
             if isinstance(image.intent, SnapshotIntent):
                 known.setdefault(image.intent.top, f"{image.intent.top}.qcow2")
-        return {f"{VOLUMES}/{known.get(name, name)}" for name in self.lvm.refresh() if name != METADATA_LV}
+        # Only LVs named as hsm names volumes: others (an admin's, VDSM's ids or leases) are never hsm's to remove.
+        return {f"{VOLUMES}/{known.get(name, name)}" for name in self.lvm.refresh() if is_uuid(name)}
 
     def unowned(self, names: set[str]) -> set[str]:
         """As for files; while a slot is damaged every LV counts as owned (it may hold any record)."""
         return set() if self._damaged else super().unowned(names)
 
+    def damaged_places(self) -> dict[str, str]:
+        """The slots whose two copies are both damaged: no image id can be read from them."""
+        return {f"slot {number} of {self.vg_name}/{METADATA_LV}": why for number, why in sorted(self._damaged.items())}
+
     def remove_file(self, relative: str) -> None:
         """Remove the LV of `volumes/<file name>` (deactivated first); one already gone is no error."""
         folder, _, name = relative.partition("/")
         lv = name.rsplit(".", 1)[0] if name.endswith((".qcow2", ".raw")) else name
-        if folder != VOLUMES or not is_id(lv):
+        if folder != VOLUMES or not is_uuid(lv):  # never the metadata LV, nor an LV hsm did not name
             raise InvalidParameterException(f"{relative}: not a volume of a block repository")
         with self._active_lock:
             if self._active.get(lv):

@@ -36,6 +36,7 @@ def check(repo: FileRepository, fixes: Fixes) -> list[dict]:
         entry = _examine(repo, fixes, image, on_storage)
         if entry:
             found.append(entry)
+    found += _damaged(repo)
     orphans = _orphans(repo, fixes, on_storage)
     found += [orphans] if orphans else []
     log.info("Checked repository %s: %d entries", repo.id, len(found))
@@ -61,6 +62,7 @@ def check_page(repo: FileRepository, fixes: Fixes, limit: int, marker: str) -> t
             if len(found) == limit:
                 log.info("Checked repository %s up to %s: %d entries", repo.id, image_id, len(found))
                 return found, image_id
+    found += _damaged(repo)
     orphans = _orphans(repo, fixes, on_storage)
     found += [orphans] if orphans else []
     log.info("Checked repository %s from %s: %d entries", repo.id, marker or "the start", len(found))
@@ -95,6 +97,14 @@ def _orphans(repo: FileRepository, fixes: Fixes, on_storage: set[str]) -> dict |
         return None
     return _entry(repo, fixes.kinds["orphans"].fix_type, "", f"remove {len(leftovers)} files no image owns",
                   {"kind": "orphans", "files": leftovers})
+
+
+def _damaged(repo: FileRepository) -> list[dict]:
+    """A record no image id can be read from (a block-1 slot): listed, so that an admin learns of it."""
+    return [{"type": "mend", "imageId": "", "description": f"{place}: a damaged record, and no fix can repair it",
+             "fixable": False, "code": VolumeMetadataReadError.code,
+             "reason": f"{place} holds a record that cannot be read ({why}); until it is repaired, no volume is "
+                       "removed as left over"} for place, why in sorted(repo.damaged_places().items())]
 
 
 def _unreadable(image_id: str, reason: str) -> dict:

@@ -143,8 +143,13 @@ def convert(source: str, target: str, source_format: str = "qcow2", target_forma
 
 def rebase(path: str, backing: str | None, backing_format: str = "qcow2",
            progress: Callable[[float], None] | None = None) -> None:
-    """Safe rebase: `path` keeps its content and reads through `backing` (None: stands alone)."""
-    argv = [QEMU_IMG, "rebase", "-p", "-f", "qcow2", "-b", backing or ""]
+    """Safe rebase: `path` keeps its content and reads through `backing` (None: stands alone).
+
+    Write-through (-t writethrough): each write is durable, the qcow2 tables that find it too, before the
+    next. qemu-img writes the new backing name into the header before it flushes the tables of the
+    clusters it copied, so a rebase killed there (with hsmd) left the new header over clusters it had
+    lost, and a merge or an optimize run again found the header done and the data gone."""
+    argv = [QEMU_IMG, "rebase", "-p", "-t", "writethrough", "-f", "qcow2", "-b", backing or ""]
     if backing:
         argv += ["-F", backing_format]
     _run_with_progress([*argv, path], progress)

@@ -482,6 +482,11 @@ class FileRepository:
         left = names - self.referenced_files()
         return {name for name in left if not name.startswith(VOLUMES + "/")} if self.unreadable else left
 
+    def damaged_places(self) -> dict[str, str]:
+        """Places holding a record that cannot be read, not even whose it is: {place: why}. None here: a damaged
+        record file is still named by its image id (`unreadable`)."""
+        return {}
+
     def referenced_files(self) -> set[str]:
         """Every file a record owns or a committed operation will make, relative to the repository."""
         keep = {RECORD} | {f"{IMAGES}/{image_id}{META_SUFFIX}" for image_id in list(self.unreadable)}
