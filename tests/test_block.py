@@ -16,7 +16,7 @@ import uuid
 import pytest
 
 from hsm.storage.block import METADATA_LV
-from tests.block_helpers import EXTENT, GiB, MiB, detach_loops_over, lv_place
+from tests.block_helpers import EXTENT, GiB, MetadataSlots, MiB, detach_loops_over, lv_place
 from tests.images_helpers import code, new_disk, new_snapshot, ok, qemu_check, qemu_reads, qemu_write, wait_image
 from tests.lvm_helpers import raw_lvm, real_lvm, report
 from tests.tgtd import Tgtd
@@ -287,3 +287,27 @@ def test_a_repository_of_a_thousand_lvs(block_hsmd, loops, lvm_dir):
         assert stray not in left and "adminsvolume" in left and volumes <= left
     finally:
         detach_loops_over(pvs)
+
+
+def test_a_record_naming_a_non_volume_lv_is_unreadable_and_that_lv_untouched(block_repo, block_hsmd, lvm_dir):
+    """A record (from another host, or damaged) whose volume is the metadata LV: hsm never hands that LV to a
+    VM nor removes it; the image answers 207, and the repository keeps working."""
+    proxy, vg, pvs, repo_uuid = block_repo
+    disk = new_disk(proxy, repo="blk", size=GiB)
+    other = new_disk(proxy, repo="blk", size=GiB)
+    block_hsmd.kill()
+    slots = MetadataSlots(lvm_dir, pvs, vg, repo_uuid)
+    record = json.loads(slots.records()[disk])
+    record["volumes"][0]["id"] = METADATA_LV
+    slots.write(disk, json.dumps(record).encode())
+    block_hsmd.start()
+    proxy = block_hsmd.proxy()
+    ok(proxy.connectStorageRepository("blk", "block-1", {"vgName": vg}))
+    assert code(proxy.prepareImage("blk", disk)) == 207
+    assert code(proxy.removeImage("blk", disk)) == 207
+    assert [f["code"] for f in ok(proxy.checkStorageRepository("blk"))["fixes"] if not f["fixable"]] == [207]
+    assert METADATA_LV in lvs(lvm_dir, pvs, vg)
+    path = ok(proxy.prepareImage("blk", other))["path"]  # the records still read and write
+    qemu_write(path, 0x21, 0, MiB)
+    ok(proxy.teardownImage("blk", other))
+    assert ok(proxy.getImageStatus("blk", other))["image"]["state"] == "optimized"

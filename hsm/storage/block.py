@@ -168,6 +168,14 @@ class BlockRepository(FileRepository):
         image = Image.from_json(data)
         if image.id != image_id:
             raise ValueError(f"the record names image {image.id}, not the {image_id} its slot says")
+        # hsm names every volume's LV by a uuid: any other name (the metadata LV, an admin's LV) is never a
+        # volume, so a record naming one can neither hand it to a VM nor have a clean remove it
+        names = [vol.id for vol in image.volumes]
+        if isinstance(image.intent, SnapshotIntent):
+            names.append(image.intent.top)
+        wrong = [name for name in names if not is_uuid(name)]
+        if wrong:
+            raise ValueError(f"volume {wrong[0]!r} is not a volume name of a block repository")
         return image
 
     def relabel(self, **labels: object) -> None:
