@@ -8,6 +8,8 @@ fixtures themselves are in tests/conftest.py: `block_hsmd`, `pvs` and `block_rep
 from __future__ import annotations
 
 import json
+import mmap
+import os
 import subprocess
 
 from hsm.storage.block import METADATA_LV
@@ -56,12 +58,6 @@ def read_direct(device: str, offset: int, size: int) -> bytes:
     return done.stdout
 
 
-def write_direct(device: str, offset: int, data: bytes) -> None:
-    """Write bytes (a multiple of 512, at an offset that is one too) onto a block device, durably (O_DIRECT)."""
-    subprocess.run(["dd", f"of={device}", "oflag=direct,seek_bytes,dsync", f"seek={offset}", f"bs={len(data)}",
-                    "count=1", "conv=notrunc", "status=none"], input=data, capture_output=True, check=True)
-
-
 class MetadataSlots:
     """The record slots of a block-1 repository's metadata LV (hsm.storage.slots), on the PV itself."""
 
@@ -97,7 +93,21 @@ class MetadataSlots:
         [(number, slot)] = [(number, slot) for number, slot in self.slots().items()
                             if number and slot.newest is not None and slot.newest.image_id == image_id]
         copy = Copy(image_id, number, slot.newest.sequence + 1, RECORD, payload)
-        write_direct(self.pv, self.offset + number * SLOT + slot.next_copy * COPY, encode(self.repo_uuid, copy))
+        write_whole(self.pv, self.offset + number * SLOT + slot.next_copy * COPY, encode(self.repo_uuid, copy))
+
+
+def write_whole(device: str, offset: int, data: bytes) -> None:
+    """Write all of `data` (a multiple of 4096, at an offset that is one too) onto a block device, durably
+    (O_DIRECT | O_DSYNC), in one write from here: dd fed through a pipe may take a short read and write only
+    part of it."""
+    fd = os.open(device, os.O_WRONLY | os.O_DIRECT | os.O_DSYNC | os.O_CLOEXEC)
+    try:
+        buf = mmap.mmap(-1, len(data))  # page-aligned, as O_DIRECT wants
+        buf[:] = data
+        written = os.pwritev(fd, [buf], offset)
+        assert written == len(data), f"short write to {device}: {written} of {len(data)} bytes"
+    finally:
+        os.close(fd)
 
 
 def write_through_loop(pv: str, offset: int, size: int, at: int, data: bytes) -> None:
@@ -107,6 +117,6 @@ def write_through_loop(pv: str, offset: int, size: int, at: int, data: bytes) ->
     device = subprocess.run(["losetup", "-f", "--show", "-o", str(offset), "--sizelimit", str(size), pv],
                             capture_output=True, text=True, check=True).stdout.strip()
     try:
-        write_direct(device, at, data)
+        write_whole(device, at, data)
     finally:
         subprocess.run(["losetup", "-d", device], check=False)

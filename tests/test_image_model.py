@@ -40,12 +40,31 @@ change: a fix done or not yet). A failure prints the seed, the replay command
 and the step log.
 HSM_MODEL_KEEP_GOING=1 records violations and walks on, failing at the end
 with all of them (the model adopts what hsmd did).
+
+The same walk runs on two localfs-1 repositories and on two block-1 ones
+(test_image_model_walk[localfs-1] and [block-1]; BlockWalk): each a VG on
+loop devices of its own, through a real supervdsmd, LVs used through loop
+devices. What acts on storage behind hsmd's back is what a storage admin
+could do there, as root: a disk's volume is deleted with lvremove; a damaged
+record is a disk's record slot in the metadata LV overwritten (both copies)
+with garbage through a second loop device over the PV, hsmd killed meanwhile
+(that one kind only; check must list the slot, fixable: false, and the disk's
+LV stays untouched; the admin's repair writes the slot back as it was, and
+the disk must be listed and read as before); a restart connects
+both repositories again by {vgName}. Images are read from the LVs' extents
+on the PVs, volume by volume, without hsmd; settle runs qemu-img check on
+prepareImage's path. Outside the repositories: a sentinel VG (tagged as a
+block-1 repository that is not connected, with an LV named like a volume)
+and every PV's VG stay as they were, and no LV appears in another VG. The
+block-1 walk's default length (CI_STEPS_BLOCK) keeps it to about 3 minutes
+on a busy 2-core machine.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import http.client
 import json
 import os
@@ -65,7 +84,10 @@ from xml.parsers.expat import ExpatError
 import pytest
 
 from hsm.rpc.client import ServiceProxy
+from hsm.storage.slots import SLOT as SLOT_BYTES
+from tests.block_helpers import MetadataSlots, detach_loops_over, read_direct, write_through_loop, write_whole
 from tests.images_helpers import MiB, backing_chain, code, local_path, ok, qemu_check, qemu_write
+from tests.lvm_helpers import raw_lvm, real_lvm, report
 from tests.waiting import wait_for
 
 KiB = 1024
@@ -84,6 +106,7 @@ IMAGE_EXISTS, BAD_PARAMETER, NOT_A_CHAIN, INVALID_FIX = 5010, 1000, 262, 5013
 CRASHED = (OSError, http.client.HTTPException, xmlrpc.client.ProtocolError, ExpatError)
 CI_SEED = 20261201
 CI_STEPS = 250
+CI_STEPS_BLOCK = 250  # block-1: about 2 minutes here (LVM, loop devices, supervdsmd), under 3 on a busy 2-core machine
 WAIT = 180.0  # seconds any one wait may take on a busy machine
 
 
@@ -165,8 +188,9 @@ def tree(folder: str) -> dict[str, bytes]:
 
 
 def qemu_slots(path: str, data: list[int]) -> str:
-    """'' when the image reads `data` (a pattern per slot); else what qemu-io said."""
-    argv = ["qemu-io", "-r", "-U", "-f", "qcow2"]
+    """'' when the image reads `data` (a pattern per slot); else what qemu-io said. `path`: a qcow2 file, or
+    a json: filename that names its driver."""
+    argv = ["qemu-io", "-r", "-U"] + ([] if path.startswith("json:") else ["-f", "qcow2"])
     for offset, pattern in zip(SLOTS, data, strict=True):
         argv += ["-c", f"read -P {pattern} {offset} {SLOT}"]
     done = subprocess.run(argv + [path], capture_output=True, text=True)
@@ -176,6 +200,13 @@ def qemu_slots(path: str, data: list[int]) -> str:
 
 
 class Walk:
+    """The walk on two localfs-1 repositories; what touches storage behind hsmd's back is in methods of its own
+    (setup, connect_again, record_stored, missing_volumes, top_volume, read_data, delete_volume, rule_damage,
+    repair, check_outside, check_chain, check_owned), which BlockWalk does on LVM."""
+
+    repos = REPOS
+    test_id = "test_image_model_walk[localfs-1]"
+
     def __init__(self, daemon, root: str, seed: int, steps: int, keep_going: bool = False) -> None:
         self.daemon, self.root, self.seed, self.steps, self.keep_going = daemon, root, seed, steps, keep_going
         self.paths = {"local": local_path(daemon), "second": os.path.join(root, "repos", "second")}
@@ -184,6 +215,7 @@ class Walk:
         self.removed: dict[tuple[str, str], Img] = {}    # acknowledged removes whose record may still be there
         self.prepared: dict[tuple[str, str], Prepared] = {}
         self.damaged: dict[tuple[str, str], str] = {}   # record file id -> what was wrong with it
+        self.marks: dict[tuple[str, str], str] = {}     # damaged record -> what check's description names it by
         self.protected: dict[str, bytes] = {}           # files a damaged record names: they must survive
         self.strays: set[tuple[str, str]] = set()        # listed without the model knowing them (reported once)
         self.unreported: set[tuple[str, str]] = set()    # damaged records found not reported (reported once)
@@ -237,9 +269,13 @@ class Walk:
         return "\n".join([
             f"image model failed at step {self.step}: {what}",
             f"replay: HSM_MODEL_SEED={self.seed} HSM_MODEL_STEPS={self.steps} "
-            ".venv/bin/python -m pytest tests/test_image_model.py -k test_image_model_walk",
-            f"hsmd log: {self.daemon.log_path}", "violations:", *self.violations, "steps:", *self.log,
+            f".venv/bin/python -m pytest 'tests/test_image_model.py::{self.test_id}'",
+            f"hsmd log: {self.daemon.log_path}", *self.describe(), "violations:", *self.violations, "steps:",
+            *self.log,
             f"ids: {names}", f"damaged records: {self.damaged}"])
+
+    def describe(self) -> list[str]:
+        return [f"repositories: {self.paths}"]
 
     def note(self, line: str) -> None:
         self.log.append(f"{self.step:4d} {line}")
@@ -264,6 +300,39 @@ class Walk:
         params = {"path": self.paths["second"]}
         ok(self.proxy.createStorageRepository("localfs-1", params, {}))
         ok(self.proxy.connectStorageRepository("second", "localfs-1", params, {}))
+
+    def connect_again(self) -> None:
+        """After a start: connect what hsmd does not connect by itself ('local' is its built-in one)."""
+        params = {"path": self.paths["second"]}
+        answer = self.proxy.connectStorageRepository("second", "localfs-1", params, {})
+        if code(answer) != 0:
+            self.violate("the second repository did not connect again", str(answer))
+
+    # -- storage, as an admin sees it (behind hsmd's back) ----------------------------
+
+    def record_stored(self, repo: str, image_id: str) -> bool:
+        """Whether the repository still holds the image's record (a removed image's, until reclaimed)."""
+        return os.path.exists(os.path.join(self.paths[repo], "images", image_id + ".json"))
+
+    def missing_volumes(self, repo: str, info: dict) -> list[str]:
+        return [v["path"] for v in info["volumes"] if not os.path.exists(v["path"])]
+
+    def top_volume(self, repo: str, info: dict) -> str:
+        """What qemu opens to look at the image's top volume without hsmd (a file: its chain follows by the
+        backing names in it; a map tells its own clusters at depth 0)."""
+        return info["volumes"][0]["path"]
+
+    def read_data(self, img: Img, info: dict) -> str:
+        """'' when the image reads what the model says; else what qemu-io said."""
+        return qemu_slots(self.top_volume(img.repo, info), img.data)
+
+    def delete_volume(self, repo: str, info: dict) -> str:
+        """Delete the image's top volume behind hsmd's back: its name, or '' when it is not there."""
+        path = info["volumes"][0]["path"]
+        if not os.path.exists(path):
+            return ""
+        os.remove(path)
+        return os.path.basename(path)
 
     # -- the model -------------------------------------------------------------
 
@@ -323,7 +392,7 @@ class Walk:
 
     def plan_create(self, rng: random.Random, caller_id: bool = False, auto_fix: bool | None = None,
                     on_snapshot: bool = False) -> Op | None:
-        repo = rng.choice(REPOS)
+        repo = rng.choice(self.repos)
         snapshots = self.live(repo, SNAPSHOT)
         if on_snapshot:  # a complete one, in either repository
             snapshots = [s for s in self.live(kind=SNAPSHOT) if s.phase == DONE]
@@ -385,7 +454,7 @@ class Walk:
         source = self.chosen(rng, [i for i in self.live() if i.phase == DONE] if ready else self.live())
         if source is None:
             return None
-        target = rng.choice(REPOS)
+        target = rng.choice(self.repos)
         bases = [b for b in source.chain if (source.repo, b) in self.images and (target, b) in self.images]
         base = self.images[(target, rng.choice(bases))] if bases and rng.random() < 0.6 else None
         opts = {**self.options(rng, auto_fix), "imageHints": {source.id: source.repo}}
@@ -489,7 +558,7 @@ class Walk:
         return op
 
     def plan_fix(self, rng: random.Random) -> Op | None:
-        repo = rng.choice(REPOS)
+        repo = rng.choice(self.repos)
         entries = [e for e in self.check(repo) if e.get("fix")]
         entry = self.chosen(rng, entries)
         if entry is None:
@@ -594,7 +663,7 @@ class Walk:
             self.perform(self.plan_remove(rng, self.images[target]))
 
     def rule_fix_some(self, rng: random.Random) -> None:
-        repo = rng.choice(REPOS)
+        repo = rng.choice(self.repos)
         entries = [e for e in self.check(repo) if e.get("fix")]
         rng.shuffle(entries)
         for entry in entries[:rng.randint(1, max(1, len(entries)))]:
@@ -724,10 +793,7 @@ class Walk:
         self.proxy = self.daemon.proxy(timeout=60)
         if self.transparent:  # a start takes the configured mode: the caller sets its own again
             self.set_task_mode(True)
-        params = {"path": self.paths["second"]}
-        answer = self.proxy.connectStorageRepository("second", "localfs-1", params, {})
-        if code(answer) != 0:
-            self.violate("the second repository did not connect again", str(answer))
+        self.connect_again()
         if answered is not None:
             self.judge(*answered)
         if unanswered is not None:
@@ -789,11 +855,12 @@ class Walk:
             return
         self.wait_idle_image(disk)
         info = ok(self.proxy.getImageInfo(disk.repo, disk.id))["image"]
-        path = info["volumes"][0]["path"]
-        if info["state"] != "optimized" or info["volumes"][0]["image"] != disk.id or not os.path.exists(path):
+        if info["state"] != "optimized" or info["volumes"][0]["image"] != disk.id:
             return
-        os.remove(path)
-        self.note(f"delete {disk.label}'s volume {os.path.basename(path)} behind hsmd's back")
+        deleted = self.delete_volume(disk.repo, info)
+        if not deleted:
+            return
+        self.note(f"delete {disk.label}'s volume {deleted} behind hsmd's back")
         self.lost.add(disk.key)
         disk.seen_usable = False
         entries = [e for e in self.check(disk.repo) if e["imageId"] == disk.id]
@@ -817,7 +884,7 @@ class Walk:
         """
         if len(self.damaged) >= MAX_DAMAGED:
             self.repair(next(iter(self.damaged)))
-        repo = rng.choice(REPOS)
+        repo = rng.choice(self.repos)
         victims = [i for i in self.live(repo) if i.phase == DONE and i.key not in self.prepared]
         kinds = [k for k in DAMAGE_KINDS if victims or k not in ("alias", "steal", "impostor")]
         fewest = min(self.damage_kinds[k] for k in kinds)
@@ -870,6 +937,7 @@ class Walk:
             f.write(data)
         os.rename(path + ".part", path)
         self.damaged[(repo, record_id)] = kind
+        self.marks[(repo, record_id)] = record_id
         self.damaged_files[(repo, record_id)] = files
         self.stats[f"damaged {kind.split()[0]}"] += 1
         self.note(f"damage: write a {kind} record {record_id} into {repo}; kill -9 hsmd and start it again")
@@ -885,6 +953,7 @@ class Walk:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(path)
         del self.damaged[key]
+        del self.marks[key]
         self.unreported.discard(key)
 
     def check_damaged(self) -> None:
@@ -895,8 +964,8 @@ class Walk:
             image = answer.get("image", {})
             if code(answer) == 0 and image.get("state") == "broken" and image["lastError"].get("code") == UNREADABLE:
                 continue
-            if any(e.get("fixable") is False and (e["imageId"] == record_id or record_id in e["description"])
-                   for e in self.check(repo)):
+            if any(e.get("fixable") is False and (e["imageId"] == record_id or self.marks[(repo, record_id)]
+                                                   in e["description"]) for e in self.check(repo)):
                 continue
             self.unreported.add((repo, record_id))  # the violation is told once
             self.violate("a damaged record is not reported", f"{kind} record {record_id} in {repo}: "
@@ -906,7 +975,7 @@ class Walk:
 
     def check_step(self) -> None:
         self.check_outside()
-        listed = {repo: set(ok(self.proxy.getImageList(repo))["images"]) for repo in REPOS}
+        listed = {repo: set(ok(self.proxy.getImageList(repo))["images"]) for repo in self.repos}
         for img in list(self.images.values()):
             if img.id not in listed[img.repo]:
                 self.violate("an acknowledged image is gone", img.label)
@@ -917,10 +986,10 @@ class Walk:
         for img in list(self.removed.values()):
             if img.id in listed[img.repo]:
                 self.violate("a removed image is listed", img.label)
-            if not os.path.exists(os.path.join(self.paths[img.repo], "images", img.id + ".json")):
+            if not self.record_stored(img.repo, img.id):
                 self.reclaimed(img)
         known = {img.key for img in self.images.values()} | set(self.damaged) | self.strays
-        for repo in REPOS:
+        for repo in self.repos:
             for image_id in sorted(listed[repo] - {key[1] for key in known if key[0] == repo}):
                 self.strays.add((repo, image_id))
                 self.violate("an image nobody made is listed", f"{repo}/{image_id}")
@@ -944,11 +1013,11 @@ class Walk:
             return info
         if any((img.repo, below) in self.removed for below in img.chain):
             return info  # a merge may be rebasing it (it names only the removed snapshot)
-        missing = [v["path"] for v in info["volumes"] if not os.path.exists(v["path"])]
+        missing = self.missing_volumes(img.repo, info)
         if missing:
             self.violate("a usable image lacks volumes", f"{img.label}: {missing}")
             return info
-        wrong = "" if img.tainted else qemu_slots(info["volumes"][0]["path"], img.data)
+        wrong = "" if img.tainted else self.read_data(img, info)
         self.stats["images read"] += 1
         if wrong:
             img.tainted = True
@@ -969,7 +1038,7 @@ class Walk:
             self.violate("a copy on a base does not read through it", f"{copy.label}: {info['volumes']}")
             return
         base = self.images[(copy.repo, copy.base)]
-        out = subprocess.run(["qemu-img", "map", "-U", "--output=json", info["volumes"][0]["path"]],
+        out = subprocess.run(["qemu-img", "map", "-U", "--output=json", self.top_volume(copy.repo, info)],
                              capture_output=True, text=True, check=True).stdout
         own = [(m["start"], m["start"] + m["length"]) for m in json.loads(out) if m["depth"] == 0 and m["data"]]
         for slot, offset in enumerate(SLOTS):
@@ -1013,7 +1082,7 @@ class Walk:
         entries = ok(self.proxy.checkStorageRepository(repo))["fixes"]
         for entry in entries:
             damaged = (repo, entry["imageId"]) in self.damaged or any(
-                record_id in entry["description"] for r, record_id in self.damaged if r == repo)
+                mark in entry["description"] for (r, _), mark in self.marks.items() if r == repo)
             if entry.get("fixable") is False and not damaged and (repo, entry["imageId"]) not in self.lost:
                 self.violate("an image the model knows is reported unfixable", str(entry))
             if entry.get("fixable") is False and entry.get("fix"):
@@ -1039,7 +1108,7 @@ class Walk:
         waits = {"optimize", "merge", "clean"} if self.prepared else set()  # they wait for teardownImage
         for _ in range(8):
             self.wait_idle()
-            entries = [(repo, e) for repo in REPOS for e in self.check(repo) if e.get("fix")]
+            entries = [(repo, e) for repo in self.repos for e in self.check(repo) if e.get("fix")]
             if all(e["type"] in waits for _, e in entries):
                 break
             rng.shuffle(entries)
@@ -1055,14 +1124,7 @@ class Walk:
             if not whole or info["tasks"]:
                 self.violate("an image is not usable after the fixes", f"{img.label}: {info}")
                 continue
-            top = info["volumes"][0]["path"]
-            try:
-                qemu_check(top)
-            except subprocess.CalledProcessError as e:
-                self.violate("qemu-img check fails", f"{img.label}: {e.stdout!r}")
-            if self.files_of(top) != [v["path"] for v in info["volumes"]]:
-                self.violate("the chain on storage is not the one getImageInfo shows",
-                             f"{img.label}: {self.files_of(top)} != {info['volumes']}")
+            self.check_chain(img, info)
         self.check_damaged()
         if not self.prepared:
             for img in list(self.removed.values()):
@@ -1070,9 +1132,22 @@ class Walk:
                 self.reclaimed(img)
             self.check_owned()
 
+    def check_chain(self, img: Img, info: dict) -> None:
+        """qemu-img check passes on the image's top volume, whose chain is the one getImageInfo shows."""
+        self.check_top(img, info, info["volumes"][0]["path"])
+
+    def check_top(self, img: Img, info: dict, top: str) -> None:
+        try:
+            qemu_check(top)
+        except subprocess.CalledProcessError as e:
+            self.violate("qemu-img check fails", f"{img.label}: {e.stdout!r}")
+        if self.files_of(top) != [v["path"] for v in info["volumes"]]:
+            self.violate("the chain on storage is not the one getImageInfo shows",
+                         f"{img.label}: {self.files_of(top)} != {info['volumes']}")
+
     def check_owned(self) -> None:
         """Every volume file and record in a repository belongs to a listed image or a damaged record."""
-        for repo in REPOS:
+        for repo in self.repos:
             owned, records = set(), set()
             for image_id in ok(self.proxy.getImageList(repo))["images"]:
                 info = self.proxy.getImageInfo(repo, image_id).get("image", {"volumes": []})
@@ -1090,6 +1165,338 @@ class Walk:
                 self.violate("image records nobody lists", f"{repo}: {sorted(left - records)}")
 
 
+# -- the same walk on block-1 ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where an LV's bytes are (its one segment) and what LVM says it is."""
+    pv: str
+    offset: int
+    size: int
+    uuid: str
+    tags: str
+
+
+SEGMENT_FIELDS = "pv_name,pe_start,pvseg_start,pvseg_size,vg_name,vg_tags,vg_extent_size,lv_name,lv_uuid,lv_size," \
+    "lv_tags"
+PROTECTED_BYTES = 4 * MiB  # of an LV a damaged record owns: its qcow2 header and every slot the walk writes
+
+
+class BlockWalk(Walk):
+    """The walk on two block-1 repositories, each a VG on two loop devices of its own, through a real
+    supervdsmd (hsmd's `[irs] lv_activation = loop`). What a storage admin does behind hsmd's back is done
+    with LVM and on the PVs, as root: a disk's volume is lvremove'd; a damaged record is a record slot of the
+    metadata LV overwritten (both copies) with garbage through a second loop device over the PV; hsmd is
+    killed and started, and connects each repository again by {vgName}. Images are read straight from the
+    PVs (qemu over the LVs' extents, the chain as getImageInfo says it), so reading changes nothing in hsmd;
+    `settle` runs qemu-img check on prepareImage's path. Outside the repositories: a sentinel VG on a loop
+    device of its own (tagged as a block-1 repository that is not connected, with an LV named like a
+    volume) and every PV's VG must stay as they were, and no LV appear in any other VG.
+    """
+
+    repos = ("blk", "blk2")
+    test_id = "test_image_model_walk[block-1]"
+
+    def __init__(self, daemon, lvm_dir: str, devices: list[str], seed: int, steps: int,
+                 keep_going: bool = False) -> None:
+        super().__init__(daemon, daemon.root, seed, steps, keep_going)
+        suffix = uuid.uuid4().hex[:8]
+        self.lvm_dir = lvm_dir
+        self.all_devices = list(devices)
+        self.pvs = {"blk": devices[0:2], "blk2": devices[2:4]}
+        self.sentinel_device = devices[4]
+        self.vgs = {repo: f"hsmwalk{n}{suffix}" for n, repo in enumerate(self.repos)}
+        self.sentinel_vg = f"hsmsentinel{suffix}"
+        self.paths = dict(self.vgs)
+        self.metadata: dict[str, MetadataSlots] = {}
+        # a damaged slot -> (the image whose record it held, its number, its bytes before, the image's LVs)
+        self.hidden: dict[tuple[str, str], tuple[Img, int, bytes, list[str]]] = {}
+        self.protected_lvs: dict[tuple[str, str], tuple[Place, str]] = {}  # LVs a damaged record owns
+        self._places: dict[tuple[str, str], Place] | None = None  # (vg, lv) -> Place; read again on a miss
+        self._records: dict[str, set[str]] = {}  # repo -> image ids with a record, read once per step
+
+    def describe(self) -> list[str]:
+        return [f"VGs: {self.vgs} on {self.pvs}; sentinel VG {self.sentinel_vg} on {self.sentinel_device}"]
+
+    # -- LVM and the PVs, as root --------------------------------------------------------
+
+    def lvm(self, command: str, *args: str) -> None:
+        done = raw_lvm(self.lvm_dir, self.all_devices, command, *args)
+        assert done.returncode == 0, f"lvm {command} {args}: {done.stderr}"
+
+    def segments(self) -> list[dict]:
+        """Every PV segment of every device, as one pvs report; the places it gives are kept till a miss."""
+        rows = report(self.lvm_dir, self.all_devices, "pvs", "pvseg", "--segments", "-o", SEGMENT_FIELDS)
+        self._places = {(row["vg_name"], row["lv_name"]): Place(
+            row["pv_name"], int(row["pe_start"]) + int(row["pvseg_start"]) * int(row["vg_extent_size"]),
+            int(row["lv_size"]), row["lv_uuid"], row["lv_tags"]) for row in rows if row["lv_name"]}
+        return rows
+
+    def places(self, fresh: bool = False) -> dict[tuple[str, str], Place]:
+        if fresh or self._places is None:
+            self.segments()
+        assert self._places is not None
+        return self._places
+
+    def place(self, repo: str, lv: str) -> Place | None:
+        """Where the LV is now; LVM is asked again when the last report does not know it."""
+        key = (self.vgs[repo], lv)
+        return self.places().get(key) or self.places(fresh=True).get(key)
+
+    def outside_state(self) -> dict:
+        """What must never change: the LVs of every VG but the repositories' (the sentinel's), the VG of every
+        PV, and the first MiB of each sentinel LV."""
+        rows = self.segments()
+        ours = set(self.vgs.values())
+        lvs = sorted(tuple(sorted(row.items())) for row in rows if row["vg_name"] not in ours)
+        members = sorted({(row["pv_name"], row["vg_name"]) for row in rows})
+        data = {lv: hashlib.sha256(read_direct(place.pv, place.offset, MiB)).hexdigest()
+                for (vg, lv), place in sorted(self.places().items()) if vg == self.sentinel_vg}
+        return {"lvs outside the repositories": lvs, "pvs": members, "sentinel data": data}
+
+    # -- setup and connect -------------------------------------------------------------
+
+    def setup(self) -> None:
+        sentinel_uuid = str(uuid.uuid4())
+        self.lvm("pvcreate", self.sentinel_device)
+        self.lvm("vgcreate", "-s", "128m", "--addtag", "HSM_FORMAT=block-1", "--addtag", f"HSM_UUID={sentinel_uuid}",
+                 self.sentinel_vg, self.sentinel_device)
+        volume_id = str(uuid.uuid4())
+        self.lvm("lvcreate", "-n", volume_id, "-L", "128m", "--addtag", f"IU_{uuid.uuid4()}", "--addtag",
+                 "PU_00000000-0000-0000-0000-000000000000", self.sentinel_vg)
+        self.lvm("lvcreate", "-n", "metadata", "-L", "128m", self.sentinel_vg)
+        for (vg, lv), place in self.places(fresh=True).items():
+            if vg == self.sentinel_vg:
+                write_whole(place.pv, place.offset, f"{lv}: outside every repository\n".encode().ljust(MiB, b"\x5a"))
+        self.outside = self.outside_state()
+        if not self.daemon.alive():
+            self.daemon.start()
+        self.proxy = self.daemon.proxy(timeout=60)
+        for repo in self.repos:
+            params = {"vgName": self.vgs[repo], "devices": self.pvs[repo]}
+            repo_uuid = ok(self.proxy.createStorageRepository("block-1", params, {}))["repoUuid"]
+            ok(self.proxy.connectStorageRepository(repo, "block-1", {"vgName": self.vgs[repo]}, {}))
+            self.metadata[repo] = MetadataSlots(self.lvm_dir, self.all_devices, self.vgs[repo], repo_uuid)
+        self.outside["pvs"] = self.outside_state()["pvs"]  # the repositories' PVs are in their VGs now
+
+    def connect_again(self) -> None:
+        for repo in self.repos:
+            answer = self.proxy.connectStorageRepository(repo, "block-1", {"vgName": self.vgs[repo]}, {})
+            if code(answer) != 0:
+                self.violate("a block-1 repository did not connect again", f"{repo}: {answer}")
+
+    def cleanup(self) -> None:
+        """hsmd killed, its loop devices over the PVs detached, the VGs removed: the devices serve again."""
+        self.daemon.kill()
+        detach_loops_over(self.all_devices)
+        for vg in [*self.vgs.values(), self.sentinel_vg]:
+            raw_lvm(self.lvm_dir, self.all_devices, "vgremove", "-f", vg)
+        raw_lvm(self.lvm_dir, self.all_devices, "pvremove", "-y", *self.all_devices)
+
+    # -- storage, as an admin sees it --------------------------------------------------
+
+    def check_step(self) -> None:
+        self._records = {}  # check_outside reads the places again
+        super().check_step()
+
+    def record_stored(self, repo: str, image_id: str) -> bool:
+        if repo not in self._records:
+            self._records[repo] = set(self.metadata[repo].records())
+        return image_id in self._records[repo]
+
+    def missing_volumes(self, repo: str, info: dict) -> list[str]:
+        return [v["id"] for v in info["volumes"] if self.place(repo, v["id"]) is None]
+
+    def layer(self, repo: str, volume: dict) -> str:
+        """A json: filename that opens one volume alone (no backing) from its LV's extents on the PV."""
+        place = self.place(repo, volume["id"])
+        assert place is not None, f"{repo}: no LV {volume['id']}"
+        spec: dict = {"driver": volume["format"], "file": {"driver": "raw", "offset": place.offset, "size": place.size,
+                                                           "file": {"driver": "host_device", "filename": place.pv}}}
+        if volume["format"] == "qcow2":
+            spec["backing"] = None
+        return "json:" + json.dumps(spec, separators=(",", ":"))
+
+    def top_volume(self, repo: str, info: dict) -> str:
+        return self.layer(repo, info["volumes"][0])
+
+    def read_data(self, img: Img, info: dict) -> str:
+        """The chain getImageInfo shows, read layer by layer from the PVs (qemu takes no backing over a raw
+        offset node, so layered_slots walks the chain itself)."""
+        wrong = layered_slots([self.layer(img.repo, v) for v in info["volumes"]], img.data)
+        if wrong:  # an LV may have moved since LVM was last asked: ask again before saying so
+            self.places(fresh=True)
+            wrong = layered_slots([self.layer(img.repo, v) for v in info["volumes"]], img.data)
+        return wrong
+
+    def delete_volume(self, repo: str, info: dict) -> str:
+        lv = info["volumes"][0]["id"]
+        if self.place(repo, lv) is None:
+            return ""
+        self.lvm("lvremove", "-f", f"{self.vgs[repo]}/{lv}")
+        self.places(fresh=True)
+        return f"LV {lv}"
+
+    # -- damaged records: a slot of the metadata LV overwritten ----------------------------
+
+    def rule_damage(self, rng: random.Random) -> None:
+        """Overwrite both copies of a disk's record slot with garbage (hsmd killed), and start it again: the
+        disk is gone from the listing, check reports the slot (fixable: false), and nothing touches the
+        disk's LV. The disk is a whole one (on no snapshot, read by nothing unfinished), so nothing else
+        reads through its volume. With MAX_DAMAGED in place, an admin first writes the oldest damaged slot
+        back as it was (from a backup): that disk is listed again and reads as before."""
+        repo = rng.choice(self.repos)
+        busy = {key for img in self.images.values() if img.phase != DONE for key in (img.source, (img.repo, img.disk))}
+        disks = [d for d in self.live(repo, DISK) if d.phase == DONE and not d.chain and d.key not in self.prepared
+                 and d.key not in busy and d.key not in self.lost and not d.tainted]
+        victim = self.chosen(rng, disks)
+        info = None
+        if victim is not None:
+            self.wait_idle_image(victim)
+            info = ok(self.proxy.getImageInfo(repo, victim.id))["image"]
+            if info["state"] != "optimized" or [v["image"] for v in info["volumes"]] != [victim.id]:
+                victim = None
+        if victim is None and len(self.damaged) < MAX_DAMAGED:
+            self.note(f"damage: no whole idle disk in {repo}")
+            return
+        self.kill()
+        if len(self.damaged) >= MAX_DAMAGED:
+            self.repair(next(iter(self.damaged)))
+        if victim is not None and info is not None:
+            self.damage_slot(repo, victim, info, rng)
+        self.restart()
+
+    def damage_slot(self, repo: str, victim: Img, info: dict, rng: random.Random) -> None:
+        metadata = self.metadata[repo]
+        [number] = [n for n, slot in metadata.slots().items()
+                    if n and slot.newest is not None and slot.newest.image_id == victim.id]
+        saved = read_direct(metadata.pv, metadata.offset + number * SLOT_BYTES, SLOT_BYTES)
+        garbage = b"garbage!" + rng.randbytes(SLOT_BYTES - 8)
+        write_through_loop(metadata.pv, metadata.offset, metadata.size, number * SLOT_BYTES, garbage)
+        key = victim.key
+        self.images.pop(key)
+        self.hidden[key] = (victim, number, saved, [volume["id"] for volume in info["volumes"]])
+        self.damaged[key] = f"garbage slot {number} of {victim.label}"
+        self.marks[key] = f"slot {number} of {self.vgs[repo]}/metadata:"
+        self.damage_kinds["garbage"] += 1
+        self.stats["damaged garbage"] += 1
+        for volume in info["volumes"]:
+            place = self.place(repo, volume["id"])
+            assert place is not None
+            self.protected_lvs[(repo, volume["id"])] = (place, self.digest(place))
+        self.note(f"damage: kill -9 hsmd, overwrite slot {number} of {repo} ({victim.label}'s record) with "
+                  "garbage, start hsmd")
+
+    @staticmethod
+    def digest(place: Place) -> str:
+        return hashlib.sha256(read_direct(place.pv, place.offset, PROTECTED_BYTES)).hexdigest()
+
+    def repair(self, key: tuple[str, str]) -> None:
+        """An admin writes the damaged slot back as it was (hsmd is down; it reads it at start-up)."""
+        repo, _ = key
+        victim, number, saved, lvs = self.hidden.pop(key)
+        metadata = self.metadata[repo]
+        self.note(f"repair: write slot {number} of {repo} back as it was ({victim.label}'s record)")
+        write_through_loop(metadata.pv, metadata.offset, metadata.size, number * SLOT_BYTES, saved)
+        for lv in lvs:
+            self.protected_lvs.pop((repo, lv), None)
+        del self.damaged[key]
+        del self.marks[key]
+        self.unreported.discard(key)
+        self.images[key] = victim
+
+    # -- invariants --------------------------------------------------------------------
+
+    def check_outside(self) -> None:
+        now = self.outside_state()
+        if now != self.outside:
+            changed = {what: (self.outside[what], now[what]) for what in now if now[what] != self.outside[what]}
+            self.violate("something outside the repositories changed", str(changed))
+            self.outside = now
+        for (repo, lv), (place, digest) in list(self.protected_lvs.items()):
+            found = self.places().get((self.vgs[repo], lv))
+            if found != place or self.digest(place) != digest:
+                self.violate("an LV a damaged record owns was touched", f"{repo}/{lv}: {place} -> {found}")
+                del self.protected_lvs[(repo, lv)]
+
+    def check_chain(self, img: Img, info: dict) -> None:
+        held = self.prepared.get(img.key)
+        path = held.path if held else ""
+        if not held:
+            answer = self.proxy.prepareImage(img.repo, img.id, {})
+            if code(answer) != 0:
+                self.violate("a settled image cannot be prepared", f"{img.label}: {answer['status']}")
+                return
+            path = answer["path"]
+        try:
+            self.check_top(img, info, path)
+        finally:
+            if not held:
+                ok(self.proxy.teardownImage(img.repo, img.id, {}))
+
+    def check_owned(self) -> None:
+        """Every LV of a repository's VG belongs to a listed image or a damaged record; every record slot to a
+        listed image."""
+        places = self.places(fresh=True)
+        for repo in self.repos:
+            owned = {lv for r, lv in self.protected_lvs if r == repo}
+            listed = set(ok(self.proxy.getImageList(repo))["images"])
+            for image_id in listed:
+                info = self.proxy.getImageInfo(repo, image_id).get("image", {"volumes": []})
+                owned |= {v["id"] for v in info["volumes"] if v.get("image") == image_id}
+            lvs = {lv for vg, lv in places if vg == self.vgs[repo]} - {"metadata"}
+            if lvs - owned:
+                self.violate("LVs no image owns", f"{repo}: {sorted(lvs - owned)}")
+            if owned - lvs:
+                self.violate("LVs images own are missing", f"{repo}: {sorted(owned - lvs)}")
+            records = set(self.metadata[repo].records())
+            if records - listed:
+                self.violate("image records nobody lists", f"{repo}: {sorted(records - listed)}")
+
+
+def block_walk(daemon, lvm_dir: str, devices: list[str], seed: int, steps: int) -> None:
+    """The block-1 walk on `devices` (two PVs per repository, then the sentinel's); they are free again after."""
+    keep_going = os.environ.get("HSM_MODEL_KEEP_GOING", "") not in ("", "0")
+    walk_ = BlockWalk(daemon, lvm_dir, devices, seed, steps, keep_going)
+    try:
+        walk_.run()
+        daemon.stop()
+    finally:
+        walk_.cleanup()
+
+
+def layered_slots(layers: list[str], data: list[int]) -> str:
+    """qemu_slots for a chain given as its volumes, top first, each opened alone: a slot reads what the first
+    volume that holds it (data or zeros) has there, zeros when none does. One qemu-io for the whole chain."""
+    argv = ["qemu-io"]
+    for layer in layers:
+        argv += ["-c", f"open -r -U {layer}"]
+        for offset, pattern in zip(SLOTS, data, strict=True):
+            argv += ["-c", f"alloc {offset} {SLOT}", "-c", f"read -P {pattern} {offset} {SLOT}"]
+        argv += ["-c", "close"]
+    done = subprocess.run(argv, capture_output=True, text=True)
+    found: list[list] = []  # [bytes the volume holds, pattern read] of each volume and slot, in order
+    for line in done.stdout.splitlines():
+        if "bytes allocated at offset" in line:
+            found.append([int(line.split("/")[0]), True])
+        elif line.startswith("Pattern verification failed") and found:
+            found[-1][1] = False
+    if len(found) != len(layers) * len(SLOTS):
+        return (done.stdout + done.stderr).strip()
+    wrong = []
+    for slot, pattern in enumerate(data):
+        held = [found[n * len(SLOTS) + slot] for n in range(len(layers))]
+        first = next((n for n, (allocated, _) in enumerate(held) if allocated), None)
+        if first is None and pattern != 0:
+            wrong.append(f"slot {slot}: no volume holds it, so it reads zeros, not {pattern}")
+        elif first is not None and not held[first][1]:
+            wrong.append(f"slot {slot}: volume {first} of the chain holds it, and not pattern {pattern}")
+        elif first is not None and held[first][0] != SLOT:
+            wrong.append(f"slot {slot}: volume {first} of the chain holds only {held[first][0]} bytes of it")
+    return "; ".join(wrong)
+
+
 def qemu_slots_one(path: str, pattern: int, offset: int) -> str:
     done = subprocess.run(["qemu-io", "-r", "-U", "-f", "qcow2", "-c", f"read -P {pattern} {offset} {SLOT}", path],
                           capture_output=True, text=True)
@@ -1103,17 +1510,43 @@ def walk(make_hsmd, seed: int, steps: int, name: str = "hsmd") -> None:
     daemon.stop()
 
 
-@pytest.mark.timeout(1200)  # about 2 minutes alone, 3 on a busy 2-core machine
-def test_image_model_walk(make_hsmd):
-    walk(make_hsmd, int(os.environ.get("HSM_MODEL_SEED", CI_SEED)), int(os.environ.get("HSM_MODEL_STEPS", CI_STEPS)))
+FORMATS = ["localfs-1", pytest.param("block-1", marks=real_lvm)]
+
+
+def block_devices(request) -> list[str]:
+    """Two sparse 8 GiB loop devices for each of the two repositories, and a small one for the sentinel VG."""
+    loops = request.getfixturevalue("loops")
+    return [loops(8192) for _ in range(4)] + [loops(1024)]
+
+
+@pytest.mark.timeout(1200)  # localfs-1: about 30 s alone; block-1: about 3 minutes on a busy 2-core machine
+@pytest.mark.parametrize("repo_format", FORMATS)
+def test_image_model_walk(repo_format, make_hsmd, request):
+    seed = int(os.environ.get("HSM_MODEL_SEED", CI_SEED))
+    if repo_format == "localfs-1":
+        walk(make_hsmd, seed, int(os.environ.get("HSM_MODEL_STEPS", CI_STEPS)))
+        return
+    devices = block_devices(request)
+    block_walk(request.getfixturevalue("block_hsmd"), request.getfixturevalue("lvm_dir"), devices, seed,
+               int(os.environ.get("HSM_MODEL_STEPS", CI_STEPS_BLOCK)))
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(6 * 3600)
-def test_image_model_walk_long(make_hsmd):
+@pytest.mark.parametrize("repo_format", FORMATS)
+def test_image_model_walk_long(repo_format, make_hsmd, request):
     first = int(os.environ.get("HSM_MODEL_SEED", time.time()))
-    for n in range(int(os.environ.get("HSM_MODEL_SEEDS", 5))):
-        walk(make_hsmd, first + n, int(os.environ.get("HSM_MODEL_STEPS", 600)), name=f"hsmd{n}")
+    seeds = int(os.environ.get("HSM_MODEL_SEEDS", 5))
+    if repo_format == "localfs-1":
+        for n in range(seeds):
+            walk(make_hsmd, first + n, int(os.environ.get("HSM_MODEL_STEPS", 600)), name=f"hsmd{n}")
+        return
+    devices = block_devices(request)
+    lvm_dir, supervdsmd = request.getfixturevalue("lvm_dir"), request.getfixturevalue("lvm_supervdsmd")
+    for n in range(seeds):  # a new hsmd (as block_hsmd makes it) and new VGs on the same devices for each seed
+        daemon = make_hsmd(f"hsmd{n}", config={"supervdsm": {"socket": supervdsmd.socket},
+                                               "irs": {"lv_activation": "loop", "sd_health_check_delay": 0.2}})
+        block_walk(daemon, lvm_dir, devices, first + n, int(os.environ.get("HSM_MODEL_STEPS", 300)))
 
 
 # -- a full repository ---------------------------------------------------------------
