@@ -131,6 +131,8 @@ def test_capabilities_are_found_at_connect_and_listed(on):
     proxy, _, mountpoint = on
     repo = ok(proxy.getStorageRepositoryList())["repos"]["fs"]
     assert repo["capabilities"]["offload"] == MECHANISMS[os.path.basename(mountpoint)]
+    backends = ok(proxy.getCapabilities())["info"]["offloadBackends"]  # what any connected repository does
+    assert set(MECHANISMS[os.path.basename(mountpoint)]) <= set(backends) <= {"reflink", "copy_file_range"}
     assert ok(proxy.getStorageRepositoryList())["repos"]["local"]["capabilities"]["offload"]  # /tmp's too
     assert os.listdir(os.path.join(mountpoint, "repository")) == ["images", "repository.json", "reserve",
                                                                    "volumes"] or \

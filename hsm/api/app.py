@@ -76,7 +76,8 @@ class Application:
         groups: list[object] = [
             ServiceAPI(config, self.stats, task_mode=lambda: self.tasks.mode, task_counts=self.tasks.counts,
                        repositories=self.engine.health,
-                       repo_formats=["localfs-1", "nfs-1", "posixfs-1", "block-1"]),
+                       repo_formats=["localfs-1", "nfs-1", "posixfs-1", "block-1"],
+                       offload_backends=self.engine.offload_backends),
             TasksAPI(self.tasks),
             RepositoriesAPI(self.engine),
             ImagesAPI(self.engine),

@@ -20,13 +20,15 @@ class ServiceAPI:
     def __init__(self, config: Config, stats: CallStats,
                  task_mode: Callable[[], str] | None = None,
                  task_counts: Callable[[], dict[str, int]] = dict,
-                 repositories: Callable[[], dict[str, Health]] = dict, repo_formats: list[str] | None = None) -> None:
+                 repositories: Callable[[], dict[str, Health]] = dict, repo_formats: list[str] | None = None,
+                 offload_backends: Callable[[], list[str]] = list) -> None:
         self._config = config
         self._stats = stats
         self._task_mode = task_mode or (lambda: config.tasks.mode)
         self._task_counts = task_counts
         self._repositories = repositories
         self._repo_formats = repo_formats or []
+        self._offload_backends = offload_backends
         self._started = time.time()
 
     @verb()
@@ -41,7 +43,7 @@ class ServiceAPI:
             "hostId": self._config.sanlock.host_id,
             "taskMode": self._task_mode(),
             "repoFormats": list(self._repo_formats),
-            "offloadBackends": [],
+            "offloadBackends": self._offload_backends(),
             "pid": os.getpid(),
         }}
 

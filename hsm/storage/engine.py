@@ -41,7 +41,7 @@ from hsm.errors import (
     VolumeIsBusy,
     VolumeWasNotPreparedBeforeTeardown,
 )
-from hsm.storage import block, check
+from hsm.storage import block, check, offload
 from hsm.storage import repository as repositories
 from hsm.storage.activation import LVActivation
 from hsm.storage.fixes import Fixes
@@ -389,6 +389,11 @@ class Engine:
         opts.autoFix = True
         self.fixes.check_can_start(opts)
         return check.run(repo, self.fixes, fix, opts.taskId)
+
+    def offload_backends(self) -> list[str]:
+        """The offload mechanisms some connected repository's storage does (getCapabilities), fastest first."""
+        found = {name for repo in list(self.repositories.values()) for name in repo.offload.mechanisms()}
+        return [name for name in (offload.REFLINK, offload.COPY_FILE_RANGE) if name in found]
 
     def health(self) -> dict[str, Health]:
         """What each connected repository's monitor saw last: the one source for getStats and /metrics."""
