@@ -37,19 +37,25 @@ class MergeFix(Fix):
         if snapshot is None or not snapshot.removed:
             return
         below = snapshot.volumes[len(snapshot.own)] if len(snapshot.volumes) > len(snapshot.own) else None
-        above: dict[str, Volume] = {}
-        sizes: dict[str, int] = {}  # the virtual size of each volume above
+        own_names = {vol.filename for vol in snapshot.own}
+        wanted = below.filename if below else ""
+        above: dict[str, Volume] = {}   # the volumes that may read through the snapshot's own: rebased if they do
+        direct: set[str] = set()       # of those, the ones the records put right above it
+        sizes: dict[str, int] = {}      # the virtual size of each
+        chains: dict[str, list[Volume]] = {}  # each one's chain, as the records say
         self.fixes.kind(CleanFix).check_unused(repo, snapshot)
         children = repo.dependents(snapshot)
         for child in children:
             index = next(i for i, vol in enumerate(child.volumes) if vol.id == snapshot.top.id)
+            # Every volume above, not only the next: a merge cut off between its rebase and its records (a
+            # kill) leaves a volume whose header already skips the volume the records still put under it.
+            for i in range(index):
+                vol = child.volumes[i]
+                above[vol.id], sizes[vol.id], chains[vol.id] = vol, child.size, child.volumes[i:]
             if index > 0:
-                above[child.volumes[index - 1].id] = child.volumes[index - 1]
-                sizes[child.volumes[index - 1].id] = child.size
+                direct.add(child.volumes[index - 1].id)
         with self.fixes.rewriting(repo, [child.id for child in children],
                                   f"snapshot {snapshot.id} is merged after teardownImage"):
-            chains = {child.volumes[index].id: child.volumes[index:] for child in children
-                      for index, vol in enumerate(child.volumes) if vol.id in above}
             for vol in above.values():
                 if not repo.volume_exists(vol):  # gone behind hsmd's back: its image is reported broken
                     continue
@@ -57,8 +63,7 @@ class MergeFix(Fix):
                     path = repo.volume_path(vol)
                     report = qemuimg.info(path)
                     current = report.get("backing-filename", "") if isinstance(report, dict) else ""
-                    wanted = below.filename if below else ""
-                    if current == wanted:
+                    if current == wanted or (current not in own_names and vol.id not in direct):
                         continue
                     # it takes in what the snapshot's own volumes hold (a file grows by itself)
                     repo.grow_volume(vol, sizes[vol.id], sum(repo.allocated(own) for own in snapshot.own))
