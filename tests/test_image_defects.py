@@ -407,3 +407,35 @@ def test_a_full_task_queue_at_start_up_logs_one_line_and_check_lists_the_rest(ma
     assert len(waiting) == 1 and f"Resumed 2 fixes in {repo.id}; 6 more wait" in waiting[0], waiting
     fixes = ok(proxy.checkStorageRepository(repo.id))["fixes"]
     assert {fix["imageId"] for fix in fixes} == set(disks), [fix for fix in fixes if fix["imageId"] not in disks]
+
+
+def test_a_merge_cut_off_after_its_rebase_loses_nothing_when_another_merge_runs_first(repo):
+    """Disk D on removed snapshots S2 over S1. S2's merge rebased D's top onto S1's volume, then hsmd was
+    killed before it updated the records (made here by that same rebase, by hand); S1's merge runs first.
+    It must rebase D's top too (its header reads through S1's volume, whatever the records put above it):
+    before, it rebased only S2's volume and its clean deleted the file D's header still named."""
+    proxy = repo.proxy
+    disk = repo.written_disk(0x11, size=8 * MiB)
+    s1 = new_snapshot(proxy, disk, repo.id)
+    with repo.opened(disk) as path:
+        qemu_write(path, 0x22, MiB, MiB)
+    s2 = new_snapshot(proxy, disk, repo.id)
+    with repo.opened(disk) as path:
+        qemu_write(path, 0x33, 2 * MiB, MiB)
+    for snapshot in (s2, s1):
+        ok(proxy.removeImage(repo.id, snapshot, {"autoFix": False}))
+    _, _, bottom = ok(proxy.getImageInfo(repo.id, disk))["image"]["volumes"]  # D's top, S2's volume, S1's
+    with repo.opened(disk) as path:  # what S2's merge did before the kill: D's top reads through S1 now
+        done = subprocess.run(["qemu-img", "rebase", "-f", "qcow2", "-b", os.path.basename(bottom["path"]), "-F",
+                               "qcow2", path], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    fixes = {json.loads(fix["fix"])["image"]: fix["fix"] for fix in ok(proxy.checkStorageRepository(repo.id))["fixes"]}
+    for snapshot in (s1, s2):  # S1's merge first
+        task = ok(proxy.fixStorageRepository(repo.id, fixes[snapshot], {}))["taskId"]
+        assert wait_state(proxy, task, timeout=WAIT)["taskResult"] == "success", status(proxy, task)
+    assert run_fixes(proxy, repo.id) == []
+    info = wait_image(proxy, repo.id, disk)
+    assert [volume["image"] for volume in info["volumes"]] == [disk]
+    with repo.opened(disk) as path:
+        for pattern, offset in ((0x11, 0), (0x22, MiB), (0x33, 2 * MiB)):
+            assert qemu_reads(path, pattern, offset, MiB), hex(pattern)
