@@ -255,3 +255,17 @@ def test_repeated_equal_content_length_and_pipelined_requests_are_served(hsmd):
             assert chunk, answer
             answer += chunk
     assert answer.count(b"HTTP/1.1 200 OK") == 3
+
+
+def test_a_tls_connection_hsmd_closed_while_idle_is_made_again(make_hsmd, pki):  # noqa: F811
+    """The client keeps its TLS connection alive; hsmd closes it after [rpc] idle_timeout; the next call
+    goes on a new connection instead of failing with TLS's EOF (as the stdlib does for plain HTTP)."""
+    p = str(pki)
+    daemon = make_hsmd(config=_config(ssl="true", key_file=f"{p}/server.key", cert_file=f"{p}/server.pem",
+                                      ca_file=f"{p}/ca.pem", idle_timeout=1),
+                       tls=TlsFiles(f"{p}/client.key", f"{p}/client.pem", f"{p}/ca.pem")).start()
+    good = daemon.proxy(timeout=10)
+    assert good.ping()["status"]["code"] == 0
+    with_it = _connections_tls(daemon)  # the kept-alive one, and the probe's own
+    wait_for(lambda: _connections_tls(daemon) < with_it, timeout=30, what="hsmd closing the idle connection")
+    assert good.ping()["status"]["code"] == 0

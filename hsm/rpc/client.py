@@ -75,9 +75,15 @@ class _WholeBody:
     retry_stale = True
 
     def request(self, host: Any, handler: str, request_body: Any, verbose: bool = False) -> Any:
-        if self.retry_stale:
+        if not self.retry_stale:
+            return self.single_request(host, handler, request_body, verbose)  # type: ignore[attr-defined]
+        try:
             return super().request(host, handler, request_body, verbose)  # type: ignore[misc]
-        return self.single_request(host, handler, request_body, verbose)  # type: ignore[attr-defined]
+        except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
+            # A kept-alive TLS connection hsmd closed while it was idle ([rpc] idle_timeout): the stdlib
+            # tries again after a plain connection's reset, not after TLS's EOF; the same here.
+            self.close()  # type: ignore[attr-defined]
+            return self.single_request(host, handler, request_body, verbose)  # type: ignore[attr-defined]
 
     def parse_response(self, response: http.client.HTTPResponse) -> tuple:
         try:
