@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -15,10 +16,11 @@ sanlock = pytest.importorskip("sanlock")
 pytestmark = pytest.mark.skipif(shutil.which("sanlock") is None, reason="needs sanlock")
 
 
-@pytest.fixture
-def daemon(tmp_path):
-    """A sanlock daemon in unprivileged mode with its own run dir; SANLOCK_RUN_DIR points this process at it."""
-    run = tmp_path / "run"
+@pytest.fixture(scope="session")
+def daemon(tmp_path_factory):
+    """A sanlock daemon in unprivileged mode with its own run dir; SANLOCK_RUN_DIR points this process at it.
+    One for the session: the binding reads SANLOCK_RUN_DIR once, at its first call."""
+    run = tmp_path_factory.mktemp("sanlock") / "run"
     run.mkdir()
     env = {**os.environ, "SANLOCK_RUN_DIR": str(run), "SANLOCK_PRIVILEGED": "0"}
     process = subprocess.Popen(["sanlock", "daemon", "-D", "-w", "0", "-l", "0", "-U", "root", "-G", "root",
@@ -52,3 +54,53 @@ def test_join_hold_the_writer_lease_and_leave(daemon, tmp_path):
     assert space.writer() == 0
     space.leave()
     wait_for(lambda: not space.joined(), timeout=60, what="the leave")
+
+
+HOST2 = """
+import os, sys, sanlock
+from hsm.leases.lockspace import Lockspace, Paths
+space = Lockspace(sys.argv[1], Paths(sys.argv[2], sys.argv[3]), host_id=2)
+space.join()
+import time
+deadline = time.monotonic() + 60
+while not space.joined():
+    assert time.monotonic() < deadline, "no join"
+    time.sleep(0.2)
+try:
+    space.acquire_writer()
+    print("acquired", flush=True)
+except sanlock.SanlockException as e:
+    print("refused", e.errno, flush=True)
+"""
+
+
+def test_a_second_host_cannot_take_the_writer_lease_while_the_first_holds_it(daemon, tmp_path):
+    """Host 2 is another sanlock daemon (its own run dir) in another process, as sanlock needs."""
+    from hsm.leases.lockspace import IDS_SIZE, LEASES_SIZE, Lockspace, Paths
+
+    ids, leases = tmp_path / "ids", tmp_path / "leases"
+    ids.write_bytes(b"\0" * IDS_SIZE)
+    leases.write_bytes(b"\0" * LEASES_SIZE)
+    name = "5b1e9a43-2f1c-4c36-9b39-6b8f7c2a9d10"
+    space = Lockspace(name, Paths(str(ids), str(leases)), host_id=1)
+    space.initialize(io_timeout=1)
+    space.join()
+    wait_for(space.joined, timeout=60, what="host 1's join")
+    space.acquire_writer()
+    run2 = tmp_path / "run2"
+    run2.mkdir()
+    env2 = {**os.environ, "SANLOCK_RUN_DIR": str(run2), "SANLOCK_PRIVILEGED": "0"}
+    other = subprocess.Popen(["sanlock", "daemon", "-D", "-w", "0", "-l", "0", "-U", "root", "-G", "root",
+                              "-e", "host2"], env=env2, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: (run2 / "sanlock.sock").exists(), timeout=10, what="host 2's daemon")
+        done = subprocess.run([sys.executable, "-c", HOST2, name, str(ids), str(leases)],
+                              env=env2, capture_output=True, text=True, timeout=120)
+        assert done.stdout.split()[:2] == ["refused", "243"] or "-243" in done.stdout, done.stdout + done.stderr
+        space.release_writer()
+        done = subprocess.run([sys.executable, "-c", HOST2, name, str(ids), str(leases)],
+                              env=env2, capture_output=True, text=True, timeout=120)
+        assert done.stdout.strip() == "acquired", done.stdout + done.stderr
+    finally:
+        subprocess.run(["sanlock", "client", "shutdown", "-f", "1"], env=env2, capture_output=True)
+        other.wait(10)

@@ -9,6 +9,7 @@ so join() only asks, and state() says how far it got.
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 from dataclasses import dataclass
@@ -45,8 +46,13 @@ class Lockspace:
         sanlock.write_resource(self.name, WRITER, [(self.paths.leases, LEASE_OFFSET)])
 
     def join(self) -> None:
-        """Ask the daemon to join with our host id; returns at once (state() tells when it is done)."""
-        sanlock.add_lockspace(self.name, self.host_id, self.paths.ids, wait=False)
+        """Ask the daemon to join with our host id; returns at once (joined() tells when it is done). Joined
+        or joining already (an hsmd restarted while its daemon kept the lockspace) is no error."""
+        try:
+            sanlock.add_lockspace(self.name, self.host_id, self.paths.ids, wait=False)
+        except sanlock.SanlockException as e:
+            if e.errno != errno.EEXIST:
+                raise
 
     def joined(self) -> bool:
         """True once joined; False while joining or not joined."""
