@@ -104,3 +104,47 @@ def test_a_second_host_cannot_take_the_writer_lease_while_the_first_holds_it(dae
     finally:
         subprocess.run(["sanlock", "client", "shutdown", "-f", "1"], env=env2, capture_output=True)
         other.wait(10)
+
+
+def test_a_posixfs_repository_has_a_lockspace_joined_while_connected(daemon, make_hsmd, tmp_path):
+    """hsmd (talking to the test's sanlock daemon through [sanlock] run_dir) makes a posixfs-1 repository
+    with its lockspace, joins it at connect (the repository list says so once sanlock is done) and leaves
+    it at disconnect."""
+    from tests.images_helpers import ok
+    from tests.supervdsmd import Supervdsmd
+    from tests.test_connections import bind_uri, servers
+
+    repository = tmp_path / "rhev"
+    supervdsmd = Supervdsmd(str(tmp_path / "sv"), config={"irs": {"repository": str(repository)}},
+                            mount_sources=str(tmp_path)).start()
+    hsmd = make_hsmd(config={"supervdsm": {"socket": supervdsmd.socket},
+                             "sanlock": {"run_dir": str(daemon), "io_timeout": 1},
+                             "irs": {"repository": str(repository), "sd_health_check_delay": 0.2},
+                             "connections": {"monitor_interval": 0.2}}).start()
+    try:
+        proxy = hsmd.proxy()
+        export = tmp_path / "export"
+        export.mkdir()
+        ok(proxy.manageStorageServer(bind_uri(export), "shared"))
+        wait_for(lambda: servers(proxy)["shared"]["connected"], what="mounted")
+        params = {"connectionId": "shared", "subdir": "repo"}
+        repo_uuid = ok(proxy.createStorageRepository("posixfs-1", params, {}))["repoUuid"]
+        assert sorted(os.listdir(export / "repo" / "leases")) == ["ids", "leases"]
+        ok(proxy.connectStorageRepository("shared", "posixfs-1", params, {}))
+
+        def lease() -> dict:
+            return ok(proxy.getStorageRepositoryList())["repos"]["shared"].get("leases", {})
+        state = wait_for(lambda: lease() if lease().get("joined") else None, timeout=60, what="the join")
+        assert state == {"joined": True, "hostId": 1, "writer": 0, "error": ""}
+        assert ok(proxy.getStorageRepositoryList())["repos"]["shared"]["capabilities"]["leases"] is True
+        ok(proxy.disconnectStorageRepository("shared", {}))
+        env = {**os.environ, "SANLOCK_RUN_DIR": str(daemon)}
+        wait_for(lambda: repo_uuid not in subprocess.run(["sanlock", "client", "status"], env=env,
+                                                         capture_output=True, text=True).stdout,
+                 timeout=60, what="the lockspace left")
+        ok(proxy.unmanageStorageServer("shared"))
+    finally:
+        hsmd.kill()
+        supervdsmd.kill()
+        subprocess.run(f"grep -o ' {repository}/mnt/[^ ]*' /proc/mounts | xargs -r -n1 umount -l", shell=True,
+                       check=False)

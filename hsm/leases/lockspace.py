@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import threading
 from dataclasses import dataclass
 
-import sanlock
+try:
+    import sanlock
+except ImportError:  # Debian's python3-sanlock, linked into the venv by tools/bootstrap.sh
+    sanlock = None
 
 log = logging.getLogger("hsm.leases")
 
@@ -30,6 +34,11 @@ class Paths:
     leases: str
 
 
+def lease_paths(repo_path: str) -> Paths:
+    """Where a shared file repository keeps its sanlock areas."""
+    return Paths(os.path.join(repo_path, "leases", "ids"), os.path.join(repo_path, "leases", "leases"))
+
+
 class Lockspace:
     """The lockspace of one repository, as this host sees it."""
 
@@ -39,6 +48,21 @@ class Lockspace:
         self.host_id = host_id
         self._lock = threading.Lock()
         self._fd: int | None = None  # our registration with the daemon, while we hold the writer lease
+        self._state = {"joined": False, "hostId": host_id, "writer": 0, "error": "not joined yet"}
+
+    def state(self) -> dict:
+        """What refresh_state() saw last: {joined, hostId, writer (the holder's host id, 0: none), error}."""
+        return dict(self._state)
+
+    def refresh_state(self) -> dict:
+        """Ask the daemon (the repository's monitor does, so that no verb waits on it)."""
+        try:
+            joined = self.joined()
+            self._state = {"joined": joined, "hostId": self.host_id, "writer": self.writer() if joined else 0,
+                           "error": ""}
+        except Exception as e:  # the daemon gone, or the storage behind it
+            self._state = {**self._state, "joined": False, "error": str(e)}
+        return self.state()
 
     def initialize(self, io_timeout: int) -> None:
         """Write an empty lockspace and the metadata-writer lease (a new repository)."""
