@@ -16,25 +16,12 @@ sanlock = pytest.importorskip("sanlock")
 pytestmark = pytest.mark.skipif(shutil.which("sanlock") is None, reason="needs sanlock")
 
 
-@pytest.fixture(scope="session")
-def daemon(tmp_path_factory):
-    """A sanlock daemon in unprivileged mode with its own run dir; SANLOCK_RUN_DIR points this process at it.
-    One for the session: the binding reads SANLOCK_RUN_DIR once, at its first call."""
-    run = tmp_path_factory.mktemp("sanlock") / "run"
-    run.mkdir()
-    env = {**os.environ, "SANLOCK_RUN_DIR": str(run), "SANLOCK_PRIVILEGED": "0"}
-    process = subprocess.Popen(["sanlock", "daemon", "-D", "-w", "0", "-l", "0", "-U", "root", "-G", "root",
-                                "-e", "host1"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    old = os.environ.get("SANLOCK_RUN_DIR")
-    os.environ["SANLOCK_RUN_DIR"] = str(run)
-    wait_for(lambda: (run / "sanlock.sock").exists(), timeout=10, what="sanlock's socket")
-    yield run
-    subprocess.run(["sanlock", "client", "shutdown", "-f", "1"], env=env, capture_output=True)
-    process.wait(10)
-    if old is None:
-        del os.environ["SANLOCK_RUN_DIR"]
-    else:
-        os.environ["SANLOCK_RUN_DIR"] = old
+@pytest.fixture
+def daemon(sanlock_daemon):
+    """The session's sanlock daemon (tests/conftest.py), host 1's."""
+    if sanlock_daemon is None:
+        pytest.skip("needs sanlock")
+    return sanlock_daemon
 
 
 def test_join_hold_the_writer_lease_and_leave(daemon, tmp_path):
