@@ -159,7 +159,8 @@ def _options() -> list[Option]:
         o("connections", "reconnect_backoff_max", float, "300", "longest delay between reconnect attempts"),
         # [sanlock]
         o("sanlock", "host_id", _int, "1", "this host's id in every lockspace (1-2000)"),
-        o("sanlock", "io_timeout", _int, "10", "sanlock I/O timeout in seconds for new lockspaces", coming=_LEASES),
+        o("sanlock", "io_timeout", _int, "10", "sanlock I/O timeout in seconds for new lockspaces"),
+        o("sanlock", "run_dir", str, "/run/sanlock", "the run folder of the sanlock daemon hsmd talks to (its SANLOCK_RUN_DIR); hsmd's user must be in the group of its socket"),
         # [supervdsm]
         o("supervdsm", "socket", str, "/run/hsm/supervdsm.sock", "supervdsmd's Unix socket"),
         o("supervdsm", "group", str, "root", "group owning the socket", packaged="hsm"),

@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                     "and supervdsmd does what needs root")
     try:
         hooks.run_hooks(config.irs.hooks_dir, hooks.BEFORE_START, config.irs.hook_timeout)
+        os.environ["SANLOCK_RUN_DIR"] = config.sanlock.run_dir  # the binding reads it once, at its first call
         service = Service(config)
     except (HookError, HsmError, OSError) as e:
         log.error("hsmd cannot start: %s", e)

@@ -1,17 +1,51 @@
+import grp
 import os
 import pathlib
+import shutil
 import subprocess
+import tempfile
 import uuid
 
 import pytest
 
+from tests import hsmd as hsmd_module
 from tests.block_helpers import detach_loops_over
 from tests.hsmd import Hsmd
 from tests.images_helpers import FORMATS, ok, repositories
 from tests.lvm_helpers import raw_lvm, report
 from tests.supervdsmd import Supervdsmd
+from tests.waiting import wait_for
 from vdsm_shim import ServiceProxy
 from vdsm_shim.inprocess import InProcess
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sanlock_daemon():
+    """One sanlock daemon for the session (unprivileged mode, its own run dir), which every test hsmd and the
+    test process itself talk to: the Python binding reads SANLOCK_RUN_DIR once, at its first call."""
+    if shutil.which("sanlock") is None:
+        yield None
+        return
+    top = pathlib.Path(tempfile.mkdtemp(prefix="hsm-sanlock-"))  # under /tmp: hsm must reach the socket too
+    top.chmod(0o755)
+    run = top / "run"
+    run.mkdir()
+    run.chmod(0o755)
+    env = {**os.environ, "SANLOCK_RUN_DIR": str(run), "SANLOCK_PRIVILEGED": "0"}
+    try:  # its socket's group: hsm's where that user exists (tests/test_unprivileged.py), as the packaged
+        grp.getgrnam("hsm")  # host puts hsm in sanlock's group
+        group = "hsm"
+    except KeyError:
+        group = "root"
+    process = subprocess.Popen(["sanlock", "daemon", "-D", "-w", "0", "-l", "0", "-U", "root", "-G", group,
+                                "-e", "hsmtest"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.environ["SANLOCK_RUN_DIR"] = str(run)
+    hsmd_module.SANLOCK_RUN_DIR = str(run)
+    wait_for(lambda: (run / "sanlock.sock").exists(), timeout=10, what="sanlock's socket")
+    yield run
+    subprocess.run(["sanlock", "client", "shutdown", "-f", "1"], env=env, capture_output=True)
+    process.wait(10)
+    shutil.rmtree(top, ignore_errors=True)
 
 
 @pytest.fixture

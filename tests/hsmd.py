@@ -33,6 +33,10 @@ def write_config(path: str, sections: dict[str, dict[str, object]]) -> str:
     return path
 
 
+# The sanlock daemon the test session starts (tests/conftest.py): every hsmd and the test process use it.
+SANLOCK_RUN_DIR = os.environ.get("HSM_TEST_SANLOCK_RUN_DIR", "/run/sanlock")
+
+
 class Hsmd:
     """One hsmd process with its own state, log and hooks folders under `root`."""
 
@@ -47,7 +51,8 @@ class Hsmd:
         self.log_dir = os.path.join(root, "log")
         self.hooks_dir = os.path.join(root, "hooks")
         self.tls = tls
-        sections = {"logging": {"log_dir": self.log_dir}, "irs": {"hooks_dir": self.hooks_dir}}
+        sections = {"logging": {"log_dir": self.log_dir}, "irs": {"hooks_dir": self.hooks_dir},
+                    "sanlock": {"run_dir": SANLOCK_RUN_DIR, "io_timeout": 1}}
         for section, options in (config or {}).items():
             sections.setdefault(section, {}).update(options)
         self.config_path = write_config(os.path.join(root, "hsm.conf"), sections)

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
 from hsm.errors import (
+    ClusterLockInitError,
     ImageDoesNotExistInSD,
     ImageExists,
     ImageIsNotLegalChain,
@@ -41,6 +42,7 @@ from hsm.errors import (
     VolumeIsBusy,
     VolumeWasNotPreparedBeforeTeardown,
 )
+from hsm.leases.lockspace import IDS_SIZE, LEASES_SIZE, Lockspace, lease_paths
 from hsm.storage import block, check, offload
 from hsm.storage import repository as repositories
 from hsm.storage.activation import LVActivation
@@ -65,6 +67,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("hsm.storage")
 
 T = TypeVar("T")
+SHARED_FILE_FORMATS = ("nfs-1", "posixfs-1")  # file repositories many hosts use: each has a sanlock lockspace
 
 
 def _serialized(method: Callable[..., T]) -> Callable[..., T]:
@@ -81,7 +84,8 @@ class Engine:
                  monitor_interval: float = 10.0, qcow2_compat: str = "1.1", state_dir: str | None = None,
                  prepare_timeout: float = 600.0, progress_interval: float = 30.0,
                  watcher: Watcher | None = None, connections: ConnectionManager | None = None,
-                 supervdsm: SupervdsmClient | None = None, lv_activation: str = "lvm") -> None:
+                 supervdsm: SupervdsmClient | None = None, lv_activation: str = "lvm",
+                 lease_io_timeout: int = 10) -> None:
         self.tasks = tasks
         self.watcher = watcher  # inotify, for changes made behind hsmd's back (hsm.storage.watching)
         self.prepare_timeout = prepare_timeout  # seconds prepare waits for the repository's commit lock
@@ -95,6 +99,7 @@ class Engine:
         self.connections = connections  # where nfs-1 and posixfs-1 repositories are mounted
         self.supervdsm = supervdsm  # LVM and activation of block-1 repositories
         self.lv_activation = lv_activation
+        self.lease_io_timeout = lease_io_timeout  # sanlock's io timeout for the lockspaces of new repositories
         self._links_root = os.path.join(state_dir or tempfile.gettempdir(), "block")  # volume links of block-1
         self._udev: BlockDeviceMonitor | None = None
         self._udev_failed = False  # uevents cannot be read here
@@ -123,7 +128,10 @@ class Engine:
                     io.makedirs(path)
                 except OSError as e:
                     raise repositories.creation_error(path, e) from None
-            return repositories.create(path, repo_format, io, force, repo_uuid, labels)
+            made = repositories.create(path, repo_format, io, force, repo_uuid, labels)
+            if repo_format in SHARED_FILE_FORMATS:
+                self._make_lockspace(io, path, made)
+            return made
         finally:
             io.close()
 
@@ -257,6 +265,20 @@ class Engine:
                 self._udev_failed = True
         return self._udev
 
+    def _make_lockspace(self, io: IOProcess, path: str, repo_uuid: str) -> None:
+        """The sanlock areas of a new shared repository; a failure leaves no repository (its record goes)."""
+        folder = os.path.join(path, repositories.LEASES_FOLDER)
+        try:
+            io.makedirs(folder)
+            io.write(os.path.join(folder, "ids"), bytes(IDS_SIZE))
+            io.write(os.path.join(folder, "leases"), bytes(LEASES_SIZE))
+            Lockspace(repo_uuid, lease_paths(path), self.host_id).initialize(self.lease_io_timeout)
+        except Exception as e:
+            with contextlib.suppress(OSError):
+                io.remove(os.path.join(path, repositories.RECORD))
+            raise ClusterLockInitError(f"{path}: {e}") from None
+        log.info("Initialized the lockspace of repository %s (io timeout %d s)", repo_uuid, self.lease_io_timeout)
+
     def remove_repository(self, repo_id: str) -> None:
         """Disconnect a repository and delete it with everything in it (VDSM's formatStorageDomain).
 
@@ -314,6 +336,8 @@ class Engine:
                 image = repo.images.get(image_id)
                 if image is not None:
                     self._hold(repo, image)
+        if repo.format in SHARED_FILE_FORMATS:
+            self._join(repo)
         repo.keep_reserve()
         repo.start_monitor(self.monitor_interval)
         self._watches[repo_id] = RepositoryWatch.start(repo, self.watcher, self.fixes)
@@ -337,8 +361,21 @@ class Engine:
         self._close(repo)
         log.info("Disconnected repository %s", repo_id)
 
+    def _join(self, repo: FileRepository) -> None:
+        """Join the repository's lockspace without waiting (sanlock takes seconds); the monitor tells how it went."""
+        repo.lockspace = Lockspace(repo.uuid, lease_paths(repo.path), self.host_id)
+        try:
+            repo.lockspace.join()
+        except Exception as e:
+            log.warning("Repository %s cannot join its lockspace: %s", repo.id, e)
+
     @staticmethod
     def _close(repo: FileRepository) -> None:
+        if repo.lockspace is not None:
+            try:
+                repo.lockspace.leave()
+            except Exception as e:
+                log.warning("Repository %s cannot leave its lockspace: %s", repo.id, e)
         if isinstance(repo, block.BlockRepository):
             repo.deactivate_all()
         repo.close()

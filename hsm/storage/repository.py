@@ -47,6 +47,7 @@ from hsm.errors import (
     VolumeMetadataWriteError,
 )
 from hsm.ids import is_id
+from hsm.leases.lockspace import Lockspace
 from hsm.storage.image import Image, Volume
 from hsm.storage.intents import CopyIntent, SnapshotIntent
 from hsm.storage.ioprocess import IOProcess
@@ -68,7 +69,8 @@ RESERVE_BYTES = 1 << 20     # some hundreds of record writes
 LABELS = ("name", "domainClass", "domainVersion")
 ISO_FOLDER = "iso"          # an ISO domain's files (VDSM's images/<ISO_IMAGE_UUID>); never an image's
 VMS_FOLDER = "vms"          # a pool's OVF store on its master or an export domain (VDSM's master/vms)
-EXTRA_FOLDERS = (ISO_FOLDER, VMS_FOLDER)
+LEASES_FOLDER = "leases"     # a shared repository's sanlock areas: ids (its lockspace) and leases
+EXTRA_FOLDERS = (ISO_FOLDER, VMS_FOLDER, LEASES_FOLDER)
 MAX_LABEL = 256             # characters of a label read back from storage
 
 
@@ -246,6 +248,7 @@ class FileRepository:
         self.offload = Offload()  # what its file system does for a copy inside it, found at connect
         self._monitor_stop = threading.Event()
         self.own = OwnChanges()  # what hsmd itself writes and removes, while a watch looks (hsm.storage.watching)
+        self.lockspace: Lockspace | None = None  # a shared repository's, joined while connected
 
     # -- connect ----------------------------------------------------------
 
@@ -581,6 +584,8 @@ class FileRepository:
     # -- the monitor --------------------------------------------------------
 
     def check_health(self) -> Health:
+        if self.lockspace is not None:
+            self.lockspace.refresh_state()
         started = time.monotonic()
         try:
             self.io.read(os.path.join(self.path, RECORD))
@@ -610,7 +615,8 @@ class FileRepository:
                 "lastCheck": f"{time.time() - health.last_check:.1f}" if health.last_check else "",
                 "readDelay": f"{health.read_delay:.6f}", "freeBytes": str(health.free),
                 "totalBytes": str(health.total), "path": self.path, "lastError": health.error,
-                "capabilities": {"offload": self.offload.mechanisms(), "leases": False}}
+                "capabilities": {"offload": self.offload.mechanisms(), "leases": self.lockspace is not None},
+                **({"leases": self.lockspace.state()} if self.lockspace is not None else {})}
 
 
 def _conflicts(images: dict[str, Image]) -> dict[str, str]:

@@ -1,0 +1,103 @@
+"""sanlock for one shared repository: its lockspace (the hosts' ids) and its leases area.
+
+Work in progress (issue 15), not wired into the engine yet. A repository's lockspace is named by its
+uuid; its ids area holds one 512-byte delta lease per host id (1 MiB: 2,000 hosts), and its leases
+area the metadata-writer lease at LEASE_OFFSET (VDSM's SDM lease place) and, later, volume leases.
+Joining is slow (sanlock waits out other hosts' io timeouts: about 3 s at io_timeout 1, 20 s at 10),
+so join() only asks, and state() says how far it got.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+from dataclasses import dataclass
+
+try:
+    import sanlock
+except ImportError:  # Debian's python3-sanlock, linked into the venv by tools/bootstrap.sh
+    sanlock = None
+
+log = logging.getLogger("hsm.leases")
+
+IDS_SIZE = 1 << 20       # 2,000 hosts of 512 bytes
+LEASE_OFFSET = 1 << 20   # the metadata-writer lease: VDSM's SDM lease sat at 1 MiB of the leases area
+LEASES_SIZE = 2 << 20
+WRITER = b"SDM"          # the metadata-writer lease's resource name
+
+
+@dataclass(frozen=True)
+class Paths:
+    ids: str
+    leases: str
+
+
+def lease_paths(repo_path: str) -> Paths:
+    """Where a shared file repository keeps its sanlock areas."""
+    return Paths(os.path.join(repo_path, "leases", "ids"), os.path.join(repo_path, "leases", "leases"))
+
+
+class Lockspace:
+    """The lockspace of one repository, as this host sees it."""
+
+    def __init__(self, repo_uuid: str, paths: Paths, host_id: int) -> None:
+        self.name = repo_uuid.encode()
+        self.paths = paths
+        self.host_id = host_id
+        self._lock = threading.Lock()
+        self._fd: int | None = None  # our registration with the daemon, while we hold the writer lease
+        self._state = {"joined": False, "hostId": host_id, "writer": 0, "error": "not joined yet"}
+
+    def state(self) -> dict:
+        """What refresh_state() saw last: {joined, hostId, writer (the holder's host id, 0: none), error}."""
+        return dict(self._state)
+
+    def refresh_state(self) -> dict:
+        """Ask the daemon (the repository's monitor does, so that no verb waits on it)."""
+        try:
+            joined = self.joined()
+            self._state = {"joined": joined, "hostId": self.host_id, "writer": self.writer() if joined else 0,
+                           "error": ""}
+        except Exception as e:  # the daemon gone, or the storage behind it
+            self._state = {**self._state, "joined": False, "error": str(e)}
+        return self.state()
+
+    def initialize(self, io_timeout: int) -> None:
+        """Write an empty lockspace and the metadata-writer lease (a new repository)."""
+        sanlock.write_lockspace(self.name, self.paths.ids, iotimeout=io_timeout)
+        sanlock.write_resource(self.name, WRITER, [(self.paths.leases, LEASE_OFFSET)])
+
+    def join(self) -> None:
+        """Ask the daemon to join with our host id; returns at once (joined() tells when it is done). Joined
+        or joining already (an hsmd restarted while its daemon kept the lockspace) is no error."""
+        try:
+            sanlock.add_lockspace(self.name, self.host_id, self.paths.ids, wait=False)
+        except sanlock.SanlockException as e:
+            if e.errno != errno.EEXIST:
+                raise
+
+    def joined(self) -> bool:
+        """True once joined; False while joining or not joined."""
+        return bool(sanlock.inq_lockspace(self.name, self.host_id, self.paths.ids, wait=False))
+
+    def leave(self) -> None:
+        sanlock.rem_lockspace(self.name, self.host_id, self.paths.ids, wait=False)
+
+    def writer(self) -> int:
+        """The host id holding the metadata-writer lease, or 0."""
+        owners = sanlock.read_resource_owners(self.name, WRITER, [(self.paths.leases, LEASE_OFFSET)])
+        return owners[0]["host_id"] if owners else 0
+
+    def acquire_writer(self) -> None:
+        """Hold the metadata-writer lease (SanlockException -243 when another host holds it)."""
+        with self._lock:
+            if self._fd is None:
+                self._fd = sanlock.register()
+            sanlock.acquire(self.name, WRITER, [(self.paths.leases, LEASE_OFFSET)], slkfd=self._fd)
+
+    def release_writer(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                sanlock.release(self.name, WRITER, [(self.paths.leases, LEASE_OFFSET)], slkfd=self._fd)
