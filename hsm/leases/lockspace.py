@@ -1,6 +1,7 @@
 """sanlock for one shared repository: its lockspace (the hosts' ids) and its leases area.
 
-Work in progress (issue 15), not wired into the engine yet. A repository's lockspace is named by its
+The metadata-writer lease itself is taken through the repository's I/O helper (hsm.leases.writer);
+acquire_writer/release_writer here are for tools and tests. A repository's lockspace is named by its
 uuid; its ids area holds one 512-byte delta lease per host id (1 MiB: 2,000 hosts), and its leases
 area the metadata-writer lease at LEASE_OFFSET (VDSM's SDM lease place) and, later, volume leases.
 Joining is slow (sanlock waits out other hosts' io timeouts: about 3 s at io_timeout 1, 20 s at 10),
@@ -48,6 +49,8 @@ class Lockspace:
         self.host_id = host_id
         self._lock = threading.Lock()
         self._fd: int | None = None  # our registration with the daemon, while we hold the writer lease
+        self.io_timeout = 0  # what join() asked for
+        self._wanted = False  # joined, or joining, until leave()
         self._state = {"joined": False, "hostId": host_id, "writer": 0, "error": "not joined yet"}
 
     def state(self) -> dict:
@@ -58,6 +61,10 @@ class Lockspace:
         """Ask the daemon (the repository's monitor does, so that no verb waits on it)."""
         try:
             joined = self.joined()
+            if not joined and self._wanted:  # joining, or lost (its daemon restarted, or its storage): ask again
+                if self._state["joined"]:
+                    log.warning("Lockspace %s was lost: joining again as host %d", self.name.decode(), self.host_id)
+                self.join(self.io_timeout)
             self._state = {"joined": joined, "hostId": self.host_id, "writer": self.writer() if joined else 0,
                            "error": ""}
         except Exception as e:  # the daemon gone, or the storage behind it
@@ -69,13 +76,16 @@ class Lockspace:
         sanlock.write_lockspace(self.name, self.paths.ids, iotimeout=io_timeout)
         sanlock.write_resource(self.name, WRITER, [(self.paths.leases, LEASE_OFFSET)])
 
-    def join(self) -> None:
+    def join(self, io_timeout: int = 0) -> None:
         """Ask the daemon to join with our host id; returns at once (joined() tells when it is done). Joined
-        or joining already (an hsmd restarted while its daemon kept the lockspace) is no error."""
+        or joining already (an hsmd restarted while its daemon kept the lockspace) is no error. `io_timeout`
+        (0: the daemon's own) also sets how long others wait before they take this host for dead: sanlock's
+        host-dead time is 8 io timeouts plus its watchdog's 60 s."""
+        self.io_timeout, self._wanted = io_timeout, True
         try:
-            sanlock.add_lockspace(self.name, self.host_id, self.paths.ids, wait=False)
+            sanlock.add_lockspace(self.name, self.host_id, self.paths.ids, iotimeout=io_timeout, wait=False)
         except sanlock.SanlockException as e:
-            if e.errno != errno.EEXIST:
+            if abs(e.errno or 0) not in (errno.EEXIST, errno.EINPROGRESS, errno.EBUSY, errno.EAGAIN):
                 raise
 
     def joined(self) -> bool:
@@ -83,12 +93,26 @@ class Lockspace:
         return bool(sanlock.inq_lockspace(self.name, self.host_id, self.paths.ids, wait=False))
 
     def leave(self) -> None:
+        self._wanted = False
         sanlock.rem_lockspace(self.name, self.host_id, self.paths.ids, wait=False)
 
     def writer(self) -> int:
         """The host id holding the metadata-writer lease, or 0."""
         owners = sanlock.read_resource_owners(self.name, WRITER, [(self.paths.leases, LEASE_OFFSET)])
         return owners[0]["host_id"] if owners else 0
+
+    def host_alive(self, host_id: int) -> bool:
+        """Whether sanlock takes host `host_id` for alive in this lockspace: renewing its id, or not known
+        yet (this host joined moments ago); False once it is dead or has left."""
+        if host_id == self.host_id:
+            return True
+        try:
+            hosts = sanlock.get_hosts(self.name, host_id)
+        except sanlock.SanlockException as e:
+            if e.errno == errno.EAGAIN:  # just joined: sanlock does not know yet
+                return True
+            raise
+        return bool(hosts) and hosts[0]["flags"] not in (sanlock.HOST_DEAD, sanlock.HOST_FREE)
 
     def acquire_writer(self) -> None:
         """Hold the metadata-writer lease (SanlockException -243 when another host holds it)."""

@@ -43,6 +43,7 @@ from hsm.errors import (
     VolumeWasNotPreparedBeforeTeardown,
 )
 from hsm.leases.lockspace import IDS_SIZE, LEASES_SIZE, Lockspace, lease_paths
+from hsm.leases.writer import Writer
 from hsm.storage import block, check, offload
 from hsm.storage import repository as repositories
 from hsm.storage.activation import LVActivation
@@ -100,6 +101,9 @@ class Engine:
         self.supervdsm = supervdsm  # LVM and activation of block-1 repositories
         self.lv_activation = lv_activation
         self.lease_io_timeout = lease_io_timeout  # sanlock's io timeout for the lockspaces of new repositories
+        # seconds a commit on a shared repository waits for the metadata-writer lease: as long as sanlock may
+        # take to call its holder dead (8 io timeouts and its watchdog's 60 s), and a margin
+        self.writer_timeout = 8.0 * lease_io_timeout + 80
         self._links_root = os.path.join(state_dir or tempfile.gettempdir(), "block")  # volume links of block-1
         self._udev: BlockDeviceMonitor | None = None
         self._udev_failed = False  # uevents cannot be read here
@@ -321,8 +325,12 @@ class Engine:
             else:
                 repo = FileRepository(repo_id, path, repo_format, self._io(repo_id))
                 repo.connection_id = params.get("connectionId", "") if repo_format != "localfs-1" else ""
+                if repo_format in SHARED_FILE_FORMATS:
+                    self._share(repo)
             try:
                 repo.load()
+                if repo.lock.writer is not None:
+                    self._join(repo)
             except BaseException:
                 self._close(repo)
                 raise
@@ -336,8 +344,6 @@ class Engine:
                 image = repo.images.get(image_id)
                 if image is not None:
                     self._hold(repo, image)
-        if repo.format in SHARED_FILE_FORMATS:
-            self._join(repo)
         repo.keep_reserve()
         repo.start_monitor(self.monitor_interval)
         self._watches[repo_id] = RepositoryWatch.start(repo, self.watcher, self.fixes)
@@ -361,11 +367,23 @@ class Engine:
         self._close(repo)
         log.info("Disconnected repository %s", repo_id)
 
+    def _share(self, repo: FileRepository) -> None:
+        """Record changes of a repository many hosts use go under its metadata-writer lease (hsm.leases.writer);
+        the generation its records are at is read before they are."""
+        writer = Writer(repo.io, os.path.join(repo.path, repositories.LEASES_FOLDER), repo.refresh_many,
+                        repo.rescan, acquire_timeout=self.writer_timeout)
+        writer.learn()
+        repo.lock.writer = writer
+
     def _join(self, repo: FileRepository) -> None:
-        """Join the repository's lockspace without waiting (sanlock takes seconds); the monitor tells how it went."""
+        """Join the repository's lockspace without waiting (sanlock takes seconds); the monitor tells how it went.
+        Commits wait for the join (AcquireHostIdFailure past the writer's timeout)."""
         repo.lockspace = Lockspace(repo.uuid, lease_paths(repo.path), self.host_id)
+        assert repo.lock.writer is not None
+        repo.lock.writer.lockspace = repo.lockspace
+        repo.on_check = functools.partial(self.fixes.take_over, repo)
         try:
-            repo.lockspace.join()
+            repo.lockspace.join(self.lease_io_timeout)
         except Exception as e:
             log.warning("Repository %s cannot join its lockspace: %s", repo.id, e)
 

@@ -21,6 +21,7 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 
 from hsm.ids import is_id
+from hsm.records import parse_object
 from hsm.storage import intents
 from hsm.storage.intents import Intent
 
@@ -95,12 +96,7 @@ class Image:
     @classmethod
     def from_json(cls, data: bytes) -> Image:
         """The record in `data`, every field checked; ValueError says what is wrong."""
-        try:
-            record = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise ValueError(f"not JSON: {e}") from None
-        if not isinstance(record, dict):
-            raise ValueError("not a JSON object")
+        record = parse_object(data)
         known = {f.name for f in fields(cls)}
         values = {name: value for name, value in record.items() if name in known}  # newer fields: ignored
         for name in ("id", "kind", "size", "volumes"):

@@ -192,3 +192,17 @@ class IOProcess:
     def zero_range(self, path: str, offset: int, size: int) -> None:
         """Make a byte range of a block device read as zeros (512-byte aligned)."""
         self.call("zero_range", path, offset, size)
+
+    # The metadata-writer lease of a shared repository, held by the helper (hsm.storage.ioworker._Leases).
+    def lease_acquire(self, lockspace: bytes, resource: bytes, path: str, offset: int, timeout: float) -> None:
+        self.call("lease_acquire", lockspace, resource, path, offset, timeout=timeout)
+
+    def lease_release(self, lockspace: bytes, resource: bytes, path: str, offset: int) -> None:
+        self.call("lease_release", lockspace, resource, path, offset)
+
+    def lease_write(self, lockspace: bytes, resource: bytes, path: str, data: bytes) -> None:
+        """Write `path` atomically, only while the helper holds the lease (ENOLCK otherwise)."""
+        self.call("lease_write", lockspace, resource, path, data)
+
+    def lease_remove(self, lockspace: bytes, resource: bytes, path: str) -> None:
+        self.call("lease_remove", lockspace, resource, path)

@@ -283,6 +283,56 @@ def _zero_range(path: str, offset: int, size: int) -> None:
         os.close(fd)
 
 
+class _Leases:
+    """The sanlock leases this child holds: the metadata writes it makes on a shared repository are made only
+    while it holds the repository's metadata-writer lease. sanlock ties a lease to the process that acquired
+    it: if this child dies, its leases go with it, and when the host loses its lockspace sanlock kills this
+    child (the process that writes), not hsmd."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._held: set[tuple[bytes, bytes]] = set()
+
+    def acquire(self, lockspace: bytes, resource: bytes, path: str, offset: int) -> None:
+        import sanlock  # only shared repositories' helpers need it
+        with self._lock:
+            if self._fd is None:
+                self._fd = sanlock.register()
+            try:
+                sanlock.acquire(lockspace, resource, [(path, offset)], slkfd=self._fd)
+            except sanlock.SanlockException:
+                if not self._held:  # a daemon restarted since forgot us: register again next time
+                    os.close(self._fd)
+                    self._fd = None
+                raise
+            self._held.add((lockspace, resource))
+
+    def release(self, lockspace: bytes, resource: bytes, path: str, offset: int) -> None:
+        import sanlock
+        with self._lock:
+            if (lockspace, resource) in self._held:
+                self._held.discard((lockspace, resource))
+                sanlock.release(lockspace, resource, [(path, offset)], slkfd=self._fd)
+
+    def check(self, lockspace: bytes, resource: bytes) -> None:
+        if (lockspace, resource) not in self._held:
+            raise OSError(errno.ENOLCK, f"this helper does not hold lease {resource.decode()} of "
+                                        f"{lockspace.decode()}")
+
+    def write(self, lockspace: bytes, resource: bytes, path: str, data: bytes) -> None:
+        with self._lock:  # a release waits for the write in progress
+            self.check(lockspace, resource)
+            atomic_write(path, data)
+
+    def remove(self, lockspace: bytes, resource: bytes, path: str) -> None:
+        with self._lock:
+            self.check(lockspace, resource)
+            atomic_remove(path)
+
+
+_leases = _Leases()
+
 OPS: dict[str, Callable[..., object]] = {
     "stat": _stat,
     "exists": os.path.exists,
@@ -304,6 +354,10 @@ OPS: dict[str, Callable[..., object]] = {
     "read_at": _read_at,
     "write_at": _write_at,
     "zero_range": _zero_range,
+    "lease_acquire": _leases.acquire,
+    "lease_release": _leases.release,
+    "lease_write": _leases.write,
+    "lease_remove": _leases.remove,
 }
 
 

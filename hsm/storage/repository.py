@@ -28,7 +28,7 @@ import pwd
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -48,6 +48,7 @@ from hsm.errors import (
 )
 from hsm.ids import is_id
 from hsm.leases.lockspace import Lockspace
+from hsm.leases.writer import CommitLock
 from hsm.storage.image import Image, Volume
 from hsm.storage.intents import CopyIntent, SnapshotIntent
 from hsm.storage.ioprocess import IOProcess
@@ -243,12 +244,14 @@ class FileRepository:
         self.rewriting: collections.Counter[str] = collections.Counter()  # images a merge or optimize changes now
         self._snapshotting: dict[str, str] = {}  # disk id -> the snapshot of it not yet complete
         self._copying: dict[tuple[str, str], set[str]] = {}  # (repo uuid, image) -> pending copies of it here
-        self.lock = threading.RLock()  # the commit lock: a check and the record write it allows, as one step
+        self.index_lock = threading.RLock()  # the index and what hsmd notes beside it, changed as one step
+        self.lock = CommitLock(self.index_lock)  # the commit lock: a check and the record write it allows
         self.health = Health()
         self.offload = Offload()  # what its file system does for a copy inside it, found at connect
         self._monitor_stop = threading.Event()
         self.own = OwnChanges()  # what hsmd itself writes and removes, while a watch looks (hsm.storage.watching)
         self.lockspace: Lockspace | None = None  # a shared repository's, joined while connected
+        self.on_check: Callable[[], object] | None = None  # run by the monitor of a shared repository
 
     # -- connect ----------------------------------------------------------
 
@@ -264,14 +267,17 @@ class FileRepository:
             raise StorageDomainAccessError(f"{self.path}: {RECORD} holds no valid uuid")
         self.uuid = record["uuid"]
         self.labels = _labels(record)
+        images, unreadable = self._read_records()
+        self.offload = discover(self.io, self.path)
+        log.info("Repository %s (%s) loaded: %d images, %d unreadable records; offload: %s", self.id, self.uuid,
+                 len(images), len(unreadable), ", ".join(self.offload.mechanisms()) or "none")
+
+    def _read_records(self) -> tuple[dict[str, Image], dict[str, str]]:
         try:
             found = self.io.read_all(os.path.join(self.path, IMAGES), META_SUFFIX)
         except OSError as e:
             raise StorageDomainAccessError(f"{self.path}: {e}") from None
-        images, unreadable = self._index({name[:-len(META_SUFFIX)]: data for name, data in found.items()})
-        self.offload = discover(self.io, self.path)
-        log.info("Repository %s (%s) loaded: %d images, %d unreadable records; offload: %s", self.id, self.uuid,
-                 len(images), len(unreadable), ", ".join(self.offload.mechanisms()) or "none")
+        return self._index({name[:-len(META_SUFFIX)]: data for name, data in found.items()})
 
     def _index(self, found: dict[str, bytes]) -> tuple[dict[str, Image], dict[str, str]]:
         """Make the index hold the records `found` ({image id: its bytes}): (images, unreadable records)."""
@@ -286,7 +292,7 @@ class FileRepository:
             log.error("Image record %s in %s conflicts with another: %s", image_id, self.id, reason)
             unreadable[image_id] = reason
             del images[image_id]
-        with self.lock:
+        with self.index_lock:
             self.images = IdIndex(images)
             self.unreadable = IdIndex(unreadable)
             self._snapshotting, self._copying = {}, {}
@@ -309,19 +315,21 @@ class FileRepository:
         for image_id in list(self.unreadable):
             self.refresh(image_id)
 
-    def refresh(self, image_id: str) -> None:
-        """Read one record again after a change made behind hsmd's back, and make the index say what it says.
+    def refresh(self, image_id: str, by_host: bool = False) -> None:
+        """Read one record again after a change made behind hsmd's back (`by_host`: another host's commit,
+        seen when this host took the metadata-writer lease), and make the index say what it says.
 
-        Under the commit lock, so no commit of hsmd's interleaves; storage is never
+        Under the index lock, so no commit of hsmd's interleaves; storage is never
         older than the index (a record is durable before the index shows it).
         """
-        with self.lock:
+        cause, level = ("by another host", logging.INFO) if by_host else ("behind hsmd's back", logging.WARNING)
+        with self.index_lock:
             known = self.images.get(image_id)
             try:
                 data = self._read_stored(image_id)
             except FileNotFoundError:
                 if known is not None or image_id in self.unreadable:
-                    log.warning("Image record %s was removed from %s behind hsmd's back", image_id, self.id)
+                    log.log(level, "Image record %s was removed from %s %s", image_id, self.id, cause)
                 self.unreadable.pop(image_id, None)
                 if known is not None:
                     self._drop(known)
@@ -335,19 +343,28 @@ class FileRepository:
                 if conflict:
                     raise ValueError(conflict)
             except ValueError as e:
-                log.error("Image record %s in %s was changed behind hsmd's back and is unreadable: %s",
-                          image_id, self.id, e)
+                log.error("Image record %s in %s was changed %s and is unreadable: %s", image_id, self.id, cause, e)
                 self.unreadable[image_id] = str(e)
                 if known is not None:
                     self._drop(known)
                 return
             if known is not None and known.to_json() == image.to_json():
                 return
-            log.warning("Image record %s in %s was %s behind hsmd's back", image_id, self.id,
-                        "repaired" if image_id in self.unreadable else "changed")
+            log.log(level, "Image record %s in %s was %s %s", image_id, self.id,
+                    "repaired" if image_id in self.unreadable else "changed", cause)
             self.unreadable.pop(image_id, None)
             self.images[image_id] = image
             self._note_intent(image)
+
+    def refresh_many(self, image_ids: set[str]) -> None:
+        """The records another host changed (hsm.leases.writer)."""
+        for image_id in sorted(image_ids):
+            self.refresh(image_id, by_host=True)
+
+    def rescan(self) -> None:
+        """Read every record again: another host changed records this host cannot name (hsm.leases.writer)."""
+        images, unreadable = self._read_records()
+        log.info("Repository %s read again: %d images, %d unreadable records", self.id, len(images), len(unreadable))
 
     def _drop(self, image: Image) -> None:
         """Take an image out of the index and of the pending-intent indexes (the object is left as it was)."""
@@ -501,40 +518,47 @@ class FileRepository:
         return keep
 
     def save(self, image: Image, freeing: bool = False) -> None:
-        """Write the record durably, then show it in the index.
+        """Write the record durably, then show it in the index; under the commit lock (on a shared
+        repository: the metadata-writer lease).
 
         `freeing`: the write leads to space given back (a removal), so on a full
         filesystem the reserve is let go to make room for it.
         """
-        image.generation += 1
-        try:
-            self._store(image, freeing)
-        except BaseException:
-            image.generation -= 1
-            raise
         with self.lock:
+            image.generation += 1
+            try:
+                self._store(image, freeing)
+            except BaseException:
+                image.generation -= 1
+                raise
             self.images[image.id] = image
             self._note_intent(image)
 
     def _store(self, image: Image, freeing: bool) -> None:
         """Write the record durably (save's storage half)."""
         name = f"{IMAGES}/{image.id}{META_SUFFIX}"
+        writer = self.lock.writer
+        write = self.io.write if writer is None else writer.write
+        if writer is not None:
+            writer.changing(image.id)
         self.own.expect(name)
         try:
             try:
-                self.io.write(self.meta_path(image.id), image.to_json())
+                write(self.meta_path(image.id), image.to_json())
             except OSError as e:
                 if e.errno != errno.ENOSPC or not freeing:
                     raise
                 log.warning("Repository %s is full: releasing its reserve to record the removal of %s",
                             self.id, image.id)
                 self.io.remove(os.path.join(self.path, RESERVE))
-                self.io.write(self.meta_path(image.id), image.to_json())
-        except OSError as e:
+                write(self.meta_path(image.id), image.to_json())
+        except BaseException as e:
             self.own.consume(name)  # nothing was written: no event comes
-            if e.errno == errno.ENOSPC:
+            if isinstance(e, OSError) and e.errno == errno.ENOSPC:
                 raise NoSpaceLeftOnDomain(f"{self.id}: no room for the record of {image.id}") from None
-            raise VolumeMetadataWriteError(f"{image.id}: {e}") from None
+            if isinstance(e, OSError):
+                raise VolumeMetadataWriteError(f"{image.id}: {e}") from None
+            raise
 
     def _read_stored(self, image_id: str) -> bytes:
         """The record's bytes as storage holds them now; FileNotFoundError when there is none."""
@@ -558,17 +582,28 @@ class FileRepository:
             raise
 
     def forget(self, image_id: str) -> None:
-        """Remove the record from storage, then from the index."""
-        self._unstore(image_id)
+        """Remove the record from storage, then from the index; under the commit lock."""
         with self.lock:
+            self._unstore(image_id)
             image = self.images.pop(image_id, None)
             if image is not None:
                 image.removed = True
                 self._note_intent(image)
 
     def _unstore(self, image_id: str) -> None:
+        name = f"{IMAGES}/{image_id}{META_SUFFIX}"
+        writer = self.lock.writer
         try:
-            self.remove_file(f"{IMAGES}/{image_id}{META_SUFFIX}")
+            if writer is None:
+                self.remove_file(name)
+                return
+            writer.changing(image_id)
+            self.own.expect(name)
+            try:
+                writer.remove(os.path.join(self.path, name))
+            except BaseException:
+                self.own.consume(name)
+                raise
         except OSError as e:
             raise VolumeMetadataWriteError(f"{image_id}: {e}") from None
 
@@ -586,6 +621,12 @@ class FileRepository:
     def check_health(self) -> Health:
         if self.lockspace is not None:
             self.lockspace.refresh_state()
+            try:
+                self.lock.idle()
+                if self.on_check is not None:
+                    self.on_check()
+            except Exception as e:  # storage or sanlock trouble: the health check below says what it sees
+                log.warning("Repository %s: cannot follow other hosts' changes: %s", self.id, e)
         started = time.monotonic()
         try:
             self.io.read(os.path.join(self.path, RECORD))

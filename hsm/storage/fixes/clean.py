@@ -53,5 +53,6 @@ class OrphansFix(Fix):
         return [(REPOSITORY, args["repo"], EXCLUSIVE)]
 
     def _files(self, ctx: StepContext, repo: FileRepository, image: None) -> None:
-        for name in sorted(repo.unowned(set(ctx.args.get("files", [])))):
-            repo.remove_file(name)
+        with repo.lock:  # on a shared repository: the index is true to every host's records while it decides
+            for name in sorted(repo.unowned(set(ctx.args.get("files", [])))):
+                repo.remove_file(name)

@@ -116,6 +116,7 @@ class Fixes:
             known = self._working(repo, image_id, fix)
             if known:
                 return known
+            self._claim(repo, image_id)
         args = {"repo": repo.uuid, "image": image_id, **(extra or {})}
         if image_id in repo.images:
             args.update(self.kinds[fix].extra_args(repo, repo.images[image_id]))
@@ -127,6 +128,52 @@ class Fixes:
             for key in touched:
                 self._by_image.setdefault(key, set()).add(task.id)
         return task.id
+
+    def worked_elsewhere(self, repo: FileRepository, image: Image) -> int:
+        """Another host that works on the image (it wrote the record last and is alive in the repository's
+        lockspace), or 0. Its work is left to it: any host takes it over once sanlock says it is dead."""
+        space = repo.lockspace
+        if space is None or image.hostId in (0, self.engine.host_id):
+            return 0
+        try:
+            return image.hostId if space.host_alive(image.hostId) else 0
+        except Exception as e:  # sanlock cannot say: never run one fix on two hosts
+            log.warning("Cannot tell whether host %d is alive in %s: %s", image.hostId, repo.id, e)
+            return image.hostId
+
+    def _claim(self, repo: FileRepository, image_id: str) -> None:
+        """On a shared repository, make this host the one working on the image, under the metadata-writer
+        lease: two hosts never run fixes of one image at once (VolumeIsBusy while another host is alive)."""
+        if repo.lockspace is None:
+            return
+        with repo.lock:
+            image = repo.images.get(image_id)
+            if image is None:
+                return
+            other = self.worked_elsewhere(repo, image)
+            if other:
+                raise VolumeIsBusy(f"{image_id}: host {other} works on it; another host takes it over once "
+                                   "sanlock says that host is dead")
+            if image.hostId != self.engine.host_id:
+                log.info("Taking over %s in %s from host %d", image_id, repo.id, image.hostId)
+                self.update(repo, image)
+
+    def take_over(self, repo: FileRepository) -> int:
+        """Start the fixes another host left when it died (the repository's monitor calls this)."""
+        if repo.lockspace is None or self.tasks.mode == TRANSPARENT:
+            return 0
+        left = [image for image in self._pending_first(repo)
+                if image.hostId not in (0, self.engine.host_id) and self.needed(repo, image)]
+        started = 0
+        for image in left:
+            if self.worked_elsewhere(repo, image) or self._working(repo, image.id, self.needed(repo, image)):
+                continue
+            try:
+                self.start(repo, self.needed(repo, image), image.id, image.verb or "connectStorageRepository")
+                started += 1
+            except HsmError as e:
+                log.warning("Cannot take over the %s fix of %s: %s", self.needed(repo, image), image.id, e)
+        return started
 
     def start_after_commit(self, repo: FileRepository, fix: str, image_id: str, verb: str, task_id: str) -> None:
         try:
@@ -176,7 +223,7 @@ class Fixes:
         pending = self._pending_first(repo)
         for done, image in enumerate(pending):
             fix = self.needed(repo, image)
-            if fix and not self._working(repo, image.id, fix):
+            if fix and not self._working(repo, image.id, fix) and not self.worked_elsewhere(repo, image):
                 # The id the commit handed out, unless a task ran under it already (and failed).
                 task_id = image.task if image.task and not self._known(image.task) else None
                 try:
@@ -309,9 +356,10 @@ class Fixes:
     def rewriting(self, repo: FileRepository, image_ids: list[str], wait: str) -> Iterator[None]:
         """Change these images' chains, none of them prepared now, nor prepared until the change is done.
 
-        The check and the mark are one step under the repository's lock, which prepareImage takes too.
+        The check and the mark are one step under the repository's index lock, which prepareImage takes too
+        (inside its commit lock).
         """
-        with repo.lock:
+        with repo.index_lock:
             for image_id in image_ids:
                 if self.engine.is_prepared(repo, image_id):
                     raise VolumeIsBusy(f"{image_id} is prepared on this host; {wait}")
@@ -319,7 +367,7 @@ class Fixes:
         try:
             yield
         finally:
-            with repo.lock:
+            with repo.index_lock:
                 repo.rewriting.subtract(image_ids)
                 for image_id in image_ids:
                     if repo.rewriting[image_id] <= 0:

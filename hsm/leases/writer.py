@@ -1,0 +1,350 @@
+"""The metadata-writer lease of a shared repository, and what keeps every host's index true to storage.
+
+Many hosts use one nfs-1 or posixfs-1 repository; each keeps an index of its image
+records in memory. A host changes records only while it holds the repository's
+metadata-writer lease (sanlock's resource SDM in the leases area), and it holds it
+only for the commits it has to make: the lease goes back as soon as no commit of
+this host waits for it (or after MAX_HOLD seconds of commits, so other hosts get
+their turn).
+
+Coherence: the record `leases/generation` says which image records changed, and
+when. The holder marks it open (the next generation, its host id) before it
+writes its first record, and closes it with the ids it changed when it lets the
+lease go. A host that takes the lease reads it first: records other hosts changed
+since the generation it knows are read again; an open record (its holder died
+mid-commit) or a gap past what the record remembers makes it read every record.
+So a check made under the lease sees what every host committed before it.
+
+The lease is held by the repository's I/O helper (hsm.storage.ioworker), the
+process that writes the records, and the helper writes them only while it holds
+it: when the host loses its lockspace, sanlock kills that helper, and no record is
+written after the lease is lost. The next commit starts a new helper and takes the
+lease again, or fails with 651.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+
+from hsm.errors import AcquireHostIdFailure, AcquireLockFailure, HsmError, StorageTimeout
+from hsm.ids import is_id
+from hsm.leases.lockspace import LEASE_OFFSET, WRITER, Lockspace
+from hsm.records import parse_object
+from hsm.storage.ioprocess import IOProcess
+
+log = logging.getLogger("hsm.leases")
+
+GENERATION = "generation"   # in the leases folder
+REMEMBERED = 1024           # changes the generation record keeps: a host further behind reads every record
+MAX_HOLD = 0.5              # seconds of back-to-back commits before the lease goes back to let other hosts in
+# sanlock's answers to an acquire (sanlock_rv.h; negative on the wire) that mean "try again": the lease is
+# held (IDLIVE, OWNED), another host won this ballot (OTHER), the owner's host id could not be read (IDDISK)
+SANLK_ACQUIRE_LOCKSPACE, SANLK_ACQUIRE_IDDISK, SANLK_ACQUIRE_IDLIVE = 241, 242, 243
+SANLK_ACQUIRE_OWNED, SANLK_ACQUIRE_OTHER = 244, 245
+BUSY = {SANLK_ACQUIRE_IDDISK, SANLK_ACQUIRE_IDLIVE, SANLK_ACQUIRE_OWNED, SANLK_ACQUIRE_OTHER, errno.EAGAIN,
+        errno.EBUSY}
+
+
+class Generation:
+    """What `leases/generation` says: {generation, host, open, changed: [[generation, image id], ...]}."""
+
+    def __init__(self, number: int = 0, host: int = 0, is_open: bool = False,
+                 changed: list[tuple[int, str]] | None = None) -> None:
+        self.number, self.host, self.open = number, host, is_open
+        self.changed = changed or []
+
+    @classmethod
+    def parse(cls, data: bytes) -> Generation:
+        """ValueError unless every field is what hsm writes (another host wrote it: input, not truth)."""
+        record = parse_object(data)
+        number, host, is_open, changed = (record.get(key) for key in ("generation", "host", "open", "changed"))
+        if type(number) is not int or number < 0 or type(host) is not int or not 0 <= host <= 2000 \
+                or type(is_open) is not bool or not isinstance(changed, list) or len(changed) > REMEMBERED:
+            raise ValueError("bad generation, host, open or changed")
+        pairs = []
+        for entry in changed:
+            if not (isinstance(entry, list) and len(entry) == 2 and type(entry[0]) is int and 0 < entry[0] <= number
+                    and is_id(entry[1])):
+                raise ValueError(f"bad change entry {entry!r:.80}")
+            pairs.append((entry[0], entry[1]))
+        return cls(number, host, is_open, pairs)
+
+    def to_json(self) -> bytes:
+        return json.dumps({"generation": self.number, "host": self.host, "open": self.open,
+                           "changed": [list(pair) for pair in self.changed[-REMEMBERED:]]}).encode()
+
+    def changed_since(self, known: int) -> set[str] | None:
+        """The image ids changed after generation `known`, or None when this record no longer remembers."""
+        if known > self.number:
+            return None  # someone wrote an older record over ours: trust nothing
+        if known == self.number:
+            return set()
+        remembered = {number for number, _ in self.changed}
+        if not all(number in remembered for number in range(known + 1, self.number + 1)):
+            return None
+        return {image_id for number, image_id in self.changed if number > known}
+
+
+class Writer:
+    """This host's side of one repository's metadata-writer lease (see the module's text)."""
+
+    def __init__(self, io: IOProcess, folder: str, sync_ids: Callable[[set[str]], None],
+                 sync_all: Callable[[], None], acquire_timeout: float = 60.0) -> None:
+        self.lockspace: Lockspace | None = None  # set once the repository's uuid is known (connect)
+        self.io = io
+        self.path = os.path.join(folder, GENERATION)
+        self._sync_ids = sync_ids    # read these records again
+        self._sync_all = sync_all    # read every record again
+        self.acquire_timeout = acquire_timeout
+        self.known: int | None = None  # the generation the index is true to (None: unknown, read everything)
+        self._held_since = 0.0         # monotonic time the lease was taken; 0: not held
+        self._current: Generation | None = None  # what storage holds while we hold the lease
+        self._changed: set[str] = set()          # records changed in this hold
+        self._lock = threading.Lock()
+
+    @property
+    def held(self) -> bool:
+        return self._held_since > 0
+
+    def read(self) -> Generation | None:
+        """The generation record on storage; None when there is none or it cannot be trusted."""
+        try:
+            return Generation.parse(self.io.read(self.path, 1 << 20))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            log.warning("%s cannot be used (%s): every record is read again", self.path, e)
+            return None
+
+    def learn(self) -> None:
+        """Before the records are read (connect): the generation they are at least as new as."""
+        current = self.read()
+        self.known = current.number if current is not None and not current.open else None
+
+    @property
+    def _space(self) -> Lockspace:
+        if self.lockspace is None:
+            raise AcquireHostIdFailure(f"{self.path}: the repository has no lockspace")
+        return self.lockspace
+
+    # -- the lease ------------------------------------------------------------
+
+    def acquire(self, deadline: float) -> None:
+        """Hold the lease (if not held), then make the index true to storage. Called under the commit lock."""
+        if self.held:
+            return
+        self._take(deadline)
+        self._held_since = time.monotonic()
+        try:
+            self._sync()
+        except BaseException:
+            self.release()
+            raise
+
+    def _take(self, deadline: float) -> None:
+        name, paths = self._space.name, self._space.paths
+        pause = 0.002
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                joined = self._space.joined()
+            except Exception as e:  # no daemon to ask (sanlock.SanlockException): nothing to wait for
+                raise AcquireHostIdFailure(f"repository {name.decode()}: sanlock cannot say whether this host is in "
+                                           f"its lockspace ({e})") from None
+            if not joined:
+                if left <= 0:
+                    raise AcquireHostIdFailure(f"repository {name.decode()}: this host has not joined its lockspace "
+                                               f"(host id {self._space.host_id})")
+            else:
+                try:
+                    self.io.lease_acquire(name, WRITER, paths.leases, LEASE_OFFSET, timeout=max(left, 1.0) + 90)
+                    return
+                except StorageTimeout:
+                    self._give_back()  # the helper may get it after all: never keep it unknowingly
+                    raise
+                except OSError as e:
+                    number = abs(e.errno or 0)
+                    if number == SANLK_ACQUIRE_LOCKSPACE and left <= 0:  # left the lockspace since: lost
+                        raise AcquireHostIdFailure(f"repository {name.decode()}: this host is not in its "
+                                                   "lockspace") from None
+                    if number not in BUSY and number != SANLK_ACQUIRE_LOCKSPACE:
+                        raise AcquireLockFailure(f"repository {name.decode()}: sanlock refused the "
+                                                 f"metadata-writer lease ({_sanlock_error(e)})") from None
+                    if left <= 0:
+                        holder = self._space.state().get("writer") or "another host"
+                        raise AcquireLockFailure(f"repository {name.decode()}: the metadata-writer lease stayed "
+                                                 f"with host {holder} for {self.acquire_timeout:.0f} s") from None
+            time.sleep(min(pause * random.uniform(0.5, 1.5), max(left, 0.001)))
+            pause = min(pause * 2, 0.2)
+
+    def _give_back(self) -> None:
+        try:
+            self.io.lease_release(self._space.name, WRITER, self._space.paths.leases, LEASE_OFFSET)
+        except (OSError, StorageTimeout) as e:  # a helper that died took the lease with it
+            log.warning("Repository %s: cannot release the metadata-writer lease: %s", self._space.name.decode(), e)
+
+    def release(self) -> None:
+        """Close the generation record if this hold changed records, and let the lease go."""
+        if not self.held:
+            return
+        try:
+            if self._current is not None and self._current.open:
+                self._current.open = False
+                self._current.changed.extend((self._current.number, image_id) for image_id in sorted(self._changed))
+                self._write(self._current)
+                self.known = self._current.number
+        except (OSError, HsmError) as e:  # others read every record then
+            log.warning("Repository %s: cannot close its generation record: %s", self._space.name.decode(), e)
+            self.known = None
+        finally:
+            self._current, self._changed, self._held_since = None, set(), 0.0
+            self._give_back()
+
+    def linger(self) -> bool:
+        """Whether the next local commit may keep the lease (it has not been held long)."""
+        return self.held and time.monotonic() - self._held_since < MAX_HOLD
+
+    def follow(self) -> None:
+        """Without the lease: records changed by other hosts' finished holds are read again, so that answers
+        here stay current between this host's own commits (an open hold is read once it closes)."""
+        current = self.read()
+        if current is None or current.open or current.number == self.known:
+            return
+        changed = current.changed_since(self.known) if self.known is not None else None
+        if changed is None:
+            self._sync_all()
+        elif changed:
+            self._sync_ids(changed)
+        self.known = current.number
+
+    def _sync(self) -> None:
+        current = self.read()
+        if current is None or current.open or self.known is None:
+            if current is not None and current.open:
+                log.warning("Repository %s: host %d died while changing records: every record is read again",
+                            self._space.name.decode(), current.host)
+            self._sync_all()
+        else:
+            changed = current.changed_since(self.known)
+            if changed is None:
+                self._sync_all()
+            elif changed:
+                self._sync_ids(changed)
+        self._current = current or Generation()
+        self.known = self._current.number
+
+    # -- fenced writes ----------------------------------------------------------
+
+    def _write(self, generation: Generation) -> None:
+        self._fenced(self.io.lease_write, self.path, generation.to_json())
+
+    def changing(self, image_id: str) -> None:
+        """Before a record is written or removed: mark the generation record open (once per hold)."""
+        if not self.held or self._current is None:
+            raise AcquireLockFailure(f"repository {self._space.name.decode()}: a record change outside the "
+                                     f"metadata-writer lease")
+        if not self._current.open:
+            opened = Generation(self._current.number + 1, self._space.host_id, True, list(self._current.changed))
+            self._write(opened)
+            self._current = opened
+        self._changed.add(image_id)
+
+    def write(self, path: str, data: bytes) -> None:
+        """Write a record, only if the helper still holds the lease (651 otherwise)."""
+        self._fenced(self.io.lease_write, path, data)
+
+    def remove(self, path: str) -> None:
+        self._fenced(self.io.lease_remove, path)
+
+    def _fenced(self, op: Callable[..., None], path: str, *data: bytes) -> None:
+        try:
+            op(self._space.name, WRITER, path, *data)
+        except OSError as e:
+            if e.errno == errno.ENOLCK:  # the helper that held the lease is gone (sanlock killed it, or a hang)
+                self._held_since, self._current = 0.0, None
+                self.known = None
+                raise AcquireLockFailure(f"repository {self._space.name.decode()}: the metadata-writer lease "
+                                         f"was lost; nothing was written") from None
+            raise
+
+
+def _sanlock_error(e: OSError) -> str:
+    return {errno.ENOSPC: "this host is not in the lockspace", errno.ECONNREFUSED: "its daemon does not answer",
+            errno.ENOENT: "its daemon does not answer"}.get(abs(e.errno or 0), f"error {e.errno}")
+
+
+class CommitLock:
+    """A repository's commit lock: a check and the record writes it allows, as one step.
+
+    Held by one thread at a time, re-entrant, as the RLock it wraps (the repository's
+    index lock). On a shared repository (`writer` set) the outermost entry also takes
+    the metadata-writer lease and brings the index up to date, and the outermost exit
+    lets the lease go unless another commit of this host is already waiting for it.
+    """
+
+    def __init__(self, inner: threading.RLock) -> None:
+        self._inner = inner
+        self.writer: Writer | None = None
+        self._depth = 0    # the owning thread's nesting
+        self._waiting = 0  # threads waiting to enter
+        self._count = threading.Lock()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        started = time.monotonic()
+        with self._count:
+            self._waiting += 1
+        try:
+            if not self._inner.acquire(blocking, timeout):
+                return False
+        finally:
+            with self._count:
+                self._waiting -= 1
+        self._depth += 1
+        writer = self.writer
+        if self._depth == 1 and writer is not None:
+            wait = timeout if timeout >= 0 else writer.acquire_timeout
+            try:
+                writer.acquire(started + wait)
+            except BaseException:
+                self._depth -= 1
+                self._inner.release()
+                raise
+        return True
+
+    def release(self) -> None:
+        writer = self.writer
+        if self._depth == 1 and writer is not None and writer.held:
+            with self._count:
+                keep = self._waiting > 0 and writer.linger()
+            if not keep:
+                writer.release()
+        self._depth -= 1
+        self._inner.release()
+
+    def __enter__(self) -> CommitLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def idle(self) -> None:
+        """Between commits (the repository's monitor calls it): let go of a lease kept for a commit that then
+        gave up waiting, and read again what other hosts changed since (hsm.leases.writer.Writer.follow)."""
+        writer = self.writer
+        if writer is None or not self._inner.acquire(timeout=1):
+            return
+        try:
+            if self._depth == 0:
+                if writer.held:
+                    writer.release()
+                writer.follow()
+        finally:
+            self._inner.release()
