@@ -107,6 +107,7 @@ class Writer:
         self._held_since = 0.0         # monotonic time the lease was taken; 0: not held
         self._current: Generation | None = None  # what storage holds while we hold the lease
         self._changed: set[str] = set()          # records changed in this hold
+        self.pinned = False                      # kept past commits (CommitLock.pin: the SPM role)
         self._lock = threading.Lock()
 
     @property
@@ -195,17 +196,23 @@ class Writer:
         if not self.held:
             return
         try:
-            if self._current is not None and self._current.open:
-                self._current.open = False
-                self._current.changed.extend((self._current.number, image_id) for image_id in sorted(self._changed))
-                self._write(self._current)
-                self.known = self._current.number
-        except (OSError, HsmError) as e:  # others read every record then
-            log.warning("Repository %s: cannot close its generation record: %s", self._space.name.decode(), e)
-            self.known = None
+            self.publish()
         finally:
             self._current, self._changed, self._held_since = None, set(), 0.0
             self._give_back()
+
+    def publish(self) -> None:
+        """Close the generation record if this hold changed records: other hosts read them from now on."""
+        try:
+            if self._current is not None and self._current.open:
+                self._current.open = False
+                self._current.changed.extend((self._current.number, image_id) for image_id in sorted(self._changed))
+                self._changed = set()
+                self._write(self._current)
+                self.known = self._current.number
+        except (OSError, HsmError) as e:  # others read every record then
+            log.warning("%s cannot be closed: %s", self.path, e)
+            self.known = None
 
     def linger(self) -> bool:
         """Whether the next local commit may keep the lease (it has not been held long)."""
@@ -322,9 +329,11 @@ class CommitLock:
         writer = self.writer
         if self._depth == 1 and writer is not None and writer.held:
             with self._count:
-                keep = self._waiting > 0 and writer.linger()
+                keep = writer.pinned or self._waiting > 0 and writer.linger()
             if not keep:
                 writer.release()
+            elif writer.pinned:  # held for long: what it changed is published commit by commit
+                writer.publish()
         self._depth -= 1
         self._inner.release()
 
@@ -335,6 +344,29 @@ class CommitLock:
     def __exit__(self, *exc: object) -> None:
         self.release()
 
+    def pin(self, timeout: float | None = None) -> None:
+        """Take the lease and keep it past commits until unpin(): VDSM's SPM role (spmStart) on a shared
+        repository; other hosts' commits wait meanwhile. A host holding it commits without asking sanlock."""
+        writer = self.writer
+        if writer is None:
+            raise ValueError("not a shared repository")
+        if not self.acquire(timeout=-1 if timeout is None else timeout):
+            raise AcquireLockFailure(f"{writer.path}: this host's commits kept the repository busy")
+        try:
+            writer.pinned = True
+        finally:
+            self.release()
+
+    def unpin(self) -> None:
+        """Let the lease go at the end of the next commit, or now when none runs (spmStop)."""
+        writer = self.writer
+        if writer is None:
+            return
+        with self._inner:
+            writer.pinned = False
+            if self._depth == 0 and writer.held:
+                writer.release()
+
     def idle(self) -> None:
         """Between commits (the repository's monitor calls it): let go of a lease kept for a commit that then
         gave up waiting, and read again what other hosts changed since (hsm.leases.writer.Writer.follow)."""
@@ -342,7 +374,7 @@ class CommitLock:
         if writer is None or not self._inner.acquire(timeout=1):
             return
         try:
-            if self._depth == 0:
+            if self._depth == 0 and not writer.pinned:
                 if writer.held:
                     writer.release()
                 writer.follow()
