@@ -97,7 +97,6 @@ class Option:
 
 # Options VDSM's configuration has (or hsm's design names) whose features are not built yet.
 _BLOCK = "block repositories"
-_LEASES = "sanlock leases"
 _OFFLOAD = "offload"
 
 
@@ -119,7 +118,7 @@ def _options() -> list[Option]:
         o("irs", "udev_settle_timeout", _int, "5", "seconds to wait for udev events to settle", coming=_BLOCK),
         o("irs", "scsi_rescan_maximal_timeout", _int, "30", "seconds a SCSI rescan may take", coming=_BLOCK),
         o("irs", "iscsi_default_ifaces", _list, "default", "iSCSI interfaces used when a connection names none", coming=_BLOCK),
-        o("irs", "use_volume_leases", _bool, "false", "take sanlock volume leases in prepareImage", coming=_LEASES),
+        o("irs", "use_volume_leases", _bool, "false", "prepareImage takes the image's sanlock volume lease for this host (shared repositories), so another host's prepareImage of it is refused"),
         o("irs", "maximum_allowed_pvs", _int, "8", "most physical volumes in one block repository", coming=_BLOCK),
         o("irs", "progress_interval", float, "30", "seconds between progress lines in the log for long copies"),
         o("irs", "hooks_dir", str, "/usr/libexec/hsm/hooks", "folder of before_hsmd_start/ and after_hsmd_stop/ hook folders"),

@@ -200,3 +200,47 @@ def test_a_host_without_its_lockspace_writes_no_record(make_cluster):
     wait_image(two.proxy, CID, again)
     assert {made, again} <= live_ids(one.proxy) | live_ids(two.proxy)
     wait_for(lambda: {made, again} <= live_ids(one.proxy), timeout=30, what="host 1 to see host 2's disk")
+
+
+def test_a_vm_holds_its_image_on_one_host_at_a_time(tmp_path):
+    """[irs] use_volume_leases: prepareImage takes the image's volume lease (getImageInfo says where it is),
+    so another host's prepareImage is refused (651) and so is its removeImage (203), naming the host; after
+    teardownImage the other host may; a host restarted with the image prepared holds it again."""
+    hosts, params = cluster(tmp_path, 2, hsmd_config={"irs": {"use_volume_leases": True}})
+    one, two = hosts
+    try:
+        disk = ok(one.proxy.createVirtualDisk(CID, str(MiB), "", {}, {}))["imageId"]
+        wait_image(one.proxy, CID, disk)
+        wait_for(lambda: disk in live_ids(two.proxy), timeout=30, what="host 2 to see the disk")
+        lease = ok(one.proxy.getImageInfo(CID, disk))["image"]["lease"]
+        assert lease["offset"] == "0" and lease["path"].endswith(f"/repo/leases/{disk}.lease"), lease
+        assert ok(two.proxy.getImageInfo(CID, disk))["image"]["lease"]["path"].endswith(f"/leases/{disk}.lease")
+
+        ok(one.proxy.prepareImage(CID, disk))
+        assert os.path.getsize(os.path.join(repo_folder(one), "leases", f"{disk}.lease")) == MiB
+        refused = two.proxy.prepareImage(CID, disk)
+        assert code(refused) == 651 and "host 1" in refused["status"]["message"], refused
+        refused = two.proxy.removeImage(CID, disk, {})
+        assert code(refused) == 203 and "host 1" in refused["status"]["message"], refused
+
+        ok(one.proxy.teardownImage(CID, disk))
+        ok(two.proxy.prepareImage(CID, disk))
+        assert code(one.proxy.prepareImage(CID, disk)) == 651
+
+        two.hsmd.kill()  # its I/O helper dies with it: sanlock frees the lease until host 2 takes it again
+        two.start_hsmd()
+        two.connect(params)
+        import sanlock
+        space = ok(one.proxy.getStorageRepositoryList())["repos"][CID]["uuid"].encode()
+        path = os.path.join(repo_folder(one), "leases", f"{disk}.lease")
+        wait_for(lambda: [owner["host_id"] for owner in sanlock.read_resource_owners(space, disk.encode(),
+                                                                                     [(path, 0)])] == [2],
+                 timeout=60, what="host 2, restarted, to hold the prepared image again")
+        assert code(one.proxy.prepareImage(CID, disk)) == 651
+        ok(two.proxy.teardownImage(CID, disk))
+        ok(one.proxy.removeImage(CID, disk, {}))
+        wait_for(lambda: not os.path.exists(os.path.join(repo_folder(one), "leases", f"{disk}.lease")),
+                 timeout=60, what="the lease to go with the disk")
+    finally:
+        for host in hosts:
+            host.close()

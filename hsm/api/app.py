@@ -71,7 +71,7 @@ class Application:
                              state_dir=state_dir, prepare_timeout=irs.prepare_image_timeout / 1000,
                              progress_interval=irs.progress_interval, watcher=self.watcher,
                              connections=self.connections, supervdsm=supervdsm, lv_activation=irs.lv_activation,
-                             lease_io_timeout=config.sanlock.io_timeout)
+                             lease_io_timeout=config.sanlock.io_timeout, use_volume_leases=irs.use_volume_leases)
         self.domains = Domains(self.engine, self.connections, state_dir)  # VDSM's storage domains and pool
         self.pools = Pools(self.domains, state_dir)
         groups: list[object] = [

@@ -1,11 +1,28 @@
-"""VDSM's storage pool and SPM verbs, for the single-host pool view (hsm.storage.pools).
+"""VDSM's storage pool and SPM verbs, on this host's pool records (hsm.storage.pools).
 
-The host that connects a pool holds its SPM role: getSpmStatus answers "SPM"
-with the host id given at connect, spmStart is a task that bumps the lease
-version, spmStop and fenceSpmStorage change nothing. The OVF store verbs
-(updateVM, removeVM, getVmsList, getVmsInfo) work on the master domain or an
-export domain (hsm.storage.ovf); reconstructMaster and upgradeStoragePool
-rewrite this host's view of the pool and its domains' version labels.
+SPM, when the pool's master domain is shared (nfs-1, posixfs-1): the host
+that pinned the master's metadata-writer lease, so that other hosts' commits
+on it wait. spmStart answers `uuid`, a task tagged "hsm" that pins the lease
+(its result {lver}: the lease's version); it fails with 651 when another
+host keeps the lease (another SPM), 661 when this host cannot join the
+lockspace, and spmStart on the SPM answers 656 at once, as VDSM's
+validateNotSPM did. spmStop lets the lease go (nothing to do when not SPM);
+it does not wait for tasks: hsm's tasks commit with or without the role.
+getSpmStatus answers {spmStatus SPM/Contend/Free, spmLver (the lease's
+version), spmId (the host holding the lease, -1 for none)}.
+connectStoragePool's hostID must be this host's `[sanlock] host_id` (700).
+fenceSpmStorage answers the status and changes nothing: VDSM's reset of the
+SPM id in its pool metadata has no counterpart, since sanlock alone says who
+holds the lease, and frees a dead holder's lease by itself.
+
+With a local master (localfs-1) the pool is a single-host view: the host that
+connects it holds its SPM role with the hostID given at connect, spmStart
+bumps the lease version kept in the pool record, spmStop changes nothing.
+
+The OVF store verbs (updateVM, removeVM, getVmsList, getVmsInfo) work on the
+master domain or an export domain (hsm.storage.ovf); reconstructMaster and
+upgradeStoragePool rewrite this host's view of the pool and its domains'
+version labels.
 """
 
 from __future__ import annotations
@@ -60,7 +77,7 @@ class LegacyPoolAPI:
         tasks.register(TaskKind(SPM_START, lambda args: [Step("spmStart", self._spm_start, idempotent=True)]))
 
     def _spm_start(self, ctx: StepContext) -> dict:
-        return {"lver": self._pools.spm_start(ctx.args["spUUID"])}
+        return {"lver": self._pools.spm_start(ctx.args["spUUID"], ctx.check_stop)}
 
     @verb(mutating=True)
     def createStoragePool(self, poolType: int, spUUID: str, poolName: str, masterDom: str, domList: list,
@@ -157,13 +174,13 @@ class LegacyPoolAPI:
         options_of(options)
         return {}
 
-    # -- SPM: this host holds it --------------------------------------
+    # -- SPM: the master's metadata-writer lease, or this host ----------
 
     @verb(mutating=True)
     def spmStart(self, spUUID: str, prevID: int, prevLVER: int, recoveryMode: object, scsiFencing: object,
                  maxHostID: int | str = "", domVersion: int | str = "", options: dict | None = None) -> dict:
         opts = options_of(options)
-        pool = self._pools.connected(spUUID)
+        pool = self._pools.check_not_spm(spUUID)
         if domVersion not in ("", None) and number("domVersion", domVersion) not in VERSIONS:
             raise UnsupportedDomainVersion(f"domVersion={domVersion}: expected one of {VERSIONS}")
         task_id = check_id("options.taskId", opts["taskId"]) if "taskId" in opts else str(uuid.uuid4())
@@ -174,7 +191,7 @@ class LegacyPoolAPI:
     @verb(mutating=True)
     def spmStop(self, spUUID: str, options: dict | None = None) -> dict:
         options_of(options)
-        self._pools.connected(spUUID)
+        self._pools.spm_stop(spUUID)
         return {}
 
     @verb()
@@ -184,6 +201,7 @@ class LegacyPoolAPI:
 
     @verb(mutating=True)
     def fenceSpmStorage(self, spUUID: str, lastOwner: object, lastLver: object, options: dict | None = None) -> dict:
+        """Only the status: see the module's text."""
         options_of(options)
         return {"spm_st": self._pools.spm_status(spUUID)}
 

@@ -275,7 +275,7 @@ class Writer:
             op(self._space.name, WRITER, path, *data)
         except OSError as e:
             if e.errno == errno.ENOLCK:  # the helper that held the lease is gone (sanlock killed it, or a hang)
-                self._held_since, self._current = 0.0, None
+                self._held_since, self._current, self.pinned = 0.0, None, False
                 self.known = None
                 raise AcquireLockFailure(f"repository {self._space.name.decode()}: the metadata-writer lease "
                                          f"was lost; nothing was written") from None

@@ -43,7 +43,8 @@ def image_info(engine, repo_id: str, image_id: str) -> dict:
         volumes.append({"id": vol.id, "format": vol.format, "path": path, "image": vol.image,
                         "capacity": format_size(image.size), "allocated": format_size(allocated)})
     info = image.status(engine.image_tasks(repo, image))
-    info.update(id=image.id, volumes=volumes, baseSnapshotId=image.base, userData=image.userData, lease={},
+    lease = repo.volume_leases.wire(image.id) if repo.volume_leases is not None else {}
+    info.update(id=image.id, volumes=volumes, baseSnapshotId=image.base, userData=image.userData, lease=lease,
                 generation=image.generation)
     return info
 

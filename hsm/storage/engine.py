@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from hsm.errors import (
     ClusterLockInitError,
+    HsmError,
     ImageDoesNotExistInSD,
     ImageExists,
     ImageIsNotLegalChain,
@@ -43,6 +44,7 @@ from hsm.errors import (
     VolumeWasNotPreparedBeforeTeardown,
 )
 from hsm.leases.lockspace import IDS_SIZE, LEASES_SIZE, Lockspace, lease_paths
+from hsm.leases.volume import VolumeLeases
 from hsm.leases.writer import Writer
 from hsm.storage import block, check, offload
 from hsm.storage import repository as repositories
@@ -86,7 +88,7 @@ class Engine:
                  prepare_timeout: float = 600.0, progress_interval: float = 30.0,
                  watcher: Watcher | None = None, connections: ConnectionManager | None = None,
                  supervdsm: SupervdsmClient | None = None, lv_activation: str = "lvm",
-                 lease_io_timeout: int = 10) -> None:
+                 lease_io_timeout: int = 10, use_volume_leases: bool = False) -> None:
         self.tasks = tasks
         self.watcher = watcher  # inotify, for changes made behind hsmd's back (hsm.storage.watching)
         self.prepare_timeout = prepare_timeout  # seconds prepare waits for the repository's commit lock
@@ -101,6 +103,7 @@ class Engine:
         self.supervdsm = supervdsm  # LVM and activation of block-1 repositories
         self.lv_activation = lv_activation
         self.lease_io_timeout = lease_io_timeout  # sanlock's io timeout for the lockspaces of new repositories
+        self.use_volume_leases = use_volume_leases  # prepareImage takes the image's volume lease
         # seconds a commit on a shared repository waits for the metadata-writer lease: as long as sanlock may
         # take to call its holder dead (8 io timeouts and its watchdog's 60 s), and a margin
         self.writer_timeout = 8.0 * lease_io_timeout + 80
@@ -381,11 +384,27 @@ class Engine:
         repo.lockspace = Lockspace(repo.uuid, lease_paths(repo.path), self.host_id)
         assert repo.lock.writer is not None
         repo.lock.writer.lockspace = repo.lockspace
-        repo.on_check = functools.partial(self.fixes.take_over, repo)
+        repo.on_check = functools.partial(self._on_check, repo)
+        repo.volume_leases = VolumeLeases(repo.lockspace, repo.io, os.path.join(repo.path, repositories.LEASES_FOLDER))
         try:
             repo.lockspace.join(self.lease_io_timeout)
         except Exception as e:
             log.warning("Repository %s cannot join its lockspace: %s", repo.id, e)
+
+    def _on_check(self, repo: FileRepository) -> None:
+        """The monitor of a shared repository: take over what dead hosts left, and hold again the volume
+        leases of images prepared here (after a restart, or a lockspace lost and joined again)."""
+        self.fixes.take_over(repo)
+        leases = repo.volume_leases
+        if leases is None or not self.use_volume_leases or not leases.lockspace.state()["joined"]:
+            return
+        for image_id in self.prepared.of_repository(repo.uuid):
+            if image_id not in leases.held and image_id in repo.images:
+                try:
+                    leases.acquire(image_id)
+                    log.info("Holding the volume lease of %s again", image_id)
+                except HsmError as e:
+                    log.error("Image %s is prepared here, but its volume lease cannot be held: %s", image_id, e)
 
     @staticmethod
     def _close(repo: FileRepository) -> None:
@@ -696,6 +715,8 @@ class Engine:
             raise VolumeIsBusy(f"{image.id}: task {tasks[0]} is working on it")
         if self.is_prepared(repo, image.id):
             raise VolumeIsBusy(f"{image.id} is prepared for use on this host; tear it down first")
+        if repo.volume_leases is not None:
+            repo.volume_leases.check_unused(image.id)
         if repo.snapshot_pending(image.id):
             raise VolumeIsBusy(f"{image.id}: a snapshot of it is not complete yet")
 
@@ -731,6 +752,8 @@ class Engine:
             if not repo.volume_exists(vol):
                 raise VolumeDoesNotExist(f"{image_id}: volume {vol.id} is missing")
         key = (repo.uuid, image_id)
+        if repo.volume_leases is not None:  # a VM on any host may hold it: made at the first prepare
+            repo.volume_leases.ensure(image_id)
         if key not in self.prepared:
             self._hold(repo, image)
             try:
@@ -740,9 +763,11 @@ class Engine:
                 raise MiscFileWriteException(f"the prepared state of {image_id}: {e}") from None
         return repo.volume_path(image.top), image.kind == SNAPSHOT or bool(readonly)
 
-    @staticmethod
-    def _hold(repo: FileRepository, image: Image) -> None:
-        """Activate a block image's chain for a VM here (files need nothing)."""
+    def _hold(self, repo: FileRepository, image: Image) -> None:
+        """Make the image usable by a VM here: a block image's chain activated, and with [irs]
+        use_volume_leases its volume lease taken for this host (files need nothing else)."""
+        if repo.volume_leases is not None and self.use_volume_leases:
+            repo.volume_leases.acquire(image.id)
         if isinstance(repo, block.BlockRepository):
             held: list[Volume] = []
             try:
@@ -754,11 +779,12 @@ class Engine:
                     repo.release(vol)
                 raise
 
-    @staticmethod
-    def _release(repo: FileRepository, image: Image) -> None:
+    def _release(self, repo: FileRepository, image: Image) -> None:
         if isinstance(repo, block.BlockRepository):
             for vol in image.volumes:
                 repo.release(vol)
+        if repo.volume_leases is not None and self.use_volume_leases:
+            repo.volume_leases.release(image.id)
 
     @_serialized
     def teardown(self, repo_id: str, image_id: str) -> None:

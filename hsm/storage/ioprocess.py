@@ -206,3 +206,14 @@ class IOProcess:
 
     def lease_remove(self, lockspace: bytes, resource: bytes, path: str) -> None:
         self.call("lease_remove", lockspace, resource, path)
+
+    def lease_init(self, lockspace: bytes, resource: bytes, path: str, size: int) -> bool:
+        """Make a lease file with a free lease at offset 0 (False: it exists)."""
+        return self.call("lease_init", lockspace, resource, path, size)
+
+    def lease_owners(self, lockspace: bytes, resource: bytes, path: str) -> list[int]:
+        return self.call("lease_owners", lockspace, resource, path)
+
+    def lease_read(self, path: str, offset: int) -> dict:
+        """sanlock's read_resource of the lease at `offset`: {lockspace, resource, version}."""
+        return self.call("lease_read", path, offset)

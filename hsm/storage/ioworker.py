@@ -315,6 +315,40 @@ class _Leases:
                 self._held.discard((lockspace, resource))
                 sanlock.release(lockspace, resource, [(path, offset)], slkfd=self._fd)
 
+    @staticmethod
+    def init(lockspace: bytes, resource: bytes, path: str, size: int) -> bool:
+        """Make the lease file `path` (a new file of `size` bytes, never through a link) holding a free lease
+        at offset 0; False when it is there already."""
+        import sanlock
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o660)
+        except FileExistsError:
+            return False
+        try:
+            os.ftruncate(fd, size)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            sanlock.write_resource(lockspace, resource, [(path, 0)])
+        except BaseException:
+            os.unlink(path)  # no half-made lease left to be taken for a real one
+            raise
+        fsync_dir(os.path.dirname(path))
+        return True
+
+    @staticmethod
+    def owners(lockspace: bytes, resource: bytes, path: str) -> list[int]:
+        """The host ids holding the lease at offset 0 of `path`."""
+        import sanlock
+        return [owner["host_id"] for owner in sanlock.read_resource_owners(lockspace, resource, [(path, 0)])]
+
+    @staticmethod
+    def read(path: str, offset: int) -> dict:
+        """The lease at `offset` of `path` as sanlock reads it: {lockspace, resource, version}."""
+        import sanlock
+        return sanlock.read_resource(path, offset)
+
     def check(self, lockspace: bytes, resource: bytes) -> None:
         if (lockspace, resource) not in self._held:
             raise OSError(errno.ENOLCK, f"this helper does not hold lease {resource.decode()} of "
@@ -358,6 +392,9 @@ OPS: dict[str, Callable[..., object]] = {
     "lease_release": _leases.release,
     "lease_write": _leases.write,
     "lease_remove": _leases.remove,
+    "lease_init": _leases.init,
+    "lease_owners": _leases.owners,
+    "lease_read": _leases.read,
 }
 
 

@@ -1,22 +1,48 @@
 """VDSM's storage pool, seen from one host: a named set of domains with one master domain.
 
 VDSM kept a pool's metadata on its master domain and its SPM lease on
-shared storage. hsm serves a single host: the pool records live in
-`<state_dir>/pools.json` (written through the atomic-write helper) and
-survive a restart, connected or not; the host that connects a pool holds
-its SPM role (sanlock leases come later). One pool is connected at a time,
-as in VDSM. The pool's OVF store is on its master domain (hsm.storage.ovf)
-and moves with the master role.
+shared storage. Here each host keeps its own pool records in
+`<state_dir>/pools.json` (written through the atomic-write helper), which
+survive a restart, connected or not. One pool is connected at a time, as in
+VDSM. The pool's OVF store is on its master domain (hsm.storage.ovf) and
+moves with the master role.
+
+The SPM role depends on the master domain:
+
+- A shared master (nfs-1, posixfs-1: it has a sanlock lockspace): the SPM is
+  the host that pinned the master's metadata-writer lease
+  (hsm.leases.writer.CommitLock.pin), VDSM's SDM lease at the same place.
+  spmStart pins it (651 when another host keeps it past SPM_START_WAIT,
+  661 when this host cannot join the lockspace), spmStop unpins it; until
+  then other hosts' commits on that repository wait for it. getSpmStatus
+  answers "SPM" on that host, "Contend" while this host's spmStart tries,
+  "Free" elsewhere. spmId is the host holding the lease: this host's id when
+  it pinned it, else another host as the repository's monitor last saw it
+  (-1 for none; a host committing holds it for moments too). spmLver is the
+  lease's version on storage (sanlock's leader record, read through the
+  repository's I/O helper; sanlock raises it at each acquisition), -1 when
+  it cannot be read. connectStoragePool's hostID must be this host's
+  `[sanlock] host_id` (700), and a pool whose lease this host pinned is not
+  disconnected (656). The role moves with the master (deactivate), and
+  hsmd's restart lets the lease go: the host is Free.
+- A local master (localfs-1): the single-host view. The host that connects
+  the pool holds its SPM role, spmId is the hostID given at connect, spmStart
+  bumps spmLver (kept in the pool record), spmStop changes nothing.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from hsm.errors import (
+    AcquireHostIdFailure,
+    AcquireLockFailure,
     CannotConnectMultiplePools,
     CannotDetachMasterStorageDomain,
     CannotFormatAttachedStorageDomain,
@@ -26,6 +52,7 @@ from hsm.errors import (
     HostIdMismatch,
     HsmError,
     InvalidParameterException,
+    IsSpm,
     StorageDomainAlreadyAttached,
     StorageDomainNotActive,
     StorageDomainNotInPool,
@@ -40,6 +67,7 @@ from hsm.errors import (
     StoragePoolWrongMaster,
     UnsupportedDomainVersion,
 )
+from hsm.leases.lockspace import LEASE_OFFSET, WRITER
 from hsm.storage import ovf
 from hsm.storage.domains import (
     BLANK_UUID,
@@ -58,7 +86,13 @@ ACTIVE, ATTACHED = "Active", "Attached"  # a domain's status in its pool, VDSM's
 # reconstructMaster's domDict statuses, as VDSM took them (any case), in this view's two; Unattached: not a member.
 RECONSTRUCT_STATUSES = {"Active": ACTIVE, "Attached": ATTACHED, "Inactive": ATTACHED, "Unknown": ATTACHED,
                         "Unattached": None}
-
+SPM, FREE, CONTEND = "SPM", "Free", "Contend"  # getSpmStatus's spmStatus, VDSM's words
+# How long spmStart waits for the metadata-writer lease once this host is in the lockspace: past other
+# hosts' commits (each host keeps it for at most hsm.leases.writer.MAX_HOLD s of back-to-back commits,
+# then lets it go), not for another SPM (it keeps it until spmStop): then 651, as VDSM's sanlock
+# acquire answered at once for a lease held by a live host, and the engine asks again.
+SPM_START_WAIT = 10.0
+JOIN_POLL = 0.1  # seconds between two looks at whether this host has joined the lockspace (spmStart)
 
 @dataclass
 class Pool:
@@ -71,6 +105,28 @@ class Pool:
     hostId: int = -1
     scsiKey: str = ""
     lver: int = -1  # bumped by each spmStart: VDSM's lease version
+
+
+def is_shared(repo: FileRepository) -> bool:
+    """A repository many hosts use: it has a lockspace and a metadata-writer lease (nfs-1, posixfs-1)."""
+    return repo.lockspace is not None and repo.lock.writer is not None
+
+
+def lease_version(repo: FileRepository) -> int:
+    """The version (lver) of the repository's metadata-writer lease as storage holds it (sanlock's
+    read_resource, run by the repository's I/O helper so that no verb waits on storage that hangs); -1
+    when it cannot be read or is not the lease."""
+    assert repo.lockspace is not None
+    try:
+        found = repo.io.lease_read(repo.lockspace.paths.leases, LEASE_OFFSET)
+    except (OSError, HsmError) as e:
+        log.warning("Repository %s: the metadata-writer lease cannot be read: %s", repo.uuid, e)
+        return -1
+    if found.get("lockspace") != repo.lockspace.name or found.get("resource") != WRITER:
+        log.warning("Repository %s: no metadata-writer lease at %s:%d", repo.uuid, repo.lockspace.paths.leases,
+                    LEASE_OFFSET)
+        return -1
+    return int(found.get("version", -1))
 
 
 def check_name(value: object) -> str:
@@ -116,6 +172,10 @@ class Pools:
         self._path = os.path.join(state_dir, "pools.json")
         self._lock = threading.RLock()
         self._pools: dict[str, Pool] = load_table(self._path, Pool)
+        # The SPM role on shared masters, in memory (hsmd's restart lets the lease go). Taken before _lock.
+        self._spm_lock = threading.Lock()
+        self._pinned: dict[str, FileRepository] = {}  # pool -> the master whose lease this host pinned for it
+        self._contending: collections.Counter[str] = collections.Counter()  # pools whose spmStart runs here
 
     def _change(self, pool: Pool | None, uuid: str, **changes: object) -> None:
         """Apply changes to a pool (or add or drop one) in memory only once pools.json says so."""
@@ -191,7 +251,12 @@ class Pools:
                 raise StoragePoolMasterNotFound(f"pool {sp_uuid} is not known on this host")
             if master and version and (master, version) != (pool.master, pool.masterVersion):
                 raise StoragePoolWrongMaster(f"pool {sp_uuid} has master {pool.master} version {pool.masterVersion}")
-            self._domains.get(pool.master)
+            repo = self._domains.get(pool.master)
+            if is_shared(repo):
+                assert repo.lockspace is not None
+                if host_id != repo.lockspace.host_id:
+                    raise HostIdMismatch(f"hostID {host_id}: this host is host {repo.lockspace.host_id} in the "
+                                         f"lockspace of master domain {repo.uuid} ([sanlock] host_id)")
             for sd in pool.domains:  # the others come back when they can be reached
                 try:
                     self._domains.get(sd)
@@ -202,27 +267,33 @@ class Pools:
         log.info("Connected storage pool %s as host %d", sp_uuid, host_id)
 
     def disconnect(self, sp_uuid: object) -> None:
-        """Unknown or not connected: nothing to do, as in VDSM."""
+        """Unknown or not connected: nothing to do, as in VDSM. The SPM of a shared master answers 656 (IsSpm),
+        as VDSM did: spmStop first."""
         sp_uuid = check_uuid("spUUID", sp_uuid)
-        with self._lock:
+        with self._spm_lock, self._lock:
             pool = self._pools.get(sp_uuid)
             if pool is not None and pool.connected:
+                if pool.uuid in self._pinned and self._is_spm(pool, self._domains.get(pool.master)):
+                    raise IsSpm(f"pool {pool.uuid}: this host holds the metadata-writer lease of its master "
+                                f"{pool.master}; spmStop first")
                 self._change(pool, sp_uuid, connected=False)
 
     def destroy(self, sp_uuid: object, host_id: int) -> None:
-        with self._lock:
+        with self._spm_lock, self._lock:
             pool = self.connected(sp_uuid)
             if pool.hostId != host_id:
                 raise HostIdMismatch(f"pool {pool.uuid} is connected as host {pool.hostId}, not {host_id}")
             self._change(None, pool.uuid)
+            self._let_go(pool)
         log.info("Destroyed storage pool %s", pool.uuid)
 
     def refresh(self, sp_uuid: object, master: object, version: int) -> None:
-        """A wrong master disconnects the pool, as VDSM did."""
-        with self._lock:
+        """A wrong master disconnects the pool, as VDSM did (and this host is no longer its SPM)."""
+        with self._spm_lock, self._lock:
             pool = self.connected(sp_uuid)
             if (master, version) != (pool.master, pool.masterVersion):
                 self._change(pool, pool.uuid, connected=False)
+                self._let_go(pool)
                 raise StoragePoolWrongMaster(f"pool {pool.uuid} has master {pool.master} "
                                              f"version {pool.masterVersion}; disconnected")
 
@@ -231,11 +302,116 @@ class Pools:
             pool = self.connected(sp_uuid)
             self._change(pool, pool.uuid, name=check_name(description))
 
-    def spm_start(self, sp_uuid: str) -> int:
+    # -- the SPM role --------------------------------------------------
+
+    def check_not_spm(self, sp_uuid: object) -> Pool:
+        """spmStart's check before its task: the SPM of a shared master answers 656 (IsSpm), as VDSM's
+        validateNotSPM did. The single-host view starts again (each start bumps spmLver)."""
+        pool = self.connected(sp_uuid)
+        if pool.uuid in self._pinned and self._is_spm(pool, self._domains.get(pool.master)):
+            raise IsSpm(f"pool {pool.uuid}: this host is its SPM already")
+        return pool
+
+    def spm_start(self, sp_uuid: str, check_stop: Callable[[], None] = lambda: None) -> int:
+        """spmStart's task: the lease version this host holds the SPM role with."""
         with self._lock:
             pool = self.connected(sp_uuid)
-            self._change(pool, pool.uuid, lver=pool.lver + 1)
-            return pool.lver + 1
+            repo = self._domains.get(pool.master)
+            if not is_shared(repo):
+                self._change(pool, pool.uuid, lver=pool.lver + 1)
+                return pool.lver + 1
+            self._contending[pool.uuid] += 1
+        try:
+            self._wait_joined(repo, check_stop)
+            with self._spm_lock:
+                with self._lock:
+                    pool = self.connected(sp_uuid)
+                    if pool.master != repo.uuid:
+                        raise StoragePoolWrongMaster(f"pool {pool.uuid}: its master moved to {pool.master}")
+                if not self._is_spm(pool, repo):
+                    self._pin(pool, repo)
+        finally:
+            with self._lock:
+                self._contending[pool.uuid] -= 1
+                if self._contending[pool.uuid] <= 0:
+                    del self._contending[pool.uuid]
+        lver = lease_version(repo)
+        log.info("Pool %s: this host (host %d) is its SPM: it holds the metadata-writer lease of master %s, "
+                 "version %d", pool.uuid, self._host_id(repo), repo.uuid, lver)
+        return lver
+
+    def spm_stop(self, sp_uuid: object) -> None:
+        """Let the lease go (after the commit running now, if any); not the SPM: nothing to do, as in VDSM."""
+        with self._spm_lock, self._lock:
+            self._let_go(self.connected(sp_uuid))
+
+    @staticmethod
+    def _host_id(repo: FileRepository) -> int:
+        assert repo.lockspace is not None
+        return repo.lockspace.host_id
+
+    @staticmethod
+    def _wait_joined(repo: FileRepository, check_stop: Callable[[], None]) -> None:
+        """Until this host is in the repository's lockspace (connect asks sanlock and does not wait), as long
+        as a commit would wait for it: VDSM's spmStart acquired its host id first, too."""
+        space, writer = repo.lockspace, repo.lock.writer
+        assert space is not None and writer is not None
+        deadline = time.monotonic() + writer.acquire_timeout
+        while True:
+            try:
+                if space.joined():
+                    return
+            except Exception as e:  # no daemon to ask (sanlock.SanlockException)
+                raise AcquireHostIdFailure(f"repository {repo.uuid}: sanlock cannot say whether this host is in "
+                                           f"its lockspace ({e})") from None
+            if time.monotonic() >= deadline:
+                raise AcquireHostIdFailure(f"repository {repo.uuid}: this host has not joined its lockspace "
+                                           f"(host id {space.host_id}) in {writer.acquire_timeout:.0f} s")
+            check_stop()
+            time.sleep(JOIN_POLL)
+
+    def _pin(self, pool: Pool, repo: FileRepository) -> None:
+        """Take the master's lease and keep it (under _spm_lock): 651 when another host keeps it."""
+        assert repo.lockspace is not None
+        try:
+            repo.lock.pin(SPM_START_WAIT)
+        except AcquireLockFailure as e:
+            log.info("Pool %s: spmStart: %s", pool.uuid, e)
+            holder = repo.lockspace.state().get("writer") or "another host"
+            raise AcquireLockFailure(f"pool {pool.uuid}: the metadata-writer lease of master {repo.uuid} stayed "
+                                     f"with host {holder} for {SPM_START_WAIT:.0f} s") from None
+        self._pinned[pool.uuid] = repo
+
+    def _let_go(self, pool: Pool) -> None:
+        """This host is no longer the pool's SPM: unpin the lease it pinned, if any (under _spm_lock)."""
+        repo = self._pinned.pop(pool.uuid, None)
+        if repo is not None:
+            self._unpin(repo)
+            log.info("Pool %s: this host is no longer its SPM; the metadata-writer lease of %s is let go",
+                     pool.uuid, repo.uuid)
+
+    @staticmethod
+    def _unpin(repo: FileRepository) -> None:
+        try:
+            repo.lock.unpin()
+        except Exception as e:  # a repository disconnected since: its helper took the lease with it
+            log.warning("Repository %s: cannot let the metadata-writer lease go: %s", repo.uuid, e)
+
+    def _is_spm(self, pool: Pool, repo: FileRepository) -> bool:
+        """Whether this host holds the pool's SPM role on `repo`, its master now: the lease it pinned is
+        still held. A role lost (the lease lost with the lockspace, the master disconnected and connected
+        again) is forgotten, and its pin let go, so that no later commit takes the lease for good."""
+        pinned = self._pinned.get(pool.uuid)
+        if pinned is None:
+            return False
+        writer = pinned.lock.writer
+        if pinned is repo and writer is not None and writer.pinned and writer.held:
+            return True
+        if self._pinned.pop(pool.uuid, None) is not None:
+            self._unpin(pinned)
+            log.warning("Pool %s: this host lost its SPM role (the metadata-writer lease of %s)", pool.uuid,
+                        pinned.uuid)
+        return False
 
     # -- its domains ----------------------------------------------------
 
@@ -270,8 +446,9 @@ class Pools:
                 self._change(pool, pool.uuid, domains={**pool.domains, sd_uuid: ACTIVE})
 
     def deactivate(self, sd_uuid: object, sp_uuid: object, new_master: object, version: int) -> None:
-        """Deactivating the master moves the role to `new_master`; with the blank UUID it is ignored, as in VDSM."""
-        with self._lock:
+        """Deactivating the master moves the role to `new_master`; with the blank UUID it is ignored, as in VDSM.
+        The SPM of a shared master keeps the role: it pins the new master's lease (a shared one) first."""
+        with self._spm_lock, self._lock:
             pool, sd_uuid = self._member(sp_uuid, sd_uuid)
             domains = {**pool.domains, sd_uuid: ATTACHED}
             if sd_uuid != pool.master:
@@ -285,9 +462,21 @@ class Pools:
                 raise StorageDomainNotInPool(f"new master {new_master} in pool {pool.uuid}")
             target = self._domains.get(new_master)
             self._domains.validate(target)
-            self._move_ovf_store(pool, target)
-            domains[new_master] = ACTIVE
-            self._change(pool, pool.uuid, domains=domains, master=new_master, masterVersion=version)
+            spm = pool.uuid in self._pinned and self._is_spm(pool, self._domains.get(pool.master))
+            if spm and is_shared(target):
+                target.lock.pin(SPM_START_WAIT)  # 651, nothing changed, when another host keeps it
+            try:
+                self._move_ovf_store(pool, target)
+                domains[new_master] = ACTIVE
+                self._change(pool, pool.uuid, domains=domains, master=new_master, masterVersion=version)
+            except BaseException:
+                if spm and is_shared(target):
+                    self._unpin(target)
+                raise
+            if spm:
+                self._let_go(pool)
+                if is_shared(target):
+                    self._pinned[pool.uuid] = target
 
     def _move_ovf_store(self, pool: Pool, target: FileRepository) -> None:
         """Copy the OVF store to the new master; an old master that cannot be read does not keep the role
@@ -337,17 +526,30 @@ class Pools:
                 except HsmError as e:  # an unreachable domain shows its status only, as in VDSM
                     log.warning("Pool %s: no stats for domain %s: %s", pool.uuid, sd, e)
             dominfo[sd] = entry
+        spm = self._spm_status(pool)
         info = {"type": master_info["type"], "name": pool.name,
                 "domains": ",".join(f"{sd}:{status}" for sd, status in sorted(pool.domains.items())),
-                "master_uuid": pool.master, "master_ver": pool.masterVersion, "lver": pool.lver,
-                "spm_id": pool.hostId, "isoprefix": isoprefix, "pool_status": "connected",
+                "master_uuid": pool.master, "master_ver": pool.masterVersion, "lver": spm["spmLver"],
+                "spm_id": spm["spmId"], "isoprefix": isoprefix, "pool_status": "connected",
                 "version": master_info["version"]}
         return {"info": info, "dominfo": dominfo}
 
     def spm_status(self, sp_uuid: object) -> dict:
-        """This host holds the SPM role of a pool it connected."""
-        pool = self.connected(sp_uuid)
-        return {"spmStatus": "SPM", "spmLver": pool.lver, "spmId": pool.hostId}
+        """getSpmStatus and fenceSpmStorage: {spmStatus, spmLver, spmId} (see the module's text)."""
+        return self._spm_status(self.connected(sp_uuid))
+
+    def _spm_status(self, pool: Pool) -> dict:
+        repo = self._domains.get(pool.master)
+        if not is_shared(repo):
+            return {"spmStatus": SPM, "spmLver": pool.lver, "spmId": pool.hostId}
+        assert repo.lockspace is not None
+        own = repo.lockspace.host_id
+        if self._is_spm(pool, repo):
+            status, holder = SPM, own
+        else:  # the holder as the monitor saw it last (no verb waits on sanlock); this host's own commits are no SPM
+            status, holder = CONTEND if self._contending[pool.uuid] else FREE, repo.lockspace.state()["writer"]
+            holder = -1 if holder == own else holder
+        return {"spmStatus": status, "spmLver": lease_version(repo), "spmId": holder or -1}
 
     def domain_info(self, sd_uuid: str) -> dict:
         """The pool keys of getStorageDomainInfo: role, pool, and the master's lver, spm_id and master_ver."""
@@ -357,7 +559,8 @@ class Pools:
             if pool.master == sd_uuid:
                 info["role"] = "Master"
                 if pool.connected:
-                    info.update(lver=pool.lver, spm_id=pool.hostId, master_ver=pool.masterVersion)
+                    spm = self._spm_status(pool)
+                    info.update(lver=spm["spmLver"], spm_id=spm["spmId"], master_ver=pool.masterVersion)
         return info
 
     # -- what the pool holds --------------------------------------------

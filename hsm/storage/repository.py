@@ -48,6 +48,7 @@ from hsm.errors import (
 )
 from hsm.ids import is_id
 from hsm.leases.lockspace import Lockspace
+from hsm.leases.volume import VolumeLeases
 from hsm.leases.writer import CommitLock
 from hsm.storage.image import Image, Volume
 from hsm.storage.intents import CopyIntent, SnapshotIntent
@@ -252,6 +253,7 @@ class FileRepository:
         self.own = OwnChanges()  # what hsmd itself writes and removes, while a watch looks (hsm.storage.watching)
         self.lockspace: Lockspace | None = None  # a shared repository's, joined while connected
         self.on_check: Callable[[], object] | None = None  # run by the monitor of a shared repository
+        self.volume_leases: VolumeLeases | None = None  # a shared repository's images' leases
 
     # -- connect ----------------------------------------------------------
 

@@ -26,6 +26,8 @@ class CleanFix(Fix):
         self.check_unused(repo, image)
         for vol in image.own:
             repo.remove_file(f"{VOLUMES}/{vol.filename}")
+        if repo.volume_leases is not None:
+            repo.volume_leases.forget(image.id)
 
     def record(self, ctx: StepContext, repo: FileRepository, image: Image | None) -> None:
         if image is not None and image.removed:
@@ -39,6 +41,8 @@ class CleanFix(Fix):
         waiting = self.engine.needed_by(repo, image)
         if waiting:
             raise VolumeIsBusy(f"{image.id}: the unfinished {waiting[0]} still reads it")
+        if repo.volume_leases is not None:
+            repo.volume_leases.check_unused(image.id)
 
 
 class OrphansFix(Fix):
