@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import signal
 import subprocess
 
 from tests.hsmd import Hsmd
@@ -79,11 +80,20 @@ class Host:
         return ok(self.proxy.getStorageRepositoryList())["repos"].get(CID, {}).get("leases", {})
 
     def die(self) -> None:
-        """The host is gone at once: hsmd and its sanlock daemon killed -9 (its delta lease stops renewing)."""
+        """The host is gone in one instant: its sanlock daemon, hsmd and hsmd's children (the I/O helper that
+        may hold the writer lease) all stopped, then killed -9. Its delta lease stops renewing and a lease it
+        held stays on storage until sanlock calls the host dead (killing hsmd first would let the daemon,
+        alive for that moment, release the lease of the helper that died with hsmd)."""
+        assert self.sanlock is not None and self.hsmd.process is not None
+        pids = [self.sanlock.pid, self.hsmd.process.pid, *descendants(self.hsmd.process.pid)]
+        for sig in (signal.SIGSTOP, signal.SIGKILL):
+            for pid in pids:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
         self.hsmd.kill()
-        if self.sanlock is not None and self.sanlock.poll() is None:
-            self.sanlock.kill()
-            self.sanlock.wait()
+        self.sanlock.wait()
 
     def close(self) -> None:
         self.hsmd.kill()
@@ -96,6 +106,25 @@ class Host:
                 self.sanlock.kill()
         subprocess.run(f"grep -o ' {self.repository}/mnt/[^ ]*' /proc/mounts | xargs -r -n1 umount -l",
                        shell=True, check=False)
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes under `pid` (hsmd's I/O helpers, qemu-img runs), read from /proc."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            parents.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found += children
+        todo += children
+    return found
 
 
 def cluster(top: pathlib.Path, count: int, hsmd_config: dict | None = None) -> tuple[list[Host], dict]:

@@ -244,3 +244,50 @@ def test_a_vm_holds_its_image_on_one_host_at_a_time(tmp_path):
     finally:
         for host in hosts:
             host.close()
+
+
+def test_a_chain_another_host_rewrites_is_left_alone(make_cluster):
+    """While host 1's merge or optimize rewrites a disk's chain (the mark `rewriting: 1` in its record, as
+    host 1 writes it under the writer lease for the length of the rewrite; written here by hand, as it
+    would be mid-rewrite), host 2 refuses to snapshot, prepare or remove the disk (203 naming host 1); a
+    mark of a host that is not alive in the lockspace (host 7) holds nothing. A real optimize on host 1
+    leaves no mark behind."""
+    one, two = make_cluster(2)
+    base = ok(one.proxy.createVirtualDisk(CID, str(MiB), "", {}, {}))["imageId"]
+    wait_image(one.proxy, CID, base)
+    snapshot = ok(one.proxy.createSnapshot(CID, base, {}, {}))["imageId"]
+    wait_image(one.proxy, CID, snapshot)
+    disk = ok(one.proxy.createVirtualDisk(CID, str(MiB), snapshot, {}, {"strategy": "performance"}))["imageId"]
+    wait_image(one.proxy, CID, disk)  # optimized: host 1 copied it out of the snapshot, marking it meanwhile
+    record_path = os.path.join(repo_folder(one), "images", f"{disk}.json")
+    with open(record_path) as f:
+        record = json.load(f)
+    assert record["rewriting"] == 0 and record["hostId"] == 1, record
+    wait_for(lambda: disk in live_ids(two.proxy), timeout=30, what="host 2 to see the disk")
+
+    def mark(host_id: int) -> None:
+        with open(record_path) as f:
+            record = json.load(f)
+        record["rewriting"] = host_id
+        record["generation"] += 1
+        with open(record_path + ".tmp", "w") as f:
+            json.dump(record, f)
+        os.rename(record_path + ".tmp", record_path)
+        generation_path = os.path.join(repo_folder(one), "leases", "generation")  # as host 1's commit closes it
+        with open(generation_path) as f:
+            generation = json.load(f)
+        generation["generation"] += 1
+        generation["changed"].append([generation["generation"], disk])
+        with open(generation_path + ".tmp", "w") as f:
+            json.dump(generation, f)
+        os.rename(generation_path + ".tmp", generation_path)
+        wait_for(lambda: ok(two.proxy.getImageInfo(CID, disk))["image"]["generation"] == record["generation"],
+                 timeout=30, what="host 2 to read the record again")
+    mark(1)
+    for answer in (two.proxy.createSnapshot(CID, disk, {}, {}), two.proxy.prepareImage(CID, disk),
+                   two.proxy.removeImage(CID, disk, {})):
+        assert code(answer) == 203 and "host 1" in answer["status"]["message"], answer
+    mark(7)
+    ok(two.proxy.prepareImage(CID, disk))
+    ok(two.proxy.teardownImage(CID, disk))
+    wait_image(two.proxy, CID, ok(two.proxy.createSnapshot(CID, disk, {}, {}))["imageId"])

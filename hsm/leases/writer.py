@@ -44,6 +44,8 @@ log = logging.getLogger("hsm.leases")
 GENERATION = "generation"   # in the leases folder
 REMEMBERED = 1024           # changes the generation record keeps: a host further behind reads every record
 MAX_HOLD = 0.5              # seconds of back-to-back commits before the lease goes back to let other hosts in
+POLL_MAX = 0.1              # seconds at most between two tries of a host waiting for the lease
+TURN = 0.25                 # seconds a host that let the lease go for its turn waits before taking it again
 # sanlock's answers to an acquire (sanlock_rv.h; negative on the wire) that mean "try again": the lease is
 # held (IDLIVE, OWNED), another host won this ballot (OTHER), the owner's host id could not be read (IDDISK)
 SANLK_ACQUIRE_LOCKSPACE, SANLK_ACQUIRE_IDDISK, SANLK_ACQUIRE_IDLIVE = 241, 242, 243
@@ -108,7 +110,7 @@ class Writer:
         self._current: Generation | None = None  # what storage holds while we hold the lease
         self._changed: set[str] = set()          # records changed in this hold
         self.pinned = False                      # kept past commits (CommitLock.pin: the SPM role)
-        self._lock = threading.Lock()
+        self._turn = 0.0                         # monotonic time before which this host leaves the lease to others
 
     @property
     def held(self) -> bool:
@@ -137,17 +139,17 @@ class Writer:
 
     # -- the lease ------------------------------------------------------------
 
-    def acquire(self, deadline: float) -> None:
-        """Hold the lease (if not held), then make the index true to storage. Called under the commit lock."""
+    def take(self, deadline: float) -> bool:
+        """Hold the lease (True when it was taken now: sync() next, under the index lock). Called in the
+        commit order, before the index lock."""
         if self.held:
-            return
+            return False
+        pause = self._turn - time.monotonic()
+        if pause > 0:  # this host had a long turn: others, polling, take theirs first
+            time.sleep(min(pause, max(deadline - time.monotonic(), 0)))
         self._take(deadline)
         self._held_since = time.monotonic()
-        try:
-            self._sync()
-        except BaseException:
-            self.release()
-            raise
+        return True
 
     def _take(self, deadline: float) -> None:
         name, paths = self._space.name, self._space.paths
@@ -182,8 +184,8 @@ class Writer:
                         holder = self._space.state().get("writer") or "another host"
                         raise AcquireLockFailure(f"repository {name.decode()}: the metadata-writer lease stayed "
                                                  f"with host {holder} for {self.acquire_timeout:.0f} s") from None
-            time.sleep(min(pause * random.uniform(0.5, 1.5), max(left, 0.001)))
-            pause = min(pause * 2, 0.2)
+            time.sleep(min(pause * random.uniform(0.5, 1.0), max(left, 0.001)))
+            pause = min(pause * 2, POLL_MAX)
 
     def _give_back(self) -> None:
         try:
@@ -191,8 +193,10 @@ class Writer:
         except (OSError, StorageTimeout) as e:  # a helper that died took the lease with it
             log.warning("Repository %s: cannot release the metadata-writer lease: %s", self._space.name.decode(), e)
 
-    def release(self) -> None:
-        """Close the generation record if this hold changed records, and let the lease go."""
+    def release(self, turn: bool = False) -> None:
+        """Close the generation record if this hold changed records, and let the lease go. `turn`: commits of
+        this host wait for it still: they take it again only after TURN seconds, so that other hosts (which
+        poll every POLL_MAX seconds at most) get their turn."""
         if not self.held:
             return
         try:
@@ -200,6 +204,8 @@ class Writer:
         finally:
             self._current, self._changed, self._held_since = None, set(), 0.0
             self._give_back()
+            if turn:
+                self._turn = time.monotonic() + TURN
 
     def publish(self) -> None:
         """Close the generation record if this hold changed records: other hosts read them from now on."""
@@ -230,6 +236,14 @@ class Writer:
         elif changed:
             self._sync_ids(changed)
         self.known = current.number
+
+    def sync(self) -> None:
+        """Right after take(), under the index lock: make the index true to storage."""
+        try:
+            self._sync()
+        except BaseException:
+            self.release()
+            raise
 
     def _sync(self) -> None:
         current = self.read()
@@ -298,6 +312,8 @@ class CommitLock:
 
     def __init__(self, inner: threading.RLock) -> None:
         self._inner = inner
+        self._order = threading.RLock()  # commits of this host, one at a time; taken before the index lock,
+        # and held while waiting for the lease, so that the index lock is held only while a commit runs
         self.writer: Writer | None = None
         self._depth = 0    # the owning thread's nesting
         self._waiting = 0  # threads waiting to enter
@@ -308,34 +324,48 @@ class CommitLock:
         with self._count:
             self._waiting += 1
         try:
-            if not self._inner.acquire(blocking, timeout):
+            if not self._order.acquire(blocking, timeout):
                 return False
         finally:
             with self._count:
                 self._waiting -= 1
         self._depth += 1
         writer = self.writer
-        if self._depth == 1 and writer is not None:
-            wait = timeout if timeout >= 0 else writer.acquire_timeout
+        try:
+            taken = False
+            if self._depth == 1 and writer is not None:
+                taken = writer.take(started + (timeout if timeout >= 0 else writer.acquire_timeout))
+            left = -1 if timeout < 0 else max(0.0, started + timeout - time.monotonic())
+            if not self._inner.acquire(True, left):
+                raise TimeoutError
             try:
-                writer.acquire(started + wait)
+                if taken and writer is not None:
+                    writer.sync()
             except BaseException:
-                self._depth -= 1
                 self._inner.release()
                 raise
+        except BaseException as e:
+            if self._depth == 1 and writer is not None and writer.held and not writer.pinned:
+                writer.release()
+            self._depth -= 1
+            self._order.release()
+            if isinstance(e, TimeoutError):
+                return False
+            raise
         return True
 
     def release(self) -> None:
         writer = self.writer
+        self._inner.release()
         if self._depth == 1 and writer is not None and writer.held:
             with self._count:
-                keep = writer.pinned or self._waiting > 0 and writer.linger()
-            if not keep:
-                writer.release()
-            elif writer.pinned:  # held for long: what it changed is published commit by commit
+                waiting = self._waiting > 0
+            if writer.pinned:  # held for long: what it changed is published commit by commit
                 writer.publish()
+            elif not (waiting and writer.linger()):
+                writer.release(turn=waiting)
         self._depth -= 1
-        self._inner.release()
+        self._order.release()
 
     def __enter__(self) -> CommitLock:
         self.acquire()
@@ -362,7 +392,7 @@ class CommitLock:
         writer = self.writer
         if writer is None:
             return
-        with self._inner:
+        with self._order:
             writer.pinned = False
             if self._depth == 0 and writer.held:
                 writer.release()
@@ -371,12 +401,13 @@ class CommitLock:
         """Between commits (the repository's monitor calls it): let go of a lease kept for a commit that then
         gave up waiting, and read again what other hosts changed since (hsm.leases.writer.Writer.follow)."""
         writer = self.writer
-        if writer is None or not self._inner.acquire(timeout=1):
+        if writer is None or not self._order.acquire(timeout=1):
             return
         try:
             if self._depth == 0 and not writer.pinned:
                 if writer.held:
                     writer.release()
-                writer.follow()
+                with self._inner:
+                    writer.follow()
         finally:
-            self._inner.release()
+            self._order.release()

@@ -68,6 +68,7 @@ class Image:
     generation: int = 0
     task: str = ""                  # the task handed out for the pending intent or removal
     verb: str = ""                  # the verb that committed it
+    rewriting: int = 0              # the host whose merge or optimize changes the chain now (shared repositories)
 
     # -- the chain ------------------------------------------------------
 
@@ -120,6 +121,7 @@ class Image:
         _require(isinstance(self.removed, bool), "removed", self.removed)
         for name in ("userData", "lastError"):
             _require(isinstance(getattr(self, name), dict), name, getattr(self, name))
+        _require(_integer(self.rewriting) and 0 <= self.rewriting <= 2000, "rewriting", self.rewriting)
         for name in ("hostId", "percentComplete", "generation"):
             _require(_integer(getattr(self, name)), name, getattr(self, name))
         _require(isinstance(self.created, (int, float)) and math.isfinite(self.created), "created", self.created)

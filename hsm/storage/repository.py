@@ -540,20 +540,24 @@ class FileRepository:
         """Write the record durably (save's storage half)."""
         name = f"{IMAGES}/{image.id}{META_SUFFIX}"
         writer = self.lock.writer
-        write = self.io.write if writer is None else writer.write
-        if writer is not None:
-            writer.changing(image.id)
+
+        def write() -> None:
+            if writer is None:
+                self.io.write(self.meta_path(image.id), image.to_json())
+            else:
+                writer.changing(image.id)  # the generation record opened first (once a hold)
+                writer.write(self.meta_path(image.id), image.to_json())
         self.own.expect(name)
         try:
             try:
-                write(self.meta_path(image.id), image.to_json())
+                write()
             except OSError as e:
                 if e.errno != errno.ENOSPC or not freeing:
                     raise
                 log.warning("Repository %s is full: releasing its reserve to record the removal of %s",
                             self.id, image.id)
                 self.io.remove(os.path.join(self.path, RESERVE))
-                write(self.meta_path(image.id), image.to_json())
+                write()
         except BaseException as e:
             self.own.consume(name)  # nothing was written: no event comes
             if isinstance(e, OSError) and e.errno == errno.ENOSPC:

@@ -357,7 +357,8 @@ class Fixes:
         """Change these images' chains, none of them prepared now, nor prepared until the change is done.
 
         The check and the mark are one step under the repository's index lock, which prepareImage takes too
-        (inside its commit lock).
+        (inside its commit lock). On a shared repository the mark is also written in the records (under the
+        metadata-writer lease), so that other hosts refuse to snapshot, prepare or remove them meanwhile.
         """
         with repo.index_lock:
             for image_id in image_ids:
@@ -365,13 +366,54 @@ class Fixes:
                     raise VolumeIsBusy(f"{image_id} is prepared on this host; {wait}")
             repo.rewriting.update(image_ids)
         try:
-            yield
+            if repo.lockspace is not None:
+                self._mark_rewriting(repo, image_ids, wait)
+            try:
+                yield
+            finally:
+                if repo.lockspace is not None:
+                    self._unmark_rewriting(repo, image_ids)
         finally:
             with repo.index_lock:
                 repo.rewriting.subtract(image_ids)
                 for image_id in image_ids:
                     if repo.rewriting[image_id] <= 0:
                         del repo.rewriting[image_id]
+
+    def rewritten_elsewhere(self, repo: FileRepository, image: Image) -> int:
+        """Another host, alive, whose merge or optimize changes the image's chain now; or 0."""
+        if repo.lockspace is None or image.rewriting in (0, self.engine.host_id):
+            return 0
+        try:
+            return image.rewriting if repo.lockspace.host_alive(image.rewriting) else 0
+        except Exception as e:  # sanlock cannot say: keep away from the chain
+            log.warning("Cannot tell whether host %d is alive in %s: %s", image.rewriting, repo.id, e)
+            return image.rewriting
+
+    def _mark_rewriting(self, repo: FileRepository, image_ids: list[str], wait: str) -> None:
+        with repo.lock:
+            images = [repo.images.get(image_id) for image_id in image_ids]
+            for image in images:
+                if image is None:
+                    continue
+                other = self.rewritten_elsewhere(repo, image)
+                if other:
+                    raise VolumeIsBusy(f"{image.id}: host {other} changes its chain now; {wait}")
+                if repo.volume_leases is not None:
+                    repo.volume_leases.check_unused(image.id)
+            for image in images:
+                if image is not None and image.rewriting != self.engine.host_id:
+                    self.update(repo, image, rewriting=self.engine.host_id)
+
+    def _unmark_rewriting(self, repo: FileRepository, image_ids: list[str]) -> None:
+        try:
+            with repo.lock:
+                for image_id in image_ids:
+                    image = repo.images.get(image_id)
+                    if image is not None and image.rewriting == self.engine.host_id:
+                        self.update(repo, image, rewriting=0)
+        except HsmError as e:  # the mark of a host that goes on is cleared by its next fix of the image
+            log.warning("Cannot clear the rewriting mark of %s in %s: %s", ", ".join(image_ids), repo.id, e)
 
 
 class _Inline:
