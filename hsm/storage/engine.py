@@ -144,15 +144,20 @@ class Engine:
 
     # -- block-1 -------------------------------------------------------------
 
-    def _lvm_of(self, params: dict, creating: bool = False) -> LVM:
-        """An LVM over the VG `params` names: its PVs as this host sees them (supervdsmd's device listing),
-        or, making one, the `devices` given (each seen here and in no VG)."""
+    def _devices(self) -> list[dict]:
+        """supervdsmd's listing of this host's block devices."""
         if self.supervdsm is None:
             raise InvalidParameterException("block-1 repositories need supervdsmd")
+        return [disk for disk in self.supervdsm.call("listBlockDevices") if disk.get("devnode")]
+
+    def _lvm_of(self, params: dict, creating: bool = False, listing: list[dict] | None = None) -> LVM:
+        """An LVM over the VG `params` names: its PVs as this host sees them (supervdsmd's device listing,
+        `listing` when the caller has it), or, making one, the `devices` given (each seen here, in no VG)."""
+        listing = self._devices() if listing is None else listing
+        assert self.supervdsm is not None  # _devices refused otherwise
         if not isinstance(params, dict):
             raise InvalidParameterException("connectionParameters: expected a struct")
         vg_name = check_name("vgName", params.get("vgName"))
-        listing = [disk for disk in self.supervdsm.call("listBlockDevices") if disk.get("devnode")]
         members = [disk["devnode"] for disk in listing if disk.get("vgName") == vg_name]
         if not creating:
             if not members:
@@ -189,15 +194,16 @@ class Engine:
     def _create_block(self, params: dict, repo_uuid: str | None, labels: dict) -> str:
         if params.get("vgUUID") is not None:
             return self._format_vg(params, repo_uuid, labels)
-        lvm = self._lvm_of(params) if repo_uuid and self._vg_seen(params) else None
+        listing = self._devices()  # one listing for every check below
+        lvm = self._lvm_of(params, listing=listing) if repo_uuid and self._vg_seen(params, listing) else None
         if lvm is not None:  # the same repository made again (createStorageDomain called twice) answers its uuid
             known = block.repository_uuid(lvm.vg().tags)
             if known == repo_uuid:
                 return known
             held = f"repository {known}" if known else "no repository"
             raise VolumeGroupAlreadyExistsError(f"{lvm.vg_name} is on this host already and holds {held}")
-        lvm = self._lvm_of(params, creating=True)
-        if self._vg_seen(params):
+        lvm = self._lvm_of(params, creating=True, listing=listing)
+        if self._vg_seen(params, listing):
             raise VolumeGroupAlreadyExistsError(f"a volume group {lvm.vg_name} is on this host already")
         assert self.supervdsm is not None  # _lvm_of refused otherwise
         io = self._io("create")
@@ -230,10 +236,10 @@ class Engine:
         finally:
             io.close()
 
-    def _vg_seen(self, params: dict) -> bool:
-        assert self.supervdsm is not None
+    @staticmethod
+    def _vg_seen(params: dict, listing: list[dict]) -> bool:
         vg_name = check_name("vgName", params.get("vgName"))
-        return any(disk.get("vgName") == vg_name for disk in self.supervdsm.call("listBlockDevices"))
+        return any(disk.get("vgName") == vg_name for disk in listing)
 
     def extend_repository(self, repo_id: str, devices: object) -> dict:
         """Add devices (each seen here, in no VG) to a block-1 repository's VG: {freeBytes, totalBytes}."""
