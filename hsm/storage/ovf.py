@@ -77,12 +77,14 @@ def _write_error(repo: FileRepository, e: OSError) -> Exception:
 
 
 def write(repo: FileRepository, ovfs: dict[str, bytes]) -> None:
-    """Store each VM's OVF, replacing what was there (the folder is made on first use)."""
+    """Store each VM's OVF, replacing what was there (the folder is made on first use); on a shared domain
+    under its metadata-writer lease, as record changes, so that hosts write one at a time."""
     try:
-        if ovfs:
-            repo.io.makedirs(_folder(repo))
-        for vm, data in ovfs.items():
-            repo.io.write(_path(repo, vm), data)
+        with repo.lock:
+            if ovfs:
+                repo.io.makedirs(_folder(repo))
+            for vm, data in ovfs.items():
+                repo.io.write(_path(repo, vm), data)
     except OSError as e:
         raise _write_error(repo, e) from None
     log.info("Domain %s: stored the OVF of %s", repo.uuid, ", ".join(ovfs) or "no VM")
@@ -91,7 +93,8 @@ def write(repo: FileRepository, ovfs: dict[str, bytes]) -> None:
 def remove(repo: FileRepository, vm: str) -> None:
     """Forget a VM's OVF; one that is not there is not an error, as in VDSM."""
     try:
-        repo.io.remove(_path(repo, vm))
+        with repo.lock:
+            repo.io.remove(_path(repo, vm))
     except FileNotFoundError:
         return
     except OSError as e:
