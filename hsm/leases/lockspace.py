@@ -27,6 +27,19 @@ IDS_SIZE = 1 << 20       # 2,000 hosts of 512 bytes
 LEASE_OFFSET = 1 << 20   # the metadata-writer lease: VDSM's SDM lease sat at 1 MiB of the leases area
 LEASES_SIZE = 2 << 20
 WRITER = b"SDM"          # the metadata-writer lease's resource name
+WATCHDOG_FIRE = 60       # seconds sanlock adds to 8 io timeouts before it calls a silent host dead
+DEFAULT_IO_TIMEOUT = 10  # the daemon's own io timeout (a join with 0 uses it)
+# sanlock's answers to an acquire (sanlock_rv.h; negative on the wire): not in the lockspace (LOCKSPACE),
+# the owner's host id could not be read (IDDISK), the lease is held (IDLIVE, OWNED), another host won this
+# ballot (OTHER)
+SANLK_ACQUIRE_LOCKSPACE, SANLK_ACQUIRE_IDDISK, SANLK_ACQUIRE_IDLIVE = 241, 242, 243
+SANLK_ACQUIRE_OWNED, SANLK_ACQUIRE_OTHER = 244, 245
+HELD_ELSEWHERE = {SANLK_ACQUIRE_IDLIVE, SANLK_ACQUIRE_OWNED, SANLK_ACQUIRE_OTHER}
+
+
+def host_dead_seconds(io_timeout: int) -> int:
+    """How long sanlock may take to call a silent host dead, and so to hand over the leases it held."""
+    return 8 * (io_timeout or DEFAULT_IO_TIMEOUT) + WATCHDOG_FIRE
 
 
 @dataclass(frozen=True)

@@ -17,14 +17,13 @@ import logging
 import os
 
 from hsm.errors import AcquireLockFailure, StorageTimeout, VolumeIsBusy
-from hsm.leases.lockspace import Lockspace
+from hsm.leases.lockspace import HELD_ELSEWHERE, Lockspace, host_dead_seconds
 from hsm.storage.ioprocess import IOProcess
 
 log = logging.getLogger("hsm.leases")
 
 LEASE_SIZE = 1 << 20
 SUFFIX = ".lease"
-SANLK_ACQUIRE_IDLIVE, SANLK_ACQUIRE_OWNED, SANLK_ACQUIRE_OTHER = 243, 244, 245
 
 
 def resource(image_id: str) -> bytes:
@@ -54,11 +53,12 @@ class VolumeLeases:
 
     def acquire(self, image_id: str) -> None:
         """Hold the image's lease for this host; AcquireLockFailure naming the host that holds it."""
-        try:
-            self.io.lease_acquire(self.lockspace.name, resource(image_id), self.path(image_id), 0, timeout=60)
+        try:  # sanlock waits out a failing holder (up to its host-dead time) before it answers
+            self.io.lease_acquire(self.lockspace.name, resource(image_id), self.path(image_id), 0,
+                                  timeout=host_dead_seconds(self.lockspace.io_timeout) + 30)
             self.held.add(image_id)
         except OSError as e:
-            if abs(e.errno or 0) in (SANLK_ACQUIRE_IDLIVE, SANLK_ACQUIRE_OWNED, SANLK_ACQUIRE_OTHER):
+            if abs(e.errno or 0) in HELD_ELSEWHERE:
                 holders = ", ".join(str(host) for host in self.holders(image_id)) or "another host"
                 raise AcquireLockFailure(f"{image_id}: its volume lease is held by host {holders}") from None
             raise AcquireLockFailure(f"{image_id}: sanlock refused its volume lease (error {e.errno})") from None

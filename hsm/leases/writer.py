@@ -35,7 +35,14 @@ from collections.abc import Callable
 
 from hsm.errors import AcquireHostIdFailure, AcquireLockFailure, HsmError, StorageTimeout
 from hsm.ids import is_id
-from hsm.leases.lockspace import LEASE_OFFSET, WRITER, Lockspace
+from hsm.leases.lockspace import (
+    HELD_ELSEWHERE,
+    LEASE_OFFSET,
+    SANLK_ACQUIRE_IDDISK,
+    SANLK_ACQUIRE_LOCKSPACE,
+    WRITER,
+    Lockspace,
+)
 from hsm.records import parse_object
 from hsm.storage.ioprocess import IOProcess
 
@@ -46,12 +53,8 @@ REMEMBERED = 1024           # changes the generation record keeps: a host furthe
 MAX_HOLD = 0.5              # seconds of back-to-back commits before the lease goes back to let other hosts in
 POLL_MAX = 0.1              # seconds at most between two tries of a host waiting for the lease
 TURN = 0.25                 # seconds a host that let the lease go for its turn waits before taking it again
-# sanlock's answers to an acquire (sanlock_rv.h; negative on the wire) that mean "try again": the lease is
-# held (IDLIVE, OWNED), another host won this ballot (OTHER), the owner's host id could not be read (IDDISK)
-SANLK_ACQUIRE_LOCKSPACE, SANLK_ACQUIRE_IDDISK, SANLK_ACQUIRE_IDLIVE = 241, 242, 243
-SANLK_ACQUIRE_OWNED, SANLK_ACQUIRE_OTHER = 244, 245
-BUSY = {SANLK_ACQUIRE_IDDISK, SANLK_ACQUIRE_IDLIVE, SANLK_ACQUIRE_OWNED, SANLK_ACQUIRE_OTHER, errno.EAGAIN,
-        errno.EBUSY}
+# sanlock's answers to an acquire that mean "try again"
+BUSY = {*HELD_ELSEWHERE, SANLK_ACQUIRE_IDDISK, errno.EAGAIN, errno.EBUSY}
 
 
 class Generation:

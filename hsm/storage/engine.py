@@ -43,7 +43,7 @@ from hsm.errors import (
     VolumeIsBusy,
     VolumeWasNotPreparedBeforeTeardown,
 )
-from hsm.leases.lockspace import IDS_SIZE, LEASES_SIZE, Lockspace, lease_paths
+from hsm.leases.lockspace import IDS_SIZE, LEASES_SIZE, Lockspace, host_dead_seconds, lease_paths
 from hsm.leases.volume import VolumeLeases
 from hsm.leases.writer import Writer
 from hsm.storage import block, check, offload
@@ -105,8 +105,8 @@ class Engine:
         self.lease_io_timeout = lease_io_timeout  # sanlock's io timeout for the lockspaces of new repositories
         self.use_volume_leases = use_volume_leases  # prepareImage takes the image's volume lease
         # seconds a commit on a shared repository waits for the metadata-writer lease: as long as sanlock may
-        # take to call its holder dead (8 io timeouts and its watchdog's 60 s), and a margin
-        self.writer_timeout = 8.0 * lease_io_timeout + 80
+        # take to call its holder dead, and a margin
+        self.writer_timeout = host_dead_seconds(lease_io_timeout) + 20.0
         self._links_root = os.path.join(state_dir or tempfile.gettempdir(), "block")  # volume links of block-1
         self._udev: BlockDeviceMonitor | None = None
         self._udev_failed = False  # uevents cannot be read here
