@@ -293,19 +293,26 @@ class _Leases:
         self._lock = threading.Lock()
         self._fd: int | None = None
         self._held: set[tuple[bytes, bytes]] = set()
+        self._acquiring = 0  # acquires in flight on the registration
 
     def acquire(self, lockspace: bytes, resource: bytes, path: str, offset: int) -> None:
         import sanlock  # only shared repositories' helpers need it
         with self._lock:
             if self._fd is None:
                 self._fd = sanlock.register()
-            try:
-                sanlock.acquire(lockspace, resource, [(path, offset)], slkfd=self._fd)
-            except sanlock.SanlockException:
-                if not self._held:  # a daemon restarted since forgot us: register again next time
-                    os.close(self._fd)
+            fd = self._fd
+            self._acquiring += 1
+        try:  # not under the lock: sanlock may wait out a failing holder, and writes under other leases go on
+            sanlock.acquire(lockspace, resource, [(path, offset)], slkfd=fd)
+        except sanlock.SanlockException:
+            with self._lock:
+                self._acquiring -= 1
+                if not self._held and not self._acquiring and self._fd == fd:
+                    os.close(fd)  # a daemon restarted since forgot us: register again next time
                     self._fd = None
-                raise
+            raise
+        with self._lock:
+            self._acquiring -= 1
             self._held.add((lockspace, resource))
 
     def release(self, lockspace: bytes, resource: bytes, path: str, offset: int) -> None:
