@@ -233,11 +233,7 @@ class Writer:
         current = self.read()
         if current is None or current.open or current.number == self.known:
             return
-        changed = current.changed_since(self.known) if self.known is not None else None
-        if changed is None:
-            self._sync_all()
-        elif changed:
-            self._sync_ids(changed)
+        self._catch_up(current)
         self.known = current.number
 
     def sync(self) -> None:
@@ -250,19 +246,23 @@ class Writer:
 
     def _sync(self) -> None:
         current = self.read()
-        if current is None or current.open or self.known is None:
-            if current is not None and current.open:
-                log.warning("Repository %s: host %d died while changing records: every record is read again",
-                            self._space.name.decode(), current.host)
-            self._sync_all()
-        else:
-            changed = current.changed_since(self.known)
-            if changed is None:
-                self._sync_all()
-            elif changed:
-                self._sync_ids(changed)
+        if current is not None and current.open:
+            log.warning("Repository %s: host %d died while changing records: every record is read again",
+                        self._space.name.decode(), current.host)
+        self._catch_up(current)
         self._current = current or Generation()
         self.known = self._current.number
+
+    def _catch_up(self, current: Generation | None) -> None:
+        """Read again the records changed since the generation the index knows; all of them when that
+        cannot be told (no usable record, one left open, or one that no longer remembers that far)."""
+        changed = None
+        if current is not None and not current.open and self.known is not None:
+            changed = current.changed_since(self.known)
+        if changed is None:
+            self._sync_all()
+        elif changed:
+            self._sync_ids(changed)
 
     # -- fenced writes ----------------------------------------------------------
 

@@ -721,13 +721,16 @@ class Engine:
             raise VolumeIsBusy(f"{image.id}: task {tasks[0]} is working on it")
         if self.is_prepared(repo, image.id):
             raise VolumeIsBusy(f"{image.id} is prepared for use on this host; tear it down first")
-        other = self.fixes.rewritten_elsewhere(repo, image)
-        if other:
-            raise VolumeIsBusy(f"{image.id}: host {other} changes its chain now (a merge or optimize)")
+        self._check_not_rewritten_elsewhere(repo, image)
         if repo.volume_leases is not None:
             repo.volume_leases.check_unused(image.id)
         if repo.snapshot_pending(image.id):
             raise VolumeIsBusy(f"{image.id}: a snapshot of it is not complete yet")
+
+    def _check_not_rewritten_elsewhere(self, repo: FileRepository, image: Image) -> None:
+        other = self.fixes.rewritten_elsewhere(repo, image)
+        if other:
+            raise VolumeIsBusy(f"{image.id}: host {other} changes its chain now (a merge or optimize)")
 
     # -- use on this host --------------------------------------------------
 
@@ -757,9 +760,7 @@ class Engine:
             raise VolumeIsBusy(f"{image_id}: a snapshot of it is not complete yet")
         if image_id in repo.rewriting:
             raise VolumeIsBusy(f"{image_id}: a merge or optimize is changing its chain now")
-        other = self.fixes.rewritten_elsewhere(repo, image)
-        if other:
-            raise VolumeIsBusy(f"{image_id}: host {other} changes its chain now (a merge or optimize)")
+        self._check_not_rewritten_elsewhere(repo, image)
         for vol in image.volumes:
             if not repo.volume_exists(vol):
                 raise VolumeDoesNotExist(f"{image_id}: volume {vol.id} is missing")

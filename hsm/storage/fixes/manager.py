@@ -132,14 +132,19 @@ class Fixes:
     def worked_elsewhere(self, repo: FileRepository, image: Image) -> int:
         """Another host that works on the image (it wrote the record last and is alive in the repository's
         lockspace), or 0. Its work is left to it: any host takes it over once sanlock says it is dead."""
+        return self._alive_other(repo, image.hostId)
+
+    def _alive_other(self, repo: FileRepository, host_id: int) -> int:
+        """`host_id` when it is another host alive in the repository's lockspace (or sanlock cannot say: then
+        keep away from what it may be doing); 0 otherwise, and always on a repository only this host uses."""
         space = repo.lockspace
-        if space is None or image.hostId in (0, self.engine.host_id):
+        if space is None or host_id in (0, self.engine.host_id):
             return 0
         try:
-            return image.hostId if space.host_alive(image.hostId) else 0
-        except Exception as e:  # sanlock cannot say: never run one fix on two hosts
-            log.warning("Cannot tell whether host %d is alive in %s: %s", image.hostId, repo.id, e)
-            return image.hostId
+            return host_id if space.host_alive(host_id) else 0
+        except Exception as e:
+            log.warning("Cannot tell whether host %d is alive in %s: %s", host_id, repo.id, e)
+            return host_id
 
     def _claim(self, repo: FileRepository, image_id: str) -> None:
         """On a shared repository, make this host the one working on the image, under the metadata-writer
@@ -382,13 +387,7 @@ class Fixes:
 
     def rewritten_elsewhere(self, repo: FileRepository, image: Image) -> int:
         """Another host, alive, whose merge or optimize changes the image's chain now; or 0."""
-        if repo.lockspace is None or image.rewriting in (0, self.engine.host_id):
-            return 0
-        try:
-            return image.rewriting if repo.lockspace.host_alive(image.rewriting) else 0
-        except Exception as e:  # sanlock cannot say: keep away from the chain
-            log.warning("Cannot tell whether host %d is alive in %s: %s", image.rewriting, repo.id, e)
-            return image.rewriting
+        return self._alive_other(repo, image.rewriting)
 
     def _mark_rewriting(self, repo: FileRepository, image_ids: list[str], wait: str) -> None:
         with repo.lock:
