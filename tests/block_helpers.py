@@ -22,11 +22,28 @@ EXTENT = 128 * MiB  # VDSM's extent size, which block-1 repositories use
 
 
 def detach_loops_over(pvs_: list[str]) -> None:
+    """Detach the loop devices over LVs of these PVs; a lockspace the session's sanlock daemon still renews on
+    one (an hsmd killed while joined leaves it joined) is removed first, so that the device goes too."""
     listing = json.loads(subprocess.run(["losetup", "--json", "--list"], capture_output=True, text=True).stdout
                          or '{"loopdevices": []}')["loopdevices"]
-    for loop in listing:
-        if loop.get("back-file") in pvs_:
-            subprocess.run(["losetup", "-d", loop["name"]], check=False)
+    loops = {loop["name"] for loop in listing if loop.get("back-file") in pvs_}
+    leave_lockspaces_on(loops)
+    for name in loops:
+        subprocess.run(["losetup", "-d", name], check=False)
+
+
+def leave_lockspaces_on(devices: set[str]) -> None:
+    try:
+        import sanlock
+        spaces = sanlock.get_lockspaces()
+    except Exception:  # no binding, or no daemon: nothing is renewed
+        return
+    for space in spaces:
+        if space["path"] in devices:
+            try:
+                sanlock.rem_lockspace(space["lockspace"], space["host_id"], space["path"], wait=False)
+            except sanlock.SanlockException:
+                pass  # leaving already
 
 
 # What a block-1 repository holds, read (and, for tests of records written elsewhere, written) here as root, not

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from hsm.storage.block import METADATA_LV
+from hsm.storage.block import AREAS
 from tests.block_helpers import MetadataSlots, detach_loops_over, lv_names
 from tests.lvm_helpers import raw_lvm
 from tests.waiting import wait_for
@@ -253,8 +253,8 @@ class BlockRepo(Repo):
         return self.host.make_block(self.host, name)
 
     def volumes(self) -> set[str]:
-        """The LVs of the VG but its metadata LV: one per volume, named by its id."""
-        return lv_names(self.lvm_dir, self.devices, self.vg) - {METADATA_LV}
+        """The LVs of the VG but its metadata, ids and leases LVs: one per volume, named by its id."""
+        return lv_names(self.lvm_dir, self.devices, self.vg) - set(AREAS)
 
     def records(self) -> set[str]:
         return set(self._slots().records())

@@ -15,7 +15,7 @@ import uuid
 
 import pytest
 
-from hsm.storage.block import METADATA_LV
+from hsm.storage.block import IDS_LV, LEASES_LV, METADATA_LV
 from tests.block_helpers import EXTENT, GiB, MetadataSlots, MiB, detach_loops_over, lv_place
 from tests.images_helpers import code, new_disk, new_snapshot, ok, qemu_check, qemu_reads, qemu_write, wait_image
 from tests.lvm_helpers import raw_lvm, real_lvm, report
@@ -45,12 +45,16 @@ class SecondLoop:
 
 
 def test_create_connect_layout(block_repo, lvm_dir):
-    """The VG carries hsm's tags; the metadata LV is there; the repository lists as block-1 with its space."""
+    """The VG carries hsm's tags; the metadata, ids and leases LVs are there; the repository lists as block-1
+    with its space, and its lockspace joined with this host's id."""
     proxy, vg, pvs, repo_uuid = block_repo
     tags = report(lvm_dir, pvs, "vgs", "vg", "-o", "vg_tags", vg)[0]["vg_tags"].split(",")
     assert "HSM_FORMAT=block-1" in tags and f"HSM_UUID={repo_uuid}" in tags
-    assert METADATA_LV in lvs(lvm_dir, pvs, vg)
+    assert set(lvs(lvm_dir, pvs, vg)) == {METADATA_LV, IDS_LV, LEASES_LV}
+    wait_for(lambda: ok(proxy.getStorageRepositoryList())["repos"]["blk"]["leases"]["joined"], timeout=60,
+             what="the lockspace join")
     repos = ok(proxy.getStorageRepositoryList())["repos"]
+    assert repos["blk"]["capabilities"]["leases"] and repos["blk"]["leases"]["hostId"] == 1
     assert repos["blk"]["format"] == "block-1" and repos["blk"]["uuid"] == repo_uuid
     assert repos["blk"]["vgName"] == vg
     assert "block-1" in ok(proxy.getCapabilities())["info"]["repoFormats"]
@@ -268,7 +272,7 @@ def test_a_repository_of_a_thousand_lvs(block_hsmd, loops, lvm_dir):
         assert len(made) == 1000
         wait_for_no_fix(proxy, "blk", timeout=1500)
         volumes = {ok(proxy.getImageInfo("blk", image))["image"]["volumes"][0]["id"] for image in made}
-        assert volumes <= set(lvs(lvm_dir, pvs, vg)) and len(lvs(lvm_dir, pvs, vg)) == 1001  # and the metadata LV
+        assert volumes <= set(lvs(lvm_dir, pvs, vg)) and len(lvs(lvm_dir, pvs, vg)) == 1003  # and the AREAS
         stray = str(uuid.uuid4())  # named as hsm names volumes, but no record owns it
         for name in (stray, "adminsvolume"):  # the second is not hsm's to remove
             done = raw_lvm(lvm_dir, pvs, "lvcreate", "--autobackup", "n", "-an", "-Zn", "-l", "1", "-n", name, vg)

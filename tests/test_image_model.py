@@ -84,6 +84,7 @@ from xml.parsers.expat import ExpatError
 import pytest
 
 from hsm.rpc.client import ServiceProxy
+from hsm.storage import block
 from hsm.storage.slots import SLOT as SLOT_BYTES
 from tests.block_helpers import MetadataSlots, detach_loops_over, read_direct, write_through_loop, write_whole
 from tests.images_helpers import MiB, backing_chain, code, local_path, ok, qemu_check, qemu_write
@@ -1445,7 +1446,7 @@ class BlockWalk(Walk):
             for image_id in listed:
                 info = self.proxy.getImageInfo(repo, image_id).get("image", {"volumes": []})
                 owned |= {v["id"] for v in info["volumes"] if v.get("image") == image_id}
-            lvs = {lv for vg, lv in places if vg == self.vgs[repo]} - {"metadata"}
+            lvs = {lv for vg, lv in places if vg == self.vgs[repo]} - set(block.AREAS)
             if lvs - owned:
                 self.violate("LVs no image owns", f"{repo}: {sorted(lvs - owned)}")
             if owned - lvs:

@@ -112,3 +112,25 @@ def test_limits(io, device):
     with pytest.raises(SlotsFull):
         slots.write(str(uuid.uuid4()), b"{}")
     assert slots.in_use() == 2
+
+
+def test_two_hosts_take_turns_and_each_learns_where_the_others_records_are(io, device):
+    """Two stores over one device stand for two hosts taking turns under the metadata-writer lease: each
+    reads again the slots the other wrote (the generation record names them), and then allocates no slot
+    the other uses, reads the other's records, and reuses a slot the other freed."""
+    host1, host2 = store(io, device), store(io, device)
+    host1.load()
+    host2.load()
+    a, b, c = (str(uuid.uuid4()) for _ in range(3))
+    written = [host1.write(a, b'{"by": 1}'), host1.write(b, b'{"by": 1}')]
+    host2.reread(written)
+    assert host2.read(a) == b'{"by": 1}'
+    slot_c = host2.write(c, b'{"by": 2}')
+    assert slot_c not in written  # the slot after host 1's, not one of them
+    freed = host2.free(a)
+    host1.reread([slot_c, freed])
+    assert host1.read(a) is None and host1.read(c) == b'{"by": 2}'
+    d = str(uuid.uuid4())
+    assert host1.write(d, b"{}") == freed  # the slot host 2 freed is used again
+    found, damaged = store(io, device).load()
+    assert damaged == {} and found == {b: b'{"by": 1}', c: b'{"by": 2}', d: b"{}"}

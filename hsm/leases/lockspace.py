@@ -1,9 +1,9 @@
 """sanlock for one shared repository: its lockspace (the hosts' ids) and its leases area.
 
-The metadata-writer lease itself is taken through the repository's I/O helper (hsm.leases.writer);
-acquire_writer/release_writer here are for tools and tests. A repository's lockspace is named by its
-uuid; its ids area holds one 512-byte delta lease per host id (1 MiB: 2,000 hosts), and its leases
-area the metadata-writer lease at LEASE_OFFSET (VDSM's SDM lease place) and, later, volume leases.
+The metadata-writer lease itself is taken through the repository's I/O helper (hsm.leases.writer). A
+repository's lockspace is named by its uuid; its ids area holds one 512-byte delta lease per host id
+(1 MiB: 2,000 hosts), and its leases area the metadata-writer lease at LEASE_OFFSET (VDSM's SDM lease
+place). The areas are files of a shared file repository or LVs of a block one (hsm.storage.block).
 Joining is slow (sanlock waits out other hosts' io timeouts: about 3 s at io_timeout 1, 20 s at 10),
 so join() only asks, and state() says how far it got.
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import threading
 from dataclasses import dataclass
 
 try:
@@ -35,6 +34,9 @@ DEFAULT_IO_TIMEOUT = 10  # the daemon's own io timeout (a join with 0 uses it)
 SANLK_ACQUIRE_LOCKSPACE, SANLK_ACQUIRE_IDDISK, SANLK_ACQUIRE_IDLIVE = 241, 242, 243
 SANLK_ACQUIRE_OWNED, SANLK_ACQUIRE_OTHER = 244, 245
 HELD_ELSEWHERE = {SANLK_ACQUIRE_IDLIVE, SANLK_ACQUIRE_OWNED, SANLK_ACQUIRE_OTHER}
+# reading a lease where there is none (no magic), or another lockspace's or resource's
+SANLK_LEADER_MAGIC, SANLK_LEADER_LOCKSPACE, SANLK_LEADER_RESOURCE = 223, 226, 227
+NO_LEASE = {SANLK_LEADER_MAGIC, SANLK_LEADER_LOCKSPACE, SANLK_LEADER_RESOURCE}
 
 
 def host_dead_seconds(io_timeout: int) -> int:
@@ -60,8 +62,6 @@ class Lockspace:
         self.name = repo_uuid.encode()
         self.paths = paths
         self.host_id = host_id
-        self._lock = threading.Lock()
-        self._fd: int | None = None  # our registration with the daemon, while we hold the writer lease
         self.io_timeout = 0  # what join() asked for
         self._wanted = False  # joined, or joining, until leave()
         self._state = {"joined": False, "hostId": host_id, "writer": 0, "error": "not joined yet"}
@@ -100,6 +100,18 @@ class Lockspace:
         except sanlock.SanlockException as e:
             if abs(e.errno or 0) not in (errno.EEXIST, errno.EINPROGRESS, errno.EBUSY, errno.EAGAIN):
                 raise
+            if abs(e.errno or 0) == errno.EEXIST:
+                self._leave_elsewhere()
+
+    def _leave_elsewhere(self) -> None:
+        """The daemon holds this lockspace with our host id on another path (a block repository's ids LV that
+        a loop device of an earlier connect mapped): that stale registration is left, so the next join takes
+        this path."""
+        for space in sanlock.get_lockspaces():
+            if space["lockspace"] == self.name and space["host_id"] == self.host_id and space["path"] != self.paths.ids:
+                log.warning("Lockspace %s is joined through %s, not %s: leaving it there to join again",
+                            self.name.decode(), space["path"], self.paths.ids)
+                sanlock.rem_lockspace(self.name, self.host_id, space["path"], wait=False)
 
     def joined(self) -> bool:
         """True once joined; False while joining or not joined."""
@@ -126,15 +138,3 @@ class Lockspace:
                 return True
             raise
         return bool(hosts) and hosts[0]["flags"] not in (sanlock.HOST_DEAD, sanlock.HOST_FREE)
-
-    def acquire_writer(self) -> None:
-        """Hold the metadata-writer lease (SanlockException -243 when another host holds it)."""
-        with self._lock:
-            if self._fd is None:
-                self._fd = sanlock.register()
-            sanlock.acquire(self.name, WRITER, [(self.paths.leases, LEASE_OFFSET)], slkfd=self._fd)
-
-    def release_writer(self) -> None:
-        with self._lock:
-            if self._fd is not None:
-                sanlock.release(self.name, WRITER, [(self.paths.leases, LEASE_OFFSET)], slkfd=self._fd)

@@ -32,6 +32,8 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
+from typing import Protocol
 
 from hsm.errors import AcquireHostIdFailure, AcquireLockFailure, HsmError, StorageTimeout
 from hsm.ids import is_id
@@ -57,11 +59,16 @@ TURN = 0.25                 # seconds a host that let the lease go for its turn 
 BUSY = {*HELD_ELSEWHERE, SANLK_ACQUIRE_IDDISK, errno.EAGAIN, errno.EBUSY}
 
 
+Change = tuple[int, str, int | None]  # (generation, image id, the slot it touched on a block repository or None)
+
+
 class Generation:
-    """What `leases/generation` says: {generation, host, open, changed: [[generation, image id], ...]}."""
+    """What the generation record says: {generation, host, open, changed: [[generation, image id(, slot)], ...]}:
+    a block repository's changes name the record slots they wrote too (hsm.storage.slots), so that other hosts
+    read those slots again and know where every record is."""
 
     def __init__(self, number: int = 0, host: int = 0, is_open: bool = False,
-                 changed: list[tuple[int, str]] | None = None) -> None:
+                 changed: list[Change] | None = None) -> None:
         self.number, self.host, self.open = number, host, is_open
         self.changed = changed or []
 
@@ -73,45 +80,77 @@ class Generation:
         if type(number) is not int or number < 0 or type(host) is not int or not 0 <= host <= 2000 \
                 or type(is_open) is not bool or not isinstance(changed, list) or len(changed) > REMEMBERED:
             raise ValueError("bad generation, host, open or changed")
-        pairs = []
+        entries: list[Change] = []
         for entry in changed:
-            if not (isinstance(entry, list) and len(entry) == 2 and type(entry[0]) is int and 0 < entry[0] <= number
-                    and is_id(entry[1])):
+            if not (isinstance(entry, list) and len(entry) in (2, 3) and type(entry[0]) is int
+                    and 0 < entry[0] <= number and is_id(entry[1])
+                    and (len(entry) == 2 or (type(entry[2]) is int and 0 < entry[2] < 1 << 24))):
                 raise ValueError(f"bad change entry {entry!r:.80}")
-            pairs.append((entry[0], entry[1]))
-        return cls(number, host, is_open, pairs)
+            entries.append((entry[0], entry[1], entry[2] if len(entry) == 3 else None))
+        return cls(number, host, is_open, entries)
 
     def to_json(self) -> bytes:
+        kept = self.changed[-REMEMBERED:]
+        if len(self.changed) > REMEMBERED:  # a generation is remembered whole or not at all
+            kept = [entry for entry in kept if entry[0] != self.changed[-REMEMBERED - 1][0]]
         return json.dumps({"generation": self.number, "host": self.host, "open": self.open,
-                           "changed": [list(pair) for pair in self.changed[-REMEMBERED:]]}).encode()
+                           "changed": [[number, image_id, *([] if slot is None else [slot])]
+                                       for number, image_id, slot in kept]}).encode()
 
-    def changed_since(self, known: int) -> set[str] | None:
-        """The image ids changed after generation `known`, or None when this record no longer remembers."""
+    def changed_since(self, known: int) -> tuple[set[str], set[int]] | None:
+        """(the image ids changed after generation `known`, the record slots those changes wrote), or None when
+        this record no longer remembers."""
         if known > self.number:
             return None  # someone wrote an older record over ours: trust nothing
         if known == self.number:
-            return set()
-        remembered = {number for number, _ in self.changed}
+            return set(), set()
+        remembered = {entry[0] for entry in self.changed}
         if not all(number in remembered for number in range(known + 1, self.number + 1)):
             return None
-        return {image_id for number, image_id in self.changed if number > known}
+        later = [entry for entry in self.changed if entry[0] > known]
+        return {image_id for _, image_id, _ in later}, {slot for _, _, slot in later if slot is not None}
+
+
+class GenerationFile:
+    """Where a shared file repository keeps its generation record: the file leases/generation."""
+
+    def __init__(self, io: IOProcess, folder: str) -> None:
+        self.io = io
+        self.path = os.path.join(folder, GENERATION)
+
+    def read(self) -> bytes:
+        """The record's bytes (FileNotFoundError when there is none)."""
+        return self.io.read(self.path, 1 << 20)
+
+    def write(self, writer: Writer, data: bytes) -> None:
+        writer.write(self.path, data)
+
+
+class GenerationPlace(Protocol):
+    """Where the generation record is (a file, or copies on a block device: hsm.storage.block)."""
+    path: str  # for messages
+
+    def read(self) -> bytes: ...
+
+    def write(self, writer: Writer, data: bytes) -> None: ...
 
 
 class Writer:
     """This host's side of one repository's metadata-writer lease (see the module's text)."""
 
-    def __init__(self, io: IOProcess, folder: str, sync_ids: Callable[[set[str]], None],
+    def __init__(self, io: IOProcess, place: GenerationPlace, sync_ids: Callable[[set[str], AbstractSet[int]], None],
                  sync_all: Callable[[], None], acquire_timeout: float = 60.0) -> None:
         self.lockspace: Lockspace | None = None  # set once the repository's uuid is known (connect)
         self.io = io
-        self.path = os.path.join(folder, GENERATION)
-        self._sync_ids = sync_ids    # read these records again
+        self.place = place
+        self.path = place.path
+        self._sync_ids = sync_ids    # read these records (and record slots) again
         self._sync_all = sync_all    # read every record again
         self.acquire_timeout = acquire_timeout
         self.known: int | None = None  # the generation the index is true to (None: unknown, read everything)
         self._held_since = 0.0         # monotonic time the lease was taken; 0: not held
         self._current: Generation | None = None  # what storage holds while we hold the lease
-        self._changed: set[str] = set()          # records changed in this hold
+        self._changed: dict[str, set[int]] = {}  # records changed in this hold: the slots each change wrote
         self.pinned = False                      # kept past commits (CommitLock.pin: the SPM role)
         self._turn = 0.0                         # monotonic time before which this host leaves the lease to others
 
@@ -122,7 +161,7 @@ class Writer:
     def read(self) -> Generation | None:
         """The generation record on storage; None when there is none or it cannot be trusted."""
         try:
-            return Generation.parse(self.io.read(self.path, 1 << 20))
+            return Generation.parse(self.place.read())
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as e:
@@ -205,7 +244,7 @@ class Writer:
         try:
             self.publish()
         finally:
-            self._current, self._changed, self._held_since = None, set(), 0.0
+            self._current, self._changed, self._held_since = None, {}, 0.0
             self._give_back()
             if turn:
                 self._turn = time.monotonic() + TURN
@@ -215,8 +254,11 @@ class Writer:
         try:
             if self._current is not None and self._current.open:
                 self._current.open = False
-                self._current.changed.extend((self._current.number, image_id) for image_id in sorted(self._changed))
-                self._changed = set()
+                number = self._current.number
+                for image_id, slots in sorted(self._changed.items()):
+                    self._current.changed.extend([(number, image_id, slot) for slot in sorted(slots)] or
+                                                 [(number, image_id, None)])
+                self._changed = {}
                 self._write(self._current)
                 self.known = self._current.number
         except (OSError, HsmError) as e:  # others read every record then
@@ -261,16 +303,17 @@ class Writer:
             changed = current.changed_since(self.known)
         if changed is None:
             self._sync_all()
-        elif changed:
-            self._sync_ids(changed)
+        elif changed[0]:
+            self._sync_ids(*changed)
 
     # -- fenced writes ----------------------------------------------------------
 
     def _write(self, generation: Generation) -> None:
-        self._fenced(self.io.lease_write, self.path, generation.to_json())
+        self.place.write(self, generation.to_json())
 
-    def changing(self, image_id: str) -> None:
-        """Before a record is written or removed: mark the generation record open (once per hold)."""
+    def changing(self, image_id: str, slot: int | None = None) -> None:
+        """Before a record is written or removed: mark the generation record open (once per hold). A block
+        repository says again after the write which record `slot` it wrote."""
         if not self.held or self._current is None:
             raise AcquireLockFailure(f"repository {self._space.name.decode()}: a record change outside the "
                                      f"metadata-writer lease")
@@ -278,18 +321,24 @@ class Writer:
             opened = Generation(self._current.number + 1, self._space.host_id, True, list(self._current.changed))
             self._write(opened)
             self._current = opened
-        self._changed.add(image_id)
+        slots = self._changed.setdefault(image_id, set())
+        if slot is not None:
+            slots.add(slot)
 
     def write(self, path: str, data: bytes) -> None:
         """Write a record, only if the helper still holds the lease (651 otherwise)."""
         self._fenced(self.io.lease_write, path, data)
 
+    def write_at(self, device: str, offset: int, data: bytes) -> None:
+        """Write bytes of a block device (a record slot), only if the helper still holds the lease."""
+        self._fenced(self.io.lease_write_at, device, offset, data)
+
     def remove(self, path: str) -> None:
         self._fenced(self.io.lease_remove, path)
 
-    def _fenced(self, op: Callable[..., None], path: str, *data: bytes) -> None:
+    def _fenced(self, op: Callable[..., None], *args: object) -> None:
         try:
-            op(self._space.name, WRITER, path, *data)
+            op(self._space.name, WRITER, *args)
         except OSError as e:
             if e.errno == errno.ENOLCK:  # the helper that held the lease is gone (sanlock killed it, or a hang)
                 self._held_since, self._current, self.pinned = 0.0, None, False

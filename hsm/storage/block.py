@@ -5,6 +5,10 @@ Layout of the VG:
     tags            HSM_FORMAT=block-1, HSM_UUID=<uuid>: what makes the VG a repository, read by one vgs
     LV metadata     1 GiB (8 extents of VDSM's 128 MiB), one linear segment: the records in slots
                     (hsm.storage.slots), slot 0 the repository record, then one slot per image
+    LV ids          one extent: the sanlock lockspace of the hosts using the repository (named by its uuid)
+    LV leases       2 GiB (VDSM's): the generation record in two copies of 256 KiB from offset 0
+                    (hsm.leases.writer), the metadata-writer lease at 1 MiB, as VDSM's SDM lease sat, then
+                    the volume lease of the image in record slot N at N + 1 MiB (hsm.leases.volume.SlotLeases)
     LV <volume id>  one per volume; tags IU_<image id> and PU_<the volume below, or VDSM's blank uuid>,
                     as VDSM tagged them, so `lvs -o+tags` tells an admin what each LV is
 
@@ -22,8 +26,11 @@ grows by lvextend (extendVolume, a merge, an optimize). Where LVs are mapped by 
 in place: there every LV is made at the full size its volume can take (thin qcow2 in a thick LV), so
 no fix ever needs to grow one.
 
-Records are changed only by hsmd, under the engine's locks; another host writing this VG's
-metadata is the subject of sanlock's metadata-writer lease (not yet here: one host at a time).
+Many hosts use one VG: each changes records, and LVM's metadata (lvcreate, lvextend, lvremove), only
+while it holds the repository's metadata-writer lease, and its slot writes are fenced by it (made by the
+I/O helper that holds the lease, hsm.leases.writer). The generation record names the slots each change
+wrote, so a host that takes the lease reads those slots again and knows where every record is. A VG made
+before the ids and leases LVs existed has no lockspace: one host at a time uses it.
 """
 
 from __future__ import annotations
@@ -36,8 +43,10 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from collections.abc import Set as AbstractSet
 
 from hsm.errors import (
+    ClusterLockInitError,
     HsmError,
     InvalidParameterException,
     LogicalVolumeAlreadyExists,
@@ -47,6 +56,9 @@ from hsm.errors import (
     VolumeMetadataWriteError,
 )
 from hsm.ids import is_uuid
+from hsm.leases.lockspace import IDS_SIZE, Lockspace, Paths
+from hsm.leases.volume import SlotLeases
+from hsm.leases.writer import Writer
 from hsm.storage import qemuimg
 from hsm.storage.activation import LVActivation
 from hsm.storage.image import Image, Volume
@@ -54,7 +66,7 @@ from hsm.storage.intents import SnapshotIntent
 from hsm.storage.ioprocess import IOProcess
 from hsm.storage.lvm import LVM
 from hsm.storage.repository import LABELS, VERSION, VOLUMES, FileRepository, Health, _labels
-from hsm.storage.slots import RecordTooLarge, SlotsFull, SlotStore
+from hsm.storage.slots import RECORD, Copy, RecordTooLarge, Slot, SlotsFull, SlotStore, encode, read_slot
 from hsm.storage.udev_monitor import BlockDeviceEvent, BlockDeviceMonitor
 
 log = logging.getLogger("hsm.storage.block")
@@ -63,7 +75,11 @@ FORMAT = "block-1"
 FORMAT_TAG = f"HSM_FORMAT={FORMAT}"
 UUID_TAG = "HSM_UUID="
 METADATA_LV = "metadata"
+IDS_LV, LEASES_LV = "ids", "leases"  # VDSM's names for the same areas
+AREAS = (METADATA_LV, IDS_LV, LEASES_LV)  # the LVs that hold no volume
+GENERATION_COPY = 256 << 10  # bytes of one copy of the generation record, at the start of the leases LV
 GiB = 1 << 30
+LEASES_LV_SIZE = 2 * GiB     # VDSM's: volume leases of the images in the first 2,046 record slots
 METADATA_SIZE = GiB
 QCOW2_CHUNK = GiB               # VDSM's volume_utilization_chunk_mb: a new thin qcow2 LV's first size
 BLANK_UUID = "00000000-0000-0000-0000-000000000000"
@@ -99,6 +115,39 @@ def full_size(volume: Volume, size: int) -> int:
     return size if volume.format == "raw" else int(qemuimg.measure(size)["fully-allocated"])
 
 
+class GenerationCopies:
+    """The generation record of a block repository (hsm.leases.writer.GenerationPlace): two copies at the start
+    of its leases LV, written in turn as a record slot's are (a torn write damages only the copy it wrote)."""
+
+    def __init__(self, io: IOProcess, device: str, repo_uuid: str) -> None:
+        self.io, self.device, self.uuid = io, device, repo_uuid
+        self.path = f"{device} (the generation record)"
+        self._known: Slot | None = None  # as read or written last
+
+    def read(self) -> bytes:
+        slot = read_slot(self.uuid, 0, self.io.read_at(self.device, 0, 2 * GENERATION_COPY), GENERATION_COPY)
+        self._known = slot
+        if slot.newest is None:
+            if slot.damage:
+                raise ValueError(slot.damage)
+            raise FileNotFoundError(self.path)
+        return slot.newest.payload
+
+    def write(self, writer: Writer, data: bytes) -> None:
+        """The write goes to the copy not holding the newest version (the holder read it when it took the
+        lease; no other host writes while it holds it)."""
+        known = self._known
+        if known is None:
+            try:
+                self.read()
+            except (FileNotFoundError, ValueError):
+                pass
+            known = self._known or Slot(0, None, 0)
+        copy = Copy("", 0, known.newest.sequence + 1 if known.newest is not None else 1, RECORD, data)
+        writer.write_at(self.device, known.next_copy * GENERATION_COPY, encode(self.uuid, copy, GENERATION_COPY))
+        self._known = Slot(0, copy, 1 - known.next_copy)
+
+
 class BlockRepository(FileRepository):
     """The index and verbs of FileRepository over a VG: what differs is where records and volumes live.
 
@@ -131,8 +180,9 @@ class BlockRepository(FileRepository):
                      self.vg_name)
             self.lvm.invalidate()
 
-    def load(self) -> None:
-        """Read the VG's tags, then every record from the metadata LV, into the index."""
+    def open(self) -> None:
+        """Read the VG's tags and make its metadata LV usable here, and its ids and leases LVs where it has them
+        (then `lease_paths` says where its lockspace is)."""
         vg = self.lvm.vg()
         repo_uuid = repository_uuid(vg.tags)
         if not repo_uuid:
@@ -142,12 +192,34 @@ class BlockRepository(FileRepository):
         os.makedirs(self.path, mode=0o750, exist_ok=True)
         for name in os.listdir(self.path):  # links of an earlier run: their devices may be others' now
             os.unlink(os.path.join(self.path, name))
-        device = self._activate(METADATA_LV)
         self._metadata_active = True
+        device = self._activate(METADATA_LV)
         self.slots = SlotStore(self.io, device, repo_uuid, self.lvm.volume(METADATA_LV).size)
+        if {IDS_LV, LEASES_LV} <= set(self.lvm.volumes()):
+            self.lease_paths = Paths(self._activate(IDS_LV), self._activate(LEASES_LV))
+        else:
+            log.warning("Repository %s (VG %s) has no %s and %s LVs (made by an earlier hsm): no lockspace, one "
+                        "host at a time may use it", self.id, self.vg_name, IDS_LV, LEASES_LV)
+
+    def generation_place(self) -> GenerationCopies:
+        assert self.lease_paths is not None
+        return GenerationCopies(self.io, self.lease_paths.leases, self.uuid)
+
+    def make_volume_leases(self, lockspace: Lockspace) -> SlotLeases:
+        assert self.lease_paths is not None and self.slots is not None
+        return SlotLeases(lockspace, self.io, self.lease_paths.leases, self.lvm.volume(LEASES_LV).size,
+                          self.slots.slot_of)
+
+    def share(self, writer: Writer) -> None:
+        super().share(writer)
+        assert self.slots is not None
+        self.slots.write_at = writer.write_at  # every slot write fenced by the lease
+
+    def load(self) -> None:
+        """Read every record from the metadata LV into the index (after open())."""
+        assert self.slots is not None
         try:
             record = self.slots.repository()
-            found, self._damaged = self.slots.load()
         except OSError as e:
             raise StorageDomainAccessError(f"{self.vg_name}/{METADATA_LV}: {e}") from None
         if record is None:
@@ -156,12 +228,29 @@ class BlockRepository(FileRepository):
             self.labels = _labels(json.loads(record))
         except ValueError as e:
             raise StorageDomainAccessError(f"{self.vg_name}: the repository record is damaged: {e}") from None
+        images, unreadable = self._read_records()
+        log.info("Repository %s (%s, VG %s) loaded: %d images, %d unreadable records", self.id, self.uuid,
+                 self.vg_name, len(images), len(unreadable))
+
+    def _read_records(self) -> tuple[dict[str, Image], dict[str, str]]:
+        assert self.slots is not None
+        try:
+            found, self._damaged = self.slots.load()
+        except OSError as e:
+            raise StorageDomainAccessError(f"{self.vg_name}/{METADATA_LV}: {e}") from None
         for number, reason in self._damaged.items():
             log.error("Slot %d of %s/%s is damaged (%s): every LV counts as owned until it is repaired",
                       number, self.vg_name, METADATA_LV, reason)
-        images, unreadable = self._index(found)
-        log.info("Repository %s (%s, VG %s) loaded: %d images, %d unreadable records", self.id, self.uuid,
-                 self.vg_name, len(images), len(unreadable))
+        self.lvm.invalidate()  # another host may have changed LVs with them
+        return self._index(found)
+
+    def refresh_many(self, image_ids: set[str], slots: AbstractSet[int] = frozenset()) -> None:
+        """Another host's changes: the slots it wrote are read again first (where each record is now), and
+        LVM's view (it made or removed LVs with them)."""
+        assert self.slots is not None
+        self.slots.reread(slots)
+        self.lvm.invalidate()
+        super().refresh_many(image_ids, slots)
 
     @staticmethod
     def _parse(image_id: str, data: bytes) -> Image:
@@ -193,8 +282,13 @@ class BlockRepository(FileRepository):
 
     def _store(self, image: Image, freeing: bool) -> None:
         assert self.slots is not None
+        writer = self.lock.writer
         try:
-            self.slots.write(image.id, image.to_json())
+            if writer is not None:
+                writer.changing(image.id)
+            number = self.slots.write(image.id, image.to_json())
+            if writer is not None:
+                writer.changing(image.id, number)
         except RecordTooLarge as e:
             raise VolumeMetadataWriteError(f"{image.id}: its record is too large: {e}") from None
         except SlotsFull as e:
@@ -211,8 +305,13 @@ class BlockRepository(FileRepository):
 
     def _unstore(self, image_id: str) -> None:
         assert self.slots is not None
+        writer = self.lock.writer
         try:
-            self.slots.free(image_id)
+            if writer is not None:
+                writer.changing(image_id)
+            number = self.slots.free(image_id)
+            if writer is not None and number is not None:
+                writer.changing(image_id, number)
         except OSError as e:
             raise VolumeMetadataWriteError(f"{image_id}: {e}") from None
 
@@ -230,13 +329,14 @@ class BlockRepository(FileRepository):
         thin = volume.format == "qcow2" and not preallocated and not self._contiguous
         bytes_ = full if not thin else min(full, needed if needed is not None else QCOW2_CHUNK)
         parent = below[0].id if below else BLANK_UUID
-        try:  # one lvcreate, no lvs: the LV is new but after a crash
-            self.lvm.create_lv(volume.id, bytes_, tags=[IMAGE_TAG + volume.image, PARENT_TAG + parent],
-                               contiguous=self._contiguous)
-        except LogicalVolumeAlreadyExists:
-            known = self.lvm.volume(volume.id)
-            if known.size < bytes_:
-                self.grow_volume(volume, size, bytes_ - known.size)
+        with self._changing_lvm():
+            try:  # one lvcreate, no lvs: the LV is new but after a crash
+                self.lvm.create_lv(volume.id, bytes_, tags=[IMAGE_TAG + volume.image, PARENT_TAG + parent],
+                                   contiguous=self._contiguous)
+            except LogicalVolumeAlreadyExists:
+                known = self.lvm.volume(volume.id)
+                if known.size < bytes_:
+                    self.grow_volume(volume, size, bytes_ - known.size)
         if volume.format == "raw":
             with self.activated([volume]):
                 self.io.zero_range(self.volume_path(volume), 0, self.lvm.volume(volume.id).size)
@@ -255,8 +355,14 @@ class BlockRepository(FileRepository):
         """Extend the volume's LV to at least `size` bytes (VDSM's extendVolume); where it is active here, its
         link then leads to a device of the new size. Under `loop` activation only the extents right after
         it can be taken (560 when they are not free)."""
-        self.lvm.extend_lv(volume.id, size, contiguous=self._contiguous)
+        with self._changing_lvm():
+            self.lvm.extend_lv(volume.id, size, contiguous=self._contiguous)
         self.refresh_volume(volume)
+
+    def _changing_lvm(self) -> contextlib.AbstractContextManager:
+        """Where many hosts use the VG, LVM's metadata is changed under the commit lock (the metadata-writer
+        lease): two hosts writing it at once would damage it."""
+        return self.lock if self.lock.writer is not None else contextlib.nullcontext()
 
     def refresh_volume(self, volume: Volume) -> None:
         """Where the volume is active here, make its link lead to a device of the LV's size now."""
@@ -367,14 +473,16 @@ class BlockRepository(FileRepository):
                 raise OSError(16, f"{self.vg_name}/{lv} is in use on this host")
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(self.path, name))
-        if lv not in self.lvm.refresh():
-            return
-        self.activation.deactivate(self.vg_name, lv)
-        self.lvm.remove_lvs(lv)
+        with self._changing_lvm():
+            if lv not in self.lvm.refresh():
+                return
+            self.activation.deactivate(self.vg_name, lv)
+            self.lvm.remove_lvs(lv)
 
     # -- the monitor ----------------------------------------------------------
 
     def check_health(self) -> Health:
+        self.follow_others()
         started = time.monotonic()
         try:
             assert self.slots is not None
@@ -399,7 +507,8 @@ class BlockRepository(FileRepository):
         with self._active_lock:
             held, self._active = list(self._active), collections.Counter()
             metadata, self._metadata_active = self._metadata_active, False
-        for lv in [*held, *([METADATA_LV] if metadata else [])]:
+        areas = [METADATA_LV, *([IDS_LV, LEASES_LV] if self.lease_paths is not None else [])] if metadata else []
+        for lv in [*held, *areas]:
             try:
                 self.activation.deactivate(self.vg_name, lv)
             except HsmError as e:
@@ -415,8 +524,9 @@ class BlockRepository(FileRepository):
 
 
 def create(lvm: LVM, activation: LVActivation, io: IOProcess, repo_uuid: str, labels: dict,
-           existing: tuple[str, ...] = ()) -> str:
-    """Make a new repository of the VG on lvm's devices; nothing is left half-made when it fails.
+           existing: tuple[str, ...] = (), io_timeout: int = 10) -> str:
+    """Make a new repository of the VG on lvm's devices, with its lockspace (sanlock's `io_timeout`); nothing
+    is left half-made when it fails (ClusterLockInitError when sanlock cannot initialize the lockspace).
 
     A new VG: a device in any VG is refused (601). `existing`: the VG is there already (VDSM's createVG
     made it) with these tags to take off; hsm's tags go on last, so a failure leaves it as it was.
@@ -435,13 +545,15 @@ def create(lvm: LVM, activation: LVActivation, io: IOProcess, repo_uuid: str, la
             slots.write_repository(json.dumps(record).encode())
         finally:
             activation.deactivate(lvm.vg_name, METADATA_LV)
+        _make_lockspace(lvm, activation, io, repo_uuid, io_timeout)
         if existing:
             lvm.change_vg_tags(add=tags, remove=existing)
     except BaseException:
         try:
             if existing:
-                if METADATA_LV in lvm.refresh():
-                    lvm.remove_lvs(METADATA_LV)
+                made = [lv for lv in (METADATA_LV, IDS_LV, LEASES_LV) if lv in lvm.refresh()]
+                if made:
+                    lvm.remove_lvs(*made)
             else:
                 lvm.remove_vg()
         except HsmError as e:
@@ -449,3 +561,24 @@ def create(lvm: LVM, activation: LVActivation, io: IOProcess, repo_uuid: str, la
         raise
     log.info("Created %s repository %s on VG %s (%s)", FORMAT, repo_uuid, lvm.vg_name, ", ".join(lvm.devices))
     return repo_uuid
+
+
+def _make_lockspace(lvm: LVM, activation: LVActivation, io: IOProcess, repo_uuid: str, io_timeout: int) -> None:
+    """The ids and leases LVs of a new repository: an empty lockspace, a free metadata-writer lease, and no
+    generation record yet (zeros)."""
+    lvm.create_lv(IDS_LV, IDS_SIZE, contiguous=True)
+    lvm.create_lv(LEASES_LV, LEASES_LV_SIZE, contiguous=True)
+    try:
+        paths = Paths(activation.activate(lvm.vg_name, IDS_LV), activation.activate(lvm.vg_name, LEASES_LV))
+        io.zero_range(paths.ids, 0, IDS_SIZE)
+        io.zero_range(paths.leases, 0, LEASES_LV_SIZE)
+        try:
+            Lockspace(repo_uuid, paths, 0).initialize(io_timeout)
+        except Exception as e:  # sanlock.SanlockException: no daemon, or it cannot reach the LVs
+            raise ClusterLockInitError(f"{lvm.vg_name}: {e}") from None
+    finally:
+        for lv in (IDS_LV, LEASES_LV):
+            try:
+                activation.deactivate(lvm.vg_name, lv)
+            except HsmError as e:
+                log.warning("Could not deactivate %s/%s: %s", lvm.vg_name, lv, e)

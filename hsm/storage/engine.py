@@ -44,7 +44,6 @@ from hsm.errors import (
     VolumeWasNotPreparedBeforeTeardown,
 )
 from hsm.leases.lockspace import IDS_SIZE, LEASES_SIZE, Lockspace, host_dead_seconds, lease_paths
-from hsm.leases.volume import VolumeLeases
 from hsm.leases.writer import Writer
 from hsm.storage import block, check, offload
 from hsm.storage import repository as repositories
@@ -209,7 +208,7 @@ class Engine:
         io = self._io("create")
         try:
             return block.create(lvm, LVActivation(self.supervdsm, self.lv_activation), io,
-                                repo_uuid or str(uuid.uuid4()), labels)
+                                repo_uuid or str(uuid.uuid4()), labels, io_timeout=self.lease_io_timeout)
         finally:
             io.close()
 
@@ -232,7 +231,8 @@ class Engine:
         io = self._io("create")
         try:
             return block.create(lvm, LVActivation(self.supervdsm, self.lv_activation), io,
-                                repo_uuid or str(uuid.uuid4()), labels, existing=(block.STORAGE_UNREADY_DOMAIN_TAG,))
+                                repo_uuid or str(uuid.uuid4()), labels, existing=(block.STORAGE_UNREADY_DOMAIN_TAG,),
+                                io_timeout=self.lease_io_timeout)
         finally:
             io.close()
 
@@ -335,8 +335,11 @@ class Engine:
                 repo = FileRepository(repo_id, path, repo_format, self._io(repo_id))
                 repo.connection_id = params.get("connectionId", "") if repo_format != "localfs-1" else ""
                 if repo_format in SHARED_FILE_FORMATS:
-                    self._share(repo)
+                    repo.lease_paths = lease_paths(path)
             try:
+                repo.open()
+                if repo.lease_paths is not None:
+                    self._share(repo)
                 repo.load()
                 if repo.lock.writer is not None:
                     self._join(repo)
@@ -348,11 +351,11 @@ class Engine:
                 self._close(repo)
                 raise RepositoryIdInUse(f"repository {repo.uuid} is already connected as {twin.id}")
             self.repositories[repo_id] = repo
-        if isinstance(repo, block.BlockRepository):  # what VMs here use stays usable across a restart
-            for image_id in self.prepared.of_repository(repo.uuid):
+        if isinstance(repo, block.BlockRepository):  # what VMs here use stays usable across a restart (their
+            for image_id in self.prepared.of_repository(repo.uuid):  # volume leases: once joined, _on_check)
                 image = repo.images.get(image_id)
                 if image is not None:
-                    self._hold(repo, image)
+                    self._activate_chain(repo, image)
         repo.keep_reserve()
         repo.start_monitor(self.monitor_interval)
         self._watches[repo_id] = RepositoryWatch.start(repo, self.watcher, self.fixes)
@@ -379,19 +382,19 @@ class Engine:
     def _share(self, repo: FileRepository) -> None:
         """Record changes of a repository many hosts use go under its metadata-writer lease (hsm.leases.writer);
         the generation its records are at is read before they are."""
-        writer = Writer(repo.io, os.path.join(repo.path, repositories.LEASES_FOLDER), repo.refresh_many,
-                        repo.rescan, acquire_timeout=self.writer_timeout)
+        writer = Writer(repo.io, repo.generation_place(), repo.refresh_many, repo.rescan,
+                        acquire_timeout=self.writer_timeout)
         writer.learn()
-        repo.lock.writer = writer
+        repo.share(writer)
 
     def _join(self, repo: FileRepository) -> None:
         """Join the repository's lockspace without waiting (sanlock takes seconds); the monitor tells how it went.
         Commits wait for the join (AcquireHostIdFailure past the writer's timeout)."""
-        repo.lockspace = Lockspace(repo.uuid, lease_paths(repo.path), self.host_id)
-        assert repo.lock.writer is not None
+        assert repo.lock.writer is not None and repo.lease_paths is not None
+        repo.lockspace = Lockspace(repo.uuid, repo.lease_paths, self.host_id)
         repo.lock.writer.lockspace = repo.lockspace
         repo.on_check = functools.partial(self._on_check, repo)
-        repo.volume_leases = VolumeLeases(repo.lockspace, repo.io, os.path.join(repo.path, repositories.LEASES_FOLDER))
+        repo.volume_leases = repo.make_volume_leases(repo.lockspace)
         try:
             repo.lockspace.join(self.lease_io_timeout)
         except Exception as e:
@@ -781,6 +784,15 @@ class Engine:
         use_volume_leases its volume lease taken for this host (files need nothing else)."""
         if repo.volume_leases is not None and self.use_volume_leases:
             repo.volume_leases.acquire(image.id)
+        try:
+            self._activate_chain(repo, image)
+        except BaseException:
+            if repo.volume_leases is not None and self.use_volume_leases:
+                repo.volume_leases.release(image.id)
+            raise
+
+    @staticmethod
+    def _activate_chain(repo: FileRepository, image: Image) -> None:
         if isinstance(repo, block.BlockRepository):
             held: list[Volume] = []
             try:

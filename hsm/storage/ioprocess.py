@@ -207,12 +207,20 @@ class IOProcess:
     def lease_remove(self, lockspace: bytes, resource: bytes, path: str) -> None:
         self.call("lease_remove", lockspace, resource, path)
 
+    def lease_write_at(self, lockspace: bytes, resource: bytes, device: str, offset: int, data: bytes) -> None:
+        """write_at, only while the helper holds the lease (ENOLCK otherwise)."""
+        self.call("lease_write_at", lockspace, resource, device, offset, data)
+
     def lease_init(self, lockspace: bytes, resource: bytes, path: str, size: int) -> bool:
         """Make a lease file with a free lease at offset 0 (False: it exists)."""
         return self.call("lease_init", lockspace, resource, path, size)
 
-    def lease_owners(self, lockspace: bytes, resource: bytes, path: str) -> list[int]:
-        return self.call("lease_owners", lockspace, resource, path)
+    def lease_owners(self, lockspace: bytes, resource: bytes, path: str, offset: int = 0) -> list[int]:
+        return self.call("lease_owners", lockspace, resource, path, offset)
+
+    def lease_format(self, lockspace: bytes, resource: bytes, path: str, offset: int) -> None:
+        """Write a free lease at `offset` of a block device, over what was there."""
+        self.call("lease_format", lockspace, resource, path, offset)
 
     def lease_read(self, path: str, offset: int) -> dict:
         """sanlock's read_resource of the lease at `offset`: {lockspace, resource, version}."""

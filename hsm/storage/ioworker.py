@@ -345,10 +345,16 @@ class _Leases:
         return True
 
     @staticmethod
-    def owners(lockspace: bytes, resource: bytes, path: str) -> list[int]:
-        """The host ids holding the lease at offset 0 of `path`."""
+    def owners(lockspace: bytes, resource: bytes, path: str, offset: int) -> list[int]:
+        """The host ids holding the lease at `offset` of `path`."""
         import sanlock
-        return [owner["host_id"] for owner in sanlock.read_resource_owners(lockspace, resource, [(path, 0)])]
+        return [owner["host_id"] for owner in sanlock.read_resource_owners(lockspace, resource, [(path, offset)])]
+
+    @staticmethod
+    def format(lockspace: bytes, resource: bytes, path: str, offset: int) -> None:
+        """Write a free lease at `offset` of `path` (a block device's leases area), over what was there."""
+        import sanlock
+        sanlock.write_resource(lockspace, resource, [(path, offset)])
 
     @staticmethod
     def read(path: str, offset: int) -> dict:
@@ -370,6 +376,11 @@ class _Leases:
         with self._lock:
             self.check(lockspace, resource)
             atomic_remove(path)
+
+    def write_at(self, lockspace: bytes, resource: bytes, device: str, offset: int, data: bytes) -> None:
+        with self._lock:
+            self.check(lockspace, resource)
+            _write_at(device, offset, data)
 
 
 _leases = _Leases()
@@ -399,8 +410,10 @@ OPS: dict[str, Callable[..., object]] = {
     "lease_release": _leases.release,
     "lease_write": _leases.write,
     "lease_remove": _leases.remove,
+    "lease_write_at": _leases.write_at,
     "lease_init": _leases.init,
     "lease_owners": _leases.owners,
+    "lease_format": _leases.format,
     "lease_read": _leases.read,
 }
 

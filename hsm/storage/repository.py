@@ -29,6 +29,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -47,9 +48,9 @@ from hsm.errors import (
     VolumeMetadataWriteError,
 )
 from hsm.ids import is_id
-from hsm.leases.lockspace import Lockspace
+from hsm.leases.lockspace import Lockspace, Paths
 from hsm.leases.volume import VolumeLeases
-from hsm.leases.writer import CommitLock
+from hsm.leases.writer import CommitLock, GenerationFile, GenerationPlace, Writer
 from hsm.storage.image import Image, Volume
 from hsm.storage.intents import CopyIntent, SnapshotIntent
 from hsm.storage.ioprocess import IOProcess
@@ -251,11 +252,27 @@ class FileRepository:
         self.offload = Offload()  # what its file system does for a copy inside it, found at connect
         self._monitor_stop = threading.Event()
         self.own = OwnChanges()  # what hsmd itself writes and removes, while a watch looks (hsm.storage.watching)
+        self.lease_paths: Paths | None = None  # where a shared repository's lockspace and leases are
         self.lockspace: Lockspace | None = None  # a shared repository's, joined while connected
         self.on_check: Callable[[], object] | None = None  # run by the monitor of a shared repository
         self.volume_leases: VolumeLeases | None = None  # a shared repository's images' leases
 
     # -- connect ----------------------------------------------------------
+
+    def open(self) -> None:
+        """Make the repository's storage usable here before its records are read (files: nothing to do)."""
+
+    def generation_place(self) -> GenerationPlace:
+        """Where a shared repository's generation record is (hsm.leases.writer)."""
+        return GenerationFile(self.io, os.path.join(self.path, LEASES_FOLDER))
+
+    def make_volume_leases(self, lockspace: Lockspace) -> VolumeLeases:
+        """The leases of this shared repository's images (hsm.leases.volume)."""
+        return VolumeLeases(lockspace, self.io, os.path.join(self.path, LEASES_FOLDER))
+
+    def share(self, writer: Writer) -> None:
+        """From now on records change under the metadata-writer lease `writer` takes."""
+        self.lock.writer = writer
 
     def load(self) -> None:
         """Read the repository record and every image record into the index."""
@@ -358,8 +375,8 @@ class FileRepository:
             self.images[image_id] = image
             self._note_intent(image)
 
-    def refresh_many(self, image_ids: set[str]) -> None:
-        """The records another host changed (hsm.leases.writer)."""
+    def refresh_many(self, image_ids: set[str], slots: AbstractSet[int] = frozenset()) -> None:
+        """The records another host changed (hsm.leases.writer); `slots` are a block repository's."""
         for image_id in sorted(image_ids):
             self.refresh(image_id, by_host=True)
 
@@ -624,15 +641,21 @@ class FileRepository:
 
     # -- the monitor --------------------------------------------------------
 
+    def follow_others(self) -> None:
+        """On a shared repository, what the monitor does besides the health check: its lockspace state, other
+        hosts' changes read, and on_check (what dead hosts left)."""
+        if self.lockspace is None:
+            return
+        self.lockspace.refresh_state()
+        try:
+            self.lock.idle()
+            if self.on_check is not None:
+                self.on_check()
+        except Exception as e:  # storage or sanlock trouble: the health check says what it sees
+            log.warning("Repository %s: cannot follow other hosts' changes: %s", self.id, e)
+
     def check_health(self) -> Health:
-        if self.lockspace is not None:
-            self.lockspace.refresh_state()
-            try:
-                self.lock.idle()
-                if self.on_check is not None:
-                    self.on_check()
-            except Exception as e:  # storage or sanlock trouble: the health check below says what it sees
-                log.warning("Repository %s: cannot follow other hosts' changes: %s", self.id, e)
+        self.follow_others()
         started = time.monotonic()
         try:
             self.io.read(os.path.join(self.path, RECORD))

@@ -28,6 +28,7 @@ import logging
 import struct
 import threading
 import zlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from hsm.ids import is_id
@@ -63,13 +64,14 @@ class Copy:
     payload: bytes
 
 
-def encode(repo_uuid: str, copy: Copy) -> bytes:
-    if len(copy.payload) > MAX_PAYLOAD:
-        raise RecordTooLarge(f"{len(copy.payload)} bytes, at most {MAX_PAYLOAD} in a block repository's slot")
+def encode(repo_uuid: str, copy: Copy, size: int = COPY) -> bytes:
+    """A copy of `size` bytes (COPY for a record slot)."""
+    if len(copy.payload) > size - HEADER_BYTES:
+        raise RecordTooLarge(f"{len(copy.payload)} bytes, at most {size - HEADER_BYTES} in a block repository's slot")
     header = _HEADER.pack(MAGIC, repo_uuid.encode(), copy.image_id.encode(), copy.slot, copy.sequence, copy.kind,
                           len(copy.payload))
     crc = zlib.crc32(header + copy.payload)
-    return (header + _CRC.pack(crc) + copy.payload).ljust(COPY, b"\0")
+    return (header + _CRC.pack(crc) + copy.payload).ljust(size, b"\0")
 
 
 def decode(repo_uuid: str, slot: int, data: bytes) -> Copy | None | str:
@@ -79,7 +81,7 @@ def decode(repo_uuid: str, slot: int, data: bytes) -> Copy | None | str:
         return None if not data[:len(MAGIC)].strip(b"\0") else "no slot header"
     magic, owner, image_id, number, sequence, kind, length = _HEADER.unpack_from(data)
     (crc,) = _CRC.unpack_from(data, _HEADER.size)
-    if length > MAX_PAYLOAD:
+    if length > len(data) - HEADER_BYTES:
         return f"payload length {length} is past the slot"
     payload = data[HEADER_BYTES:HEADER_BYTES + length]
     if zlib.crc32(data[:_HEADER.size] + payload) != crc:
@@ -103,9 +105,9 @@ class Slot:
     damage: str = ""      # both copies damaged: why (the slot is kept, never reused)
 
 
-def read_slot(repo_uuid: str, number: int, data: bytes) -> Slot:
-    """A slot from its SLOT bytes."""
-    copies = [decode(repo_uuid, number, data[i * COPY:(i + 1) * COPY]) for i in (0, 1)]
+def read_slot(repo_uuid: str, number: int, data: bytes, size: int = COPY) -> Slot:
+    """A slot from its two copies of `size` bytes each (COPY for a record slot)."""
+    copies = [decode(repo_uuid, number, data[i * size:(i + 1) * size]) for i in (0, 1)]
     valid = [(c.sequence, i, c) for i, c in enumerate(copies) if isinstance(c, Copy)]
     if valid:
         _, index, newest = max(valid)
@@ -117,11 +119,14 @@ def read_slot(repo_uuid: str, number: int, data: bytes) -> Slot:
 class SlotStore:
     """The slots of one metadata LV (a block device hsmd may write), through the repository's IOProcess.
 
-    Thread-safe: one lock orders the writes and the allocation of slots.
+    Thread-safe: one lock orders the writes and the allocation of slots. `write_at` writes the bytes of a
+    slot: the IOProcess's, or on a repository many hosts use the metadata-writer lease's fenced write
+    (hsm.leases.writer.Writer.write_at), where another host's writes are learned by reread().
     """
 
     def __init__(self, io: IOProcess, device: str, repo_uuid: str, size: int) -> None:
         self._io = io
+        self.write_at: Callable[[str, int, bytes], None] = io.write_at
         self.device = device
         self._uuid = repo_uuid
         self.capacity = size // SLOT
@@ -192,8 +197,9 @@ class SlotStore:
             return None
         return newest.payload
 
-    def write(self, image_id: str, payload: bytes) -> None:
-        """Write the image's record durably: into its slot, or a free one (SlotsFull when none is left)."""
+    def write(self, image_id: str, payload: bytes) -> int:
+        """Write the image's record durably: into its slot, or a free one (SlotsFull when none is left); the
+        slot's number."""
         if len(payload) > MAX_PAYLOAD:
             raise RecordTooLarge(f"{len(payload)} bytes, at most {MAX_PAYLOAD} in a block repository's slot")
         with self._lock:
@@ -209,16 +215,42 @@ class SlotStore:
                     heapq.heappush(self._free, number)
                 raise
             self._by_image[image_id] = number
+            return number
 
-    def free(self, image_id: str) -> None:
-        """Mark the image's slot free, durably; its number is used again."""
+    def free(self, image_id: str) -> int | None:
+        """Mark the image's slot free, durably; its number is used again. The number (None: no slot held it)."""
         with self._lock:
             number = self._by_image.get(image_id)
             if number is None:
-                return
+                return None
             self._write(number, "", FREE, b"")
             del self._by_image[image_id]
             heapq.heappush(self._free, number)
+            return number
+
+    def reread(self, numbers: Iterable[int]) -> None:
+        """Read these slots again (another host wrote them) and make what is known of them (which image each
+        holds, which are free) say what they hold now."""
+        with self._lock:
+            for number in sorted(set(numbers)):
+                if not 0 < number < self.capacity:
+                    continue
+                slot = self._read(number)
+                before = self._slots.get(number)
+                held = before.newest.image_id if before is not None and before.newest is not None else ""
+                if held and self._by_image.get(held) == number:
+                    del self._by_image[held]
+                self._slots[number] = slot
+                self._end = max(self._end, number + 1)
+                newest = slot.newest
+                if newest is not None and newest.kind == RECORD:
+                    self._by_image[newest.image_id] = number
+                elif newest is not None:
+                    heapq.heappush(self._free, number)  # a stale entry for it is passed over by _allocate
+    def slot_of(self, image_id: str) -> int | None:
+        """The slot holding the image's record, as known here."""
+        with self._lock:
+            return self._by_image.get(image_id)
 
     def in_use(self) -> int:
         with self._lock:
@@ -227,7 +259,8 @@ class SlotStore:
     def _allocate(self) -> int:
         while self._free:
             number = heapq.heappop(self._free)
-            if not self._slots[number].damage:
+            slot = self._slots[number]
+            if not slot.damage and (slot.newest is None or slot.newest.kind == FREE):
                 return number
         if self._end >= self.capacity:
             raise SlotsFull(f"all {self.capacity - 1} record slots of the metadata LV are in use")
@@ -242,5 +275,5 @@ class SlotStore:
         sequence = known.newest.sequence + 1 if known.newest is not None else 1
         copy = Copy(image_id, number, sequence, kind, payload)
         data = encode(self._uuid, copy)
-        self._io.write_at(self.device, number * SLOT + known.next_copy * COPY, data)
+        self.write_at(self.device, number * SLOT + known.next_copy * COPY, data)
         self._slots[number] = Slot(number, copy, 1 - known.next_copy)
