@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -54,12 +55,33 @@ def _count(text: str) -> int:
     return value
 
 
+def _positive(text: str) -> float:
+    value = float(text.strip())
+    if not value > 0:
+        raise ValueError(f"{text.strip()!r} is not above 0")
+    return value
+
+
 def _octal(text: str) -> int:
     return int(text.strip(), 8)
 
 
 def _list(text: str) -> list[str]:
     return [item.strip() for item in text.replace("\n", ",").split(",") if item.strip()]
+
+
+def _lsm_uris(text: str) -> list[str]:
+    """libstoragemgmt URIs (`plugin[+ssl]://[user@]host[:port][?params]`), each once, none with a password."""
+    uris = _list(text)
+    for uri in uris:
+        parts = urllib.parse.urlsplit(uri)
+        if not parts.scheme or not uri.startswith(f"{parts.scheme}://"):
+            raise ValueError(f"{uri!r} is not a libstoragemgmt URI (plugin://...)")
+        if parts.password is not None:
+            raise ValueError(f"{parts.scheme}://... carries a password: give it in array_password")
+    if len(set(uris)) != len(uris):
+        raise ValueError("a URI is given twice")
+    return uris
 
 
 def _choice(*allowed: str) -> Callable[[str], str]:
@@ -73,7 +95,8 @@ def _choice(*allowed: str) -> Callable[[str], str]:
 
 
 _TYPE_NAMES = {str: "string", _int: "integer", float: "number", _bool: "boolean",
-               _octal: "octal", _list: "list", _size: "bytes", _count: "count"}
+               _octal: "octal", _list: "list", _size: "bytes", _count: "count", _positive: "number",
+               _lsm_uris: "list"}
 
 
 @dataclass(frozen=True)
@@ -85,6 +108,7 @@ class Option:
     description: str
     packaged: str | None = None  # the value the shipped hsm.conf sets, where it differs from the default
     coming: str = ""  # the feature that will use it; until then only its default is accepted
+    secret: bool = False  # left out of getHsmConfig and config dumps
 
     @property
     def type_name(self) -> str:
@@ -173,9 +197,10 @@ def _options() -> list[Option]:
         o("supervdsm", "max_calls", _count, "8", "privileged calls in flight at once; more fail at once (5003), so a frozen supervdsmd never takes every RPC worker"),
         # [offload]
         o("offload", "enabled", _bool, "true", "use reflink, copy_file_range or arrays before qemu-img", coming=_OFFLOAD),
-        o("offload", "arrays", _list, "", "libstoragemgmt URIs of storage arrays", coming=_OFFLOAD),
-        o("offload", "array_password", str, "", "password for the arrays' libstoragemgmt URIs", coming=_OFFLOAD),
-        o("offload", "capabilities_refresh", float, "3600", "seconds between refreshes of array capabilities", coming=_OFFLOAD),
+        o("offload", "arrays", _lsm_uris, "", "libstoragemgmt URIs of storage arrays (sim://, targetd+ssl://admin@host, ...), each the array's id; a password goes in array_password"),
+        o("offload", "array_password", str, "", "password for the arrays' libstoragemgmt URIs", secret=True),
+        o("offload", "capabilities_refresh", _positive, "3600", "seconds between refreshes of array capabilities"),
+        o("offload", "array_job_timeout", _positive, "300", "seconds an array verb waits for the array's job (lsm job_status) before answering 5005; the job goes on on the array"),
         # [logging]
         o("logging", "config_file", str, "/etc/hsm/logger.conf", "logging configuration (Python fileConfig format)"),
         o("logging", "log_dir", str, "/var/log/hsm", "folder of hsm.log"),
@@ -216,11 +241,12 @@ class Config:
         return self._values[section][name]
 
     def as_dict(self, section: str | None = None) -> dict[str, dict[str, Any]]:
-        """{section: {option: value}} of the options hsmd uses (those still coming are left out)."""
+        """{section: {option: value}} of the options hsmd uses (those still coming, and secrets, are left out)."""
         if section is not None and section not in self._values:
             raise ConfigError(f"no section [{section}]")
         names = [section] if section else list(self._values)
-        used = {name: {key: value for key, value in self._values[name].items() if not OPTIONS[(name, key)].coming}
+        used = {name: {key: value for key, value in self._values[name].items()
+                       if not OPTIONS[(name, key)].coming and not OPTIONS[(name, key)].secret}
                 for name in names}
         return {name: values for name, values in used.items() if values or name == section}
 

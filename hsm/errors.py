@@ -123,6 +123,15 @@ RepositoryIdInUse = _error("RepositoryIdInUse", 5012, "The repository id is conn
 InvalidConnectionURI = _error("InvalidConnectionURI", 5014, "The storage URI is not valid")
 InvalidFix = _error("InvalidFix", 5013, "The fix is not one checkStorageRepository gave for this repository")
 HsmdUnavailable = _error("HsmdUnavailable", 5015, "hsmd is not reachable")
+LsmUnavailable = _error("LsmUnavailable", 5016, "libstoragemgmt is not available on this host")
+ArrayDoesNotExist = _error("ArrayDoesNotExist", 5017, "No such array in [offload] arrays")
+ArrayUnreachable = _error("ArrayUnreachable", 5018, "The array cannot be reached through libstoragemgmt")
+ArrayRequestFailed = _error("ArrayRequestFailed", 5019, "The array refused the request")
+ArrayNameConflict = _error("ArrayNameConflict", 5020, "The array has a volume of this name")
+ArrayPoolDoesNotExist = _error("ArrayPoolDoesNotExist", 5021, "No such pool on the array")
+ArrayVolumeDoesNotExist = _error("ArrayVolumeDoesNotExist", 5022, "No such volume on the array")
+ArrayNoSpace = _error("ArrayNoSpace", 5023, "Not enough space in the array's pool")
+ArrayNoSupport = _error("ArrayNoSupport", 5024, "The array does not support this")
 
 # VDSM's numbers for the rest of its pool, OVF store and device verbs.
 GetIsoListError = _error("GetIsoListError", 314, "Cannot get ISO list")

@@ -92,7 +92,9 @@ def test_new_error_codes_start_at_5000():
     new_names = {"RequestIdConflict", "ConfigError", "NotAvailable", "SupervdsmUnavailable", "SupervdsmCallError",
                  "StorageTimeout", "HookError", "TaskIdExists", "TaskIdRequired", "SupervdsmPeerRefused",
                  "ImageExists", "ImageIsSnapshot", "RepositoryIdInUse", "InvalidFix", "InvalidConnectionURI",
-                 "HsmdUnavailable"}
+                 "HsmdUnavailable", "LsmUnavailable", "ArrayDoesNotExist", "ArrayUnreachable", "ArrayRequestFailed",
+                 "ArrayNameConflict", "ArrayPoolDoesNotExist", "ArrayVolumeDoesNotExist", "ArrayNoSpace",
+                 "ArrayNoSupport"}
     for cls in errors.all_errors():
         if cls.__name__ in new_names:
             assert cls.code >= 5000, cls

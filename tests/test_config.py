@@ -74,13 +74,12 @@ def test_file_values_override_defaults(tmp_path):
 def test_options_still_coming_take_their_default_only_and_are_not_shown(tmp_path):
     """VDSM's [irs] copied as it is (defaults) loads; hsm-cli config sample and getHsmConfig leave them out."""
     coming = [opt for opt in hsmconfig.OPTIONS.values() if opt.coming]
-    assert {"maximum_allowed_pvs", "enabled", "arrays"} <= {opt.name for opt in coming}
+    assert {"maximum_allowed_pvs", "enabled"} <= {opt.name for opt in coming}
     sections: dict[str, dict[str, str]] = {}
     for opt in coming:
         sections.setdefault(opt.section, {})[opt.name] = opt.default
     config = hsmconfig.load(write_config(str(tmp_path / "hsm.conf"), sections))
     shown = config.as_wire()
-    assert "offload" not in shown
     for opt in coming:
         assert opt.name not in shown.get(opt.section, {})
         assert f"{opt.name} =" not in hsmconfig.sample()

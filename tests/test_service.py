@@ -33,7 +33,7 @@ def test_config_whole_and_one_section(make_hsmd):
     daemon = make_hsmd(config={"rpc": {"threads": 4}}).start()
     proxy = daemon.proxy()
     config = proxy.getHsmConfig()["config"]
-    assert set(config) == {"irs", "rpc", "tasks", "connections", "sanlock", "supervdsm", "logging"}
+    assert set(config) == {"irs", "rpc", "tasks", "connections", "sanlock", "supervdsm", "offload", "logging"}
     assert config["rpc"]["threads"] == 4
     assert config["rpc"]["port"] == daemon.port
     assert config["irs"]["state_dir"] == daemon.state_dir

@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from hsm import config as hsmconfig
+from hsm.api.arrays import ArraysAPI
 from hsm.api.connections import ConnectionsAPI
 from hsm.api.devices import DevicesAPI
 from hsm.api.diagnostics import DiagnosticsAPI
@@ -23,6 +24,7 @@ from hsm.api.requests import RequestLog
 from hsm.api.service import ServiceAPI
 from hsm.api.stats import CallStats
 from hsm.api.tasks import TasksAPI
+from hsm.arrays import Arrays
 from hsm.connections.backends import Backends
 from hsm.connections.manager import ConnectionManager
 from hsm.storage import repository
@@ -74,6 +76,9 @@ class Application:
                              lease_io_timeout=config.sanlock.io_timeout, use_volume_leases=irs.use_volume_leases)
         self.domains = Domains(self.engine, self.connections, state_dir)  # VDSM's storage domains and pool
         self.pools = Pools(self.domains, state_dir)
+        offload = config.offload
+        self.arrays = Arrays(offload.arrays, offload.array_password, refresh_interval=offload.capabilities_refresh,
+                             job_timeout=offload.array_job_timeout)
         groups: list[object] = [
             ServiceAPI(config, self.stats, task_mode=lambda: self.tasks.mode, task_counts=self.tasks.counts,
                        repositories=self.engine.health,
@@ -90,6 +95,7 @@ class Application:
             LegacyDevicesAPI(supervdsm, self.domains, self.pools),
             LegacyTasksAPI(self.tasks),
             LegacyVolumesAPI(self.engine, self.domains, self.pools, self.tasks),
+            ArraysAPI(self.arrays),
         ]
         if config.tasks.diagnostics:
             groups.append(DiagnosticsAPI(self.tasks, os.path.join(state_dir, "diagnostics")))
@@ -97,6 +103,7 @@ class Application:
                               max_answers=config.rpc.max_request_ids)
         self.dispatcher = Dispatcher(groups, requests, self.stats)
         self.connections.start()
+        self.arrays.start()
         watch_for_file(self.watcher, config.supervdsm.socket, self._supervdsmd_is_back)
         local = self._connect_default_repository()
         self.tasks.recover_all()
@@ -132,6 +139,7 @@ class Application:
         """Let running tasks end for up to `timeout` seconds (the rest resume at the next start)."""
         self.tasks.shutdown(timeout)
         self.connections.stop()
+        self.arrays.close()
         self.watcher.close()
         self.engine.close()
         self.supervdsm.close()
