@@ -6,15 +6,23 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import subprocess
-import threading
 
 import pytest
 
 from tests.images_helpers import code, ok, wait_image
-from tests.multihost import CID, cluster
+from tests.multihost import (
+    CID,
+    cluster,
+    create_and_remove,
+    daemon_lost_then_back,
+    die_committing,
+    fix_refused,
+    lease_moves,
+    live_ids,
+    settle,
+)
 from tests.waiting import wait_for
 
 pytest.importorskip("sanlock")
@@ -38,10 +46,6 @@ def make_cluster(tmp_path):
         host.close()
 
 
-def live_ids(proxy) -> set[str]:
-    return set(ok(proxy.getImageList(CID, {}))["images"])
-
-
 def repo_folder(host) -> str:
     return str(host.export / "repo")
 
@@ -59,70 +63,13 @@ def owned_volumes(host, image_ids) -> set[str]:
     return files
 
 
-def settle(hosts, expected: set[str]) -> None:
-    """Every host lists exactly `expected`; each image optimized; check on every host offers nothing."""
-    for host in hosts:
-        wait_for(lambda host=host: live_ids(host.proxy) == expected, timeout=60,
-                 what=lambda host=host: f"host {host.host_id} lists {len(expected)} images: "
-                                        f"{sorted(live_ids(host.proxy) ^ expected)[:5]} differ")
-    for image_id in expected:
-        wait_image(hosts[0].proxy, CID, image_id, timeout=240)
-
-    def clean() -> bool:
-        fixes = ok(hosts[0].proxy.checkStorageRepository(CID))["fixes"]
-        for fix in fixes:  # what the removals left to clean; another host may be on it already
-            assert "fix" in fix, fix  # nothing unfixable
-            hosts[0].proxy.fixStorageRepository(CID, fix["fix"], {})
-        return not fixes
-    wait_for(clean, timeout=240, poll=0.5, what="check on host 1 to offer nothing")
-    for host in hosts[1:]:
-        wait_for(lambda host=host: not ok(host.proxy.checkStorageRepository(CID))["fixes"], timeout=60,
-                 what=f"check on host {host.host_id} to offer nothing")
-
-
 def test_300_creates_and_removes_spread_over_three_hosts(make_cluster):
     """Two clients per host create disks and remove disks at random, 300 verbs in all, at once; a client
     removes any disk created so far, mostly one another host made (so the host it asks must know what the
     others committed). Afterwards every host lists exactly the disks acknowledged and not removed, none lost,
     none doubled; the repository holds exactly their records and volumes, and checks clean from every host."""
-    live: set[str] = set()
-    removable: list[str] = []
-    removed: set[str] = set()
-    lock = threading.Lock()
-    errors: list[str] = []
     hosts3 = make_cluster(3)
-
-    def client(host, seed: int, verbs: int) -> None:
-        rng = random.Random(seed)
-        proxy = host.hsmd.proxy(timeout=120)
-        try:
-            for _ in range(verbs):
-                with lock:
-                    image_id = removable.pop(rng.randrange(len(removable))) \
-                        if removable and rng.random() < 0.3 else ""
-                if image_id:
-                    wait_image(proxy, CID, image_id)  # a disk is removed once its create has run
-                    ok(proxy.removeImage(CID, image_id, {}))
-                    with lock:
-                        live.discard(image_id)
-                        removed.add(image_id)
-                else:
-                    image_id = ok(proxy.createVirtualDisk(CID, str(MiB), "", {}, {}))["imageId"]
-                    with lock:
-                        assert image_id not in live and image_id not in removed, f"{image_id} handed out twice"
-                        live.add(image_id)
-                        removable.append(image_id)
-        except BaseException as e:
-            errors.append(f"host {host.host_id}: {e!r}")
-
-    threads = [threading.Thread(target=client, args=(host, 20261130 + 10 * host.host_id + n, 50))
-               for host in hosts3 for n in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(600)
-    assert not errors, errors
-    assert len(live) + 2 * len(removed) == 300
+    live, _ = create_and_remove(hosts3, clients=2, verbs=50, seed=20261130)
     settle(hosts3, live)
     assert record_ids(hosts3[0]) == live
     assert set(os.listdir(os.path.join(repo_folder(hosts3[0]), "volumes"))) == owned_volumes(hosts3[0], live)
@@ -139,38 +86,20 @@ def test_a_host_that_dies_leaves_its_work_to_another(make_cluster):
     one, two = make_cluster(2)
     pending = [ok(one.proxy.createVirtualDisk(CID, str(MiB), "", {}, {"autoFix": False}))["imageId"]
                for _ in range(4)]
-    wait_for(lambda: set(pending) <= live_ids(two.proxy), timeout=30, what="host 2 to see host 1's disks")
-    fixes = {fix["imageId"]: fix for fix in ok(two.proxy.checkStorageRepository(CID))["fixes"]}
-    answer = two.proxy.fixStorageRepository(CID, fixes[pending[0]]["fix"], {})
-    assert code(answer) == 203, answer
-    assert "host 1" in answer["status"]["message"]
-
-    acknowledged: list[str] = []
-    stop = threading.Event()
-
-    def keep_creating() -> None:
-        while not stop.is_set():
-            try:
-                acknowledged.append(ok(one.proxy.createVirtualDisk(CID, str(MiB), "", {}, {}))["imageId"])
-            except Exception:  # host 1 died under the call: not acknowledged
-                return
-    creator = threading.Thread(target=keep_creating)
-    creator.start()
-    wait_for(lambda: len(acknowledged) >= 5, timeout=60, what="host 1 to commit more disks")
-    one.die()
-    stop.set()
-    creator.join(30)
+    wait_for(lambda: set(pending) <= live_ids(two), timeout=30, what="host 2 to see host 1's disks")
+    fix_refused(two, pending[0], one)
+    acknowledged = die_committing(one)
 
     # host 2 commits on once sanlock has called host 1 dead (8 io timeouts and 60 s), and takes over its work
     mine = ok(two.proxy.createVirtualDisk(CID, str(MiB), "", {}, {}))["imageId"]
     expected = set(pending) | set(acknowledged) | {mine}
-    wait_for(lambda: expected <= live_ids(two.proxy), timeout=60, what="host 2 to list host 1's disks")
+    wait_for(lambda: expected <= live_ids(two), timeout=60, what="host 2 to list host 1's disks")
     for image_id in pending:
         wait_image(two.proxy, CID, image_id, timeout=240)
-    settle([two], live_ids(two.proxy))
+    settle([two], live_ids(two))
     assert expected <= record_ids(two)
     volumes = set(os.listdir(os.path.join(repo_folder(two), "volumes")))
-    assert volumes == owned_volumes(two, live_ids(two.proxy))
+    assert volumes == owned_volumes(two, live_ids(two))
     for name in volumes:
         subprocess.run(["qemu-img", "check", "-q", os.path.join(repo_folder(two), "volumes", name)], check=True)
 
@@ -180,26 +109,7 @@ def test_a_host_without_its_lockspace_writes_no_record(make_cluster):
     nothing in the repository changes) while host 1 goes on; once the daemon is back, host 2 joins again
     and commits again."""
     one, two = make_cluster(2)
-    before = record_ids(two)
-    two.sanlock.kill()
-    two.sanlock.wait()
-    answer = two.proxy.createVirtualDisk(CID, str(MiB), "", {}, {"autoFix": False})
-    assert code(answer) in (651, 661), answer
-    assert record_ids(two) == before
-    made = ok(one.proxy.createVirtualDisk(CID, str(MiB), "", {}, {}))["imageId"]
-    wait_image(one.proxy, CID, made)
-    lost = wait_for(lambda: two.leases() if not two.leases()["joined"] else None, timeout=30,
-                    what="host 2's repository list to show the lockspace lost")
-    assert lost["error"], lost
-
-    two.sanlock = subprocess.Popen(["sanlock", "daemon", "-D", "-w", "0", "-l", "0", "-U", "root", "-G", "root",
-                                    "-e", "hsmtest-host2"], env=two.sanlock_env, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
-    wait_for(lambda: two.leases().get("joined"), timeout=180, what="host 2 to join again")
-    again = ok(two.proxy.createVirtualDisk(CID, str(MiB), "", {}, {}))["imageId"]
-    wait_image(two.proxy, CID, again)
-    assert {made, again} <= live_ids(one.proxy) | live_ids(two.proxy)
-    wait_for(lambda: {made, again} <= live_ids(one.proxy), timeout=30, what="host 1 to see host 2's disk")
+    daemon_lost_then_back(one, two, lambda: record_ids(two), refused={651, 661})
 
 
 def test_a_vm_holds_its_image_on_one_host_at_a_time(tmp_path):
@@ -211,21 +121,14 @@ def test_a_vm_holds_its_image_on_one_host_at_a_time(tmp_path):
     try:
         disk = ok(one.proxy.createVirtualDisk(CID, str(MiB), "", {}, {}))["imageId"]
         wait_image(one.proxy, CID, disk)
-        wait_for(lambda: disk in live_ids(two.proxy), timeout=30, what="host 2 to see the disk")
+        wait_for(lambda: disk in live_ids(two), timeout=30, what="host 2 to see the disk")
         lease = ok(one.proxy.getImageInfo(CID, disk))["image"]["lease"]
         assert lease["offset"] == "0" and lease["path"].endswith(f"/repo/leases/{disk}.lease"), lease
         assert ok(two.proxy.getImageInfo(CID, disk))["image"]["lease"]["path"].endswith(f"/leases/{disk}.lease")
 
         ok(one.proxy.prepareImage(CID, disk))
         assert os.path.getsize(os.path.join(repo_folder(one), "leases", f"{disk}.lease")) == MiB
-        refused = two.proxy.prepareImage(CID, disk)
-        assert code(refused) == 651 and "host 1" in refused["status"]["message"], refused
-        refused = two.proxy.removeImage(CID, disk, {})
-        assert code(refused) == 203 and "host 1" in refused["status"]["message"], refused
-
-        ok(one.proxy.teardownImage(CID, disk))
-        ok(two.proxy.prepareImage(CID, disk))
-        assert code(one.proxy.prepareImage(CID, disk)) == 651
+        lease_moves(one, two, disk)
 
         two.hsmd.kill()  # its I/O helper dies with it: sanlock frees the lease until host 2 takes it again
         two.start_hsmd()
@@ -263,7 +166,7 @@ def test_a_chain_another_host_rewrites_is_left_alone(make_cluster):
     with open(record_path) as f:
         record = json.load(f)
     assert record["rewriting"] == 0 and record["hostId"] == 1, record
-    wait_for(lambda: disk in live_ids(two.proxy), timeout=30, what="host 2 to see the disk")
+    wait_for(lambda: disk in live_ids(two), timeout=30, what="host 2 to see the disk")
 
     def mark(host_id: int) -> None:
         with open(record_path) as f:

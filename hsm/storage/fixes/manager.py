@@ -151,17 +151,23 @@ class Fixes:
         lease: two hosts never run fixes of one image at once (VolumeIsBusy while another host is alive)."""
         if repo.lockspace is None:
             return
+        known = repo.images.get(image_id)
+        if known is not None:  # at once, from the index: taking the lease may wait for that host to be dead
+            self._refuse_elsewhere(repo, known)
         with repo.lock:
             image = repo.images.get(image_id)
             if image is None:
                 return
-            other = self.worked_elsewhere(repo, image)
-            if other:
-                raise VolumeIsBusy(f"{image_id}: host {other} works on it; another host takes it over once "
-                                   "sanlock says that host is dead")
+            self._refuse_elsewhere(repo, image)
             if image.hostId != self.engine.host_id:
                 log.info("Taking over %s in %s from host %d", image_id, repo.id, image.hostId)
                 self.update(repo, image)
+
+    def _refuse_elsewhere(self, repo: FileRepository, image: Image) -> None:
+        other = self.worked_elsewhere(repo, image)
+        if other:
+            raise VolumeIsBusy(f"{image.id}: host {other} works on it; another host takes it over once "
+                               "sanlock says that host is dead")
 
     def take_over(self, repo: FileRepository) -> int:
         """Start the fixes another host left when it died (the repository's monitor calls this)."""
