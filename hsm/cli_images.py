@@ -103,7 +103,6 @@ def parser() -> argparse.ArgumentParser:
     create = sub.add_parser("create", parents=shown, help="a new virtual disk; prints its id")
     create.add_argument("size", type=parse_size)
     create.add_argument("--base", help="the snapshot the disk starts from")
-    create.add_argument("--strategy", choices=["space", "performance"], default="space")
     snapshot = sub.add_parser("snapshot", parents=shown, help="a snapshot of a virtual disk; prints its id")
     snapshot.add_argument("image")
     copy = sub.add_parser("copy", parents=shown,
@@ -120,6 +119,9 @@ def parser() -> argparse.ArgumentParser:
     info.add_argument("image")
     for command in (create, snapshot, copy):
         command.add_argument("--no-wait", action="store_true", help="print the id once the operation is committed")
+    for command in (create, copy):
+        command.add_argument("--strategy", choices=["space", "performance"], default="space",
+                             help="space: on (a copy: over) a snapshot, only what differs; performance: whole")
     for command in sub.choices.values():
         command.add_argument("--repo", default="local", help="repository id (default: local)")
     return top
@@ -246,7 +248,7 @@ def image_command(args: argparse.Namespace, proxy: Any, progress: TextIO | None 
         answer = proxy.createSnapshot(args.repo, args.image, {}, options)
     else:
         target = args.to or args.repo
-        options["participatingRepositories"] = [args.repo]
+        options["participatingRepositories"], options["strategy"] = [args.repo], args.strategy
         answer = proxy.copyImage(target, args.image, args.base or "", {}, options)
         args.repo = target
     if _failed(answer):

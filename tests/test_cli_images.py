@@ -56,6 +56,8 @@ def test_create_snapshot_copy_list_remove(hsmd, proxy):
     copy = new_id(hsmd, "image", "copy", disk)
     _, copy_info = whole(hsmd, "image", "info", copy)
     assert qemu_reads(copy_info["image"]["volumes"][0]["path"], 0x3C, 0, 64 * MiB)
+    whole_copy = new_id(hsmd, "image", "copy", disk, "--strategy", "performance")
+    assert len(whole(hsmd, "image", "info", whole_copy)[1]["image"]["volumes"]) == 1
 
     listed = run(hsmd, "image", "list")
     header, rows = table(listed.stdout)
@@ -63,7 +65,8 @@ def test_create_snapshot_copy_list_remove(hsmd, proxy):
     assert rows == {disk: [disk, "disk", "optimized", "1G", snapshot],  # the disk writes on above its snapshot
                     snapshot: [snapshot, "snapshot", "optimized", "1G", "-"],
                     on_it: [on_it, "disk", "optimized", "2G", snapshot],
-                    copy: [copy, "disk", "optimized", "1G", "-"]}
+                    copy: [copy, "disk", "optimized", "1G", snapshot],  # strategy space: over the snapshot
+                    whole_copy: [whole_copy, "disk", "optimized", "1G", "-"]}
     kind_at = listed.stdout.index("KIND")  # fixed columns: every row's kind starts under the header's
     assert all(line[kind_at - 1] == " " and line[kind_at] != " " for line in listed.stdout.splitlines())
 

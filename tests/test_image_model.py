@@ -487,14 +487,37 @@ class Walk:
         copy = Img(self.name("c"), new_id, target, source.kind, source.size, list(source.data),
                    [base.id, *base.chain] if base else [], "copy", INFLIGHT if opts["autoFix"] else PENDING,
                    source=source.key, base=base.id if base else "")
+        # strategy=space without a base: a copy over the nearest snapshot below the source that the target holds
+        held = [] if base or opts["strategy"] != "space" else \
+            [self.images[(target, b)] for b in source.chain if (target, b) in self.images]
 
         def apply(answer: dict) -> None:
             if source.kind == SNAPSHOT and answer["imageId"] != source.id:
                 self.violate("a copied snapshot changed its id", f"{source.id} -> {answer['imageId']}")
             copy.id = answer["imageId"]
+            if held:
+                self.judge_held_base(copy, held)
             self.add(copy)
         op.apply, op.new = apply, copy
         return self.take_task_id(op, reused)
+
+    def judge_held_base(self, copy: Img, held: list[Img]) -> None:
+        """A space copy goes over the nearest of `held` that is usable now: one whose fix is done, or a nearer
+        one whose fix may be done; none only when none may be usable."""
+        allowed = []
+        for snapshot in held:
+            allowed.append(snapshot.id)
+            if snapshot.phase == DONE:
+                break
+        else:
+            allowed.append("")
+        chosen = ok(self.proxy.getImageInfo(copy.repo, copy.id))["image"]["baseSnapshotId"]
+        if chosen not in allowed:
+            self.violate("a space copy is not over the nearest usable snapshot the target holds",
+                         f"{copy.label} over {chosen or 'nothing'}, the model allows {allowed}")
+        if chosen in allowed and chosen:
+            base = self.images[(copy.repo, chosen)]
+            copy.base, copy.chain = chosen, [chosen, *base.chain]
 
     def plan_remove(self, rng: random.Random, target: Img | None = None, reuse: bool = True,
                     auto_fix: bool | None = None) -> Op | None:

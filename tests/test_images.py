@@ -99,18 +99,23 @@ def test_disks_on_a_snapshot_by_strategy(repo):
     assert set(ok(proxy.getImageList(repo.id, {"kind": "snapshot"}))["images"]) == {snapshot}
 
 
+def snapshots_between(repo, *writes: tuple[int, int, int]) -> tuple[str, list[str]]:
+    """A new disk written with each (pattern, offset, length) in turn, a snapshot taken between two writes:
+    (the disk, its snapshots, oldest first)."""
+    disk = new_disk(repo.proxy, repo.id)
+    snapshots = []
+    for n, (pattern, offset, length) in enumerate(writes):
+        if n:
+            snapshots.append(new_snapshot(repo.proxy, disk, repo.id))
+        with repo.opened(disk) as path:
+            qemu_write(path, pattern, offset, length)
+    return disk, snapshots
+
+
 def test_copies_whole_and_by_difference_across_repositories(repo):
     proxy = repo.proxy
     second = repo.second()
-    disk = new_disk(proxy, repo.id)
-    with repo.opened(disk) as path:
-        qemu_write(path, 0x41, 0, 8 * MiB)
-    first = new_snapshot(proxy, disk, repo.id)
-    with repo.opened(disk) as path:
-        qemu_write(path, 0x42, 16 * MiB, MiB)
-    later = new_snapshot(proxy, disk, repo.id)
-    with repo.opened(disk) as path:
-        qemu_write(path, 0x43, 32 * MiB, MiB)
+    disk, (first, later) = snapshots_between(repo, (0x41, 0, 8 * MiB), (0x42, 16 * MiB, MiB), (0x43, 32 * MiB, MiB))
 
     assert ok(proxy.copyImage(second.id, first, "", {}, {}))["imageId"] == first  # a snapshot keeps its id
     whole = wait_image(proxy, second.id, first)
@@ -141,6 +146,41 @@ def test_copies_whole_and_by_difference_across_repositories(repo):
             qemu_check(path)
     unrelated = new_disk(proxy, repo.id)
     assert code(proxy.copyImage(second.id, unrelated, first, {}, {})) == 262  # not made on that snapshot
+
+
+def test_a_space_copy_goes_over_a_snapshot_the_target_holds(repo):
+    """strategy=space (the default) without a base: the copy of a disk is a qcow2 over the snapshot below it that
+    the target already holds (a copy of that snapshot), holding only what differs; strategy=performance copies
+    it whole. A snapshot the target holds under that id but taken of other data (a caller chose the id) is
+    never used."""
+    proxy = repo.proxy
+    second, third = repo.second(), repo.second("third")
+    disk, (snapshot,) = snapshots_between(repo, (0x41, 0, 8 * MiB), (0x43, 32 * MiB, MiB))
+    ok(proxy.copyImage(second.id, snapshot, "", {}, {}))
+    wait_image(proxy, second.id, snapshot)
+
+    thin = ok(proxy.copyImage(second.id, disk, "", {}, {}))["imageId"]
+    info = wait_image(proxy, second.id, thin)
+    assert info["baseSnapshotId"] == snapshot and [v["image"] for v in info["volumes"]] == [thin, snapshot]
+    whole = ok(proxy.copyImage(second.id, disk, "", {}, {"strategy": "performance"}))["imageId"]
+    full = wait_image(proxy, second.id, whole)
+    assert full["baseSnapshotId"] == "" and len(full["volumes"]) == 1
+    for copy, own in ((thin, lambda data: data < 4 * MiB), (whole, lambda data: data >= 9 * MiB)):
+        with second.opened(copy) as path:
+            assert qemu_reads(path, 0x41, 0, 8 * MiB) and qemu_reads(path, 0x43, 32 * MiB, MiB)
+            assert own(own_data(path)), (copy, own_data(path))
+            qemu_check(path)
+
+    other = new_disk(proxy, third.id)
+    with third.opened(other) as path:
+        qemu_write(path, 0x77, 0, 8 * MiB)
+    assert ok(proxy.createSnapshot(third.id, other, {}, {"imageId": snapshot}))["imageId"] == snapshot
+    wait_image(proxy, third.id, snapshot)
+    copy = ok(proxy.copyImage(third.id, disk, "", {}, {"imageHints": {disk: repo.id}}))["imageId"]
+    info = wait_image(proxy, third.id, copy)
+    assert info["baseSnapshotId"] == "" and len(info["volumes"]) == 1  # not over the other data's snapshot
+    with third.opened(copy) as path:
+        assert qemu_reads(path, 0x41, 0, 8 * MiB) and qemu_reads(path, 0x43, 32 * MiB, MiB)
 
 
 def test_copy_reports_progress_and_a_snapshot_copied_beside_itself_is_itself(repo):

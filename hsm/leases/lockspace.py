@@ -117,9 +117,10 @@ class Lockspace:
         """True once joined; False while joining or not joined."""
         return bool(sanlock.inq_lockspace(self.name, self.host_id, self.paths.ids, wait=False))
 
-    def leave(self) -> None:
+    def leave(self, wait: bool = False) -> None:
+        """Ask the daemon to leave (`wait`: and return once it has stopped using the ids area)."""
         self._wanted = False
-        sanlock.rem_lockspace(self.name, self.host_id, self.paths.ids, wait=False)
+        sanlock.rem_lockspace(self.name, self.host_id, self.paths.ids, wait=wait)
 
     def writer(self) -> int:
         """The host id holding the metadata-writer lease, or 0."""

@@ -418,8 +418,8 @@ class Engine:
     @staticmethod
     def _close(repo: FileRepository) -> None:
         if repo.lockspace is not None:
-            try:
-                repo.lockspace.leave()
+            try:  # a block repository's ids LV is deactivated next: sanlock must be done with it
+                repo.lockspace.leave(wait=isinstance(repo, block.BlockRepository))
             except Exception as e:
                 log.warning("Repository %s cannot leave its lockspace: %s", repo.id, e)
         if isinstance(repo, block.BlockRepository):
@@ -627,7 +627,7 @@ class Engine:
                    for vol in disk.volumes]
         image = Image(id=image_id, kind=SNAPSHOT, size=disk.size, volumes=volumes, base=disk.base,
                       userData=user_data, intent=SnapshotIntent(disk.id, new_top or str(uuid.uuid4())),
-                      stage="0/3")
+                      stage="0/3", origin=str(uuid.uuid4()))
         return self._commit(repo, image, "snapshot", "createSnapshot", opts)
 
     @_serialized
@@ -655,6 +655,8 @@ class Engine:
         if not source.usable():
             raise PrepareIllegalVolumeError(f"{image_id} is {source.state}")
         volumes: list[Volume] = []
+        if not base_id and opts.strategy == "space" and kind is None:
+            base_id = self._held_base(target, source_repo, source) or None
         if base_id:
             base = target.get(check_id("baseImageId", base_id))
             if base.kind != SNAPSHOT or not base.usable():
@@ -675,7 +677,8 @@ class Engine:
             top = Volume(top.id, new_id, top.format) if top else Volume(str(uuid.uuid4()), new_id)
             image = Image(id=new_id, kind=kind, size=source.size, volumes=[top, *volumes], base=base_id or "",
                           userData=user_data, stage="0/2",
-                          intent=CopyIntent(source_repo.uuid, source.id, base_id or "", opts.offload))
+                          intent=CopyIntent(source_repo.uuid, source.id, base_id or "", opts.offload),
+                          origin=str(uuid.uuid4()) if kind == SNAPSHOT else "")
             return self._commit(target, image, "copy", "copyImage", opts)
         new_id = image_id if source.kind == SNAPSHOT else self._new_id(opts)
         if source.kind == SNAPSHOT and opts.imageId not in (None, image_id):
@@ -685,8 +688,20 @@ class Engine:
             return new_id  # the target holds this snapshot already (its copy, or itself): nothing to do
         image = Image(id=new_id, kind=source.kind, size=source.size, volumes=[Volume(str(uuid.uuid4()), new_id),
                       *volumes], base=base_id or "", userData=user_data or dict(source.userData),
-                      intent=CopyIntent(source_repo.uuid, source.id, base_id or "", opts.offload), stage="0/2")
+                      intent=CopyIntent(source_repo.uuid, source.id, base_id or "", opts.offload), stage="0/2",
+                      origin=source.origin if source.kind == SNAPSHOT else "")
         return self._commit(target, image, "copy", "copyImage", opts)
+
+    @staticmethod
+    def _held_base(target: FileRepository, source_repo: FileRepository, source: Image) -> str:
+        """strategy=space: the snapshot below the source, nearest first, that the target holds usable (a copy of
+        the same snapshot: the same origin), so that the copy holds only what differs from it; or ""."""
+        for below in dict.fromkeys(vol.image for vol in source.volumes if vol.image != source.id):
+            theirs, held = source_repo.images.get(below), target.images.get(below)
+            if theirs is not None and held is not None and held.kind == SNAPSHOT and held.usable() \
+                    and theirs.origin and held.origin == theirs.origin:
+                return below
+        return ""
 
     @_serialized
     def remove(self, repo_id: str, image_id: str, opts: ImageOptions) -> None:

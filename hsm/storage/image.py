@@ -69,6 +69,7 @@ class Image:
     task: str = ""                  # the task handed out for the pending intent or removal
     verb: str = ""                  # the verb that committed it
     rewriting: int = 0              # the host whose merge or optimize changes the chain now (shared repositories)
+    origin: str = ""                # a snapshot's content: set when it is taken, kept by its copies ("" unknown)
 
     # -- the chain ------------------------------------------------------
 
@@ -129,6 +130,7 @@ class Image:
             _require(isinstance(getattr(self, name), str) and len(getattr(self, name)) < 256, name,
                      getattr(self, name))
         _require(self.task == "" or is_id(self.task), "task", self.task)
+        _require(self.origin == "" or is_id(self.origin), "origin", self.origin)
         # The chain: the image's own volumes first (its top among them), then those it reads through.
         owners = [vol.image == self.id for vol in self.volumes]
         _require(owners[0] and owners == sorted(owners, reverse=True), "volumes (own ones first)",
