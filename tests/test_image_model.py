@@ -455,7 +455,8 @@ class Walk:
         source = self.chosen(rng, [i for i in self.live() if i.phase == DONE] if ready else self.live())
         if source is None:
             return None
-        target = rng.choice(self.repos)
+        holding = [repo for repo in self.repos if any((repo, b) in self.images for b in source.chain)]
+        target = rng.choice(holding if holding and rng.random() < 0.5 else self.repos)  # often: one a space copy uses
         bases = [b for b in source.chain if (source.repo, b) in self.images and (target, b) in self.images]
         base = self.images[(target, rng.choice(bases))] if bases and rng.random() < 0.6 else None
         opts = {**self.options(rng, auto_fix), "imageHints": {source.id: source.repo}}
@@ -516,6 +517,7 @@ class Walk:
             self.violate("a space copy is not over the nearest usable snapshot the target holds",
                          f"{copy.label} over {chosen or 'nothing'}, the model allows {allowed}")
         if chosen in allowed and chosen:
+            self.stats["space copies over a held snapshot"] += 1
             base = self.images[(copy.repo, chosen)]
             copy.base, copy.chain = chosen, [chosen, *base.chain]
 
