@@ -497,18 +497,22 @@ class Walk:
                 self.violate("a copied snapshot changed its id", f"{source.id} -> {answer['imageId']}")
             copy.id = answer["imageId"]
             if held:
-                self.judge_held_base(copy, held)
+                # a disk on a snapshot copied out of it (performance) may stand alone already: its chain is gone
+                self.judge_held_base(copy, source, held)
             self.add(copy)
         op.apply, op.new = apply, copy
         return self.take_task_id(op, reused)
 
-    def judge_held_base(self, copy: Img, held: list[Img]) -> None:
-        """A space copy goes over the nearest of `held` that is usable now: one whose fix is done, or a nearer
-        one whose fix may be done; none only when none may be usable."""
+    def judge_held_base(self, copy: Img, source: Img, held: list[Img]) -> None:
+        """A space copy goes over the nearest of `held` that is usable now and that the source still reads
+        through: one whose fix is done, or a nearer one whose fix may be done or that may be gone from the
+        source's chain (a snapshot removed there may be merged already; a disk copied out of its snapshot
+        may stand alone already); none only when any of them may be."""
+        may_stand_alone = source.performance and source.phase != DONE
         allowed = []
         for snapshot in held:
             allowed.append(snapshot.id)
-            if snapshot.phase == DONE:
+            if snapshot.phase == DONE and not may_stand_alone and (source.repo, snapshot.id) not in self.removed:
                 break
         else:
             allowed.append("")
