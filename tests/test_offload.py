@@ -1,5 +1,7 @@
-"""Offload on real file systems: copyImage as a reflink on XFS (reflink=1) and btrfs, as copy_file_range
-on ext4, and qemu-img for chains and `options.offload=false`.
+"""Offload on real file systems: copyImage as a reflink on XFS (reflink=1) and btrfs, and qemu-img on ext4,
+for chains and `options.offload=false`. copy_file_range is offered only where the file server copies (NFS,
+SMB), which no kernel mount here can show: the I/O helper's copy itself is tested on ext4, and the probe's rule
+by naming ext4 as such a file system.
 
 Each file system is made on a loop device and mounted (root only; a test whose
 file system cannot be made or mounted here is skipped with the reason); a real
@@ -18,7 +20,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from hsm.storage import intents
+from hsm.storage import intents, ioworker
 from hsm.storage.ioprocess import IOProcess
 from tests.images_helpers import (
     GiB,
@@ -36,9 +38,9 @@ from tests.images_helpers import (
 
 MKFS = {"xfs": ["mkfs.xfs", "-q", "-f", "-m", "reflink=1"], "btrfs": ["mkfs.btrfs", "-q", "-f"],
         "ext4": ["mkfs.ext4", "-q", "-F"]}
-# What getStorageRepositoryList's capabilities.offload says on each.
-MECHANISMS = {"xfs": ["reflink", "copy_file_range"], "btrfs": ["reflink", "copy_file_range"],
-              "ext4": ["copy_file_range"]}
+# What getStorageRepositoryList's capabilities.offload says on each: copy_file_range would go through this
+# host's page cache on all of them.
+MECHANISMS: dict[str, list[str]] = {"xfs": ["reflink"], "btrfs": ["reflink"], "ext4": []}
 
 
 def _run(argv: list[str]) -> subprocess.CompletedProcess:
@@ -133,7 +135,8 @@ def test_capabilities_are_found_at_connect_and_listed(on):
     assert repo["capabilities"]["offload"] == MECHANISMS[os.path.basename(mountpoint)]
     backends = ok(proxy.getCapabilities())["info"]["offloadBackends"]  # what any connected repository does
     assert set(MECHANISMS[os.path.basename(mountpoint)]) <= set(backends) <= {"reflink", "copy_file_range"}
-    assert ok(proxy.getStorageRepositoryList())["repos"]["local"]["capabilities"]["offload"]  # /tmp's too
+    assert "copy_file_range" not in ok(proxy.getStorageRepositoryList())["repos"]["local"]["capabilities"][
+        "offload"]  # /tmp's: a local file system
     assert os.listdir(os.path.join(mountpoint, "repository")) == ["images", "repository.json", "reserve",
                                                                    "volumes"] or \
         sorted(os.listdir(os.path.join(mountpoint, "repository"))) == ["images", "repository.json", "reserve",
@@ -210,25 +213,21 @@ def test_a_partial_target_left_by_a_crash_is_replaced(on):
 
 
 @pytest.mark.parametrize("on", ["ext4"], indirect=True)
-def test_the_fallback_on_ext4_is_copy_file_range(on):
+def test_the_fallback_on_ext4_is_qemu_img(on):
+    """copy_file_range on ext4 made 0.39-0.79x of the fastest durable qemu-img convert (bench/offload.py)."""
     proxy, daemon, _ = on
     disk, source = disk_with_data(proxy)
     copy = copy_of(proxy, disk)
     target = top_path(proxy, "fs", copy)
-    assert f"into {copy} of fs by copy_file_range" in daemon.log_text()
+    assert f"into {copy} of fs by" not in daemon.log_text()
     assert same_data(source, target)
     qemu_check(target)
-    with open(source, "rb") as a, open(target, "rb") as b:
-        assert a.read() == b.read()  # the file itself, byte for byte
-    assert os.stat(target).st_blocks <= os.stat(source).st_blocks + 8  # holes stayed holes
-    plain = copy_of(proxy, disk, offload=False)
-    assert same_data(source, top_path(proxy, "fs", plain))
-    assert f"into {plain} of fs by" not in daemon.log_text()
+    assert os.stat(target).st_blocks * 512 < 80 * MiB  # only the 64 MiB of data written
 
 
 def test_copy_ops_of_the_io_helper(tmp_path):
     """clone and copy_range never follow a link, never overwrite, and keep holes (ext4 under /tmp:
-    no reflink there)."""
+    no reflink there; copy_range works on it, though the probe does not offer it)."""
     src, dst = str(tmp_path / "src"), str(tmp_path / "dst")
     with open(src, "wb") as f:
         f.truncate(64 * MiB)
@@ -261,6 +260,17 @@ def test_copy_ops_of_the_io_helper(tmp_path):
         assert sorted(os.listdir(tmp_path)) == ["dst", "link", "src"]  # no probe left either
     finally:
         io.close()
+
+
+def test_copy_file_range_is_offered_only_where_the_server_copies(tmp_path, monkeypatch):
+    """On a local file system it moves the data through this host, slower than qemu-img. Kernel NFS mounts do
+    not work here: the other side is shown by naming this file system (ext4) as one whose server copies."""
+    local = ioworker._fs_type(str(tmp_path))
+    assert local not in ioworker.SERVER_SIDE_COPY
+    assert ioworker._offload_probe(str(tmp_path))["copyFileRange"] is False
+    monkeypatch.setattr(ioworker, "SERVER_SIDE_COPY", frozenset({local}))
+    assert ioworker._offload_probe(str(tmp_path))["copyFileRange"] is True
+    assert os.listdir(tmp_path) == []  # the probe files removed
 
 
 @pytest.mark.parametrize("value, good", [(True, True), (False, True), (None, True), ("false", False), (0, False)])

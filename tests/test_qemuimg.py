@@ -73,10 +73,31 @@ def test_a_copy_runs_at_low_cpu_and_idle_io_priority(tmp_path):
         assert ionice.stdout.strip() == "idle"
         with open(f"/proc/{pid}/status") as f:
             assert f"PPid:\t{os.getpid()}\n" in f.read()  # exec'd in place: nothing between hsmd and qemu-img
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().decode().split("\0")
+        assert argv[2:2 + len(qemuimg.CONVERT_FLAGS)] == qemuimg.CONVERT_FLAGS  # after "qemu-img convert"
     finally:
         os.kill(pid, 9)
         copier.join(10)
     assert errors and errors[0].rc == -9
+
+
+def test_a_copy_writes_past_the_page_cache_where_the_file_system_can(tmp_path, hung_mount, caplog):
+    """-t none (O_DIRECT) on ext4 (/tmp); tests/hungfs.py's FUSE file system (not hung here) cannot do
+    O_DIRECT: there the copy goes through the page cache, as durable."""
+    mountpoint, _ = hung_mount
+    source = str(tmp_path / "source.qcow2")
+    qemuimg.create(source, 64 << 20)
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 1M 8M", source], check=True, capture_output=True)
+    caplog.set_level("INFO", logger="hsm.storage.qemuimg")
+    for target, existing in ((str(tmp_path / "target.qcow2"), False), (os.path.join(mountpoint, "target.qcow2"), False),
+                             (os.path.join(mountpoint, "target.qcow2"), True)):
+        done: list[float] = []
+        qemuimg.convert(source, target, progress=done.append, existing=existing)
+        assert done and done[-1] == 100.0
+        assert subprocess.run(["qemu-img", "compare", "-U", source, target], capture_output=True).returncode == 0
+    refused = [record.getMessage() for record in caplog.records if "refuses O_DIRECT" in record.getMessage()]
+    assert len(refused) == 2 and all(message.startswith(mountpoint) for message in refused)
 
 
 _PARENT = """

@@ -1,13 +1,15 @@
 """Offload: a whole copy of a volume by the file system itself instead of qemu-img.
 
 A reflink (FICLONE: XFS with reflink=1, btrfs) makes the copy share the
-source's extents, in milliseconds and with no new space; copy_file_range
-copies inside the kernel (NFS 4.2 on the server), holes left holes. Which
-of them a repository's file system does is found once, at connect, by two
-probe files in the repository's folder (FileRepository.offload); every
-call goes through the repository's I/O helper, as all file work does.
-qemu-img stays the general way: for chains, format changes, copies across
-file systems, and `options.offload=false`.
+source's extents, in milliseconds and with no new space; copy_file_range,
+holes left holes, is used only where the file server copies (NFS 4.2, SMB):
+on a local file system it moves the data through this host's page cache,
+slower than qemu-img convert (ext4: README, Benchmarks). Which of them a
+repository's file system does is found once, at connect, by two probe files
+in the repository's folder (FileRepository.offload); every call goes through
+the repository's I/O helper, as all file work does. qemu-img stays the
+general way: for chains, format changes, copies across file systems, local
+file systems without reflink, and `options.offload=false`.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ class Offload:
 
 
 def discover(io: IOProcess, folder: str) -> Offload:
-    """Try a reflink and a copy_file_range between two probe files in `folder`; none when the probe fails."""
+    """Try a reflink, and where the server copies a copy_file_range, between two probe files in `folder`;
+    none when the probe fails."""
     try:
         found = io.offload_probe(folder)
     except (OSError, HsmError) as e:
