@@ -46,7 +46,10 @@ class VolumeLeases:
 
     def place(self, image_id: str) -> tuple[str, int] | None:
         """(path, offset) of the image's lease; None when it can have none."""
-        return os.path.join(self.folder, image_id + SUFFIX), 0
+        return self._file(image_id), 0
+
+    def _file(self, image_id: str) -> str:
+        return os.path.join(self.folder, image_id + SUFFIX)
 
     def wire(self, image_id: str) -> dict:
         """getImageInfo's `lease`: where a VM's lease of the image is ({} when it has none)."""
@@ -110,7 +113,7 @@ class VolumeLeases:
     def forget(self, image_id: str) -> None:
         """Remove the lease file of a removed image."""
         try:
-            self.io.remove(os.path.join(self.folder, image_id + SUFFIX))
+            self.io.remove(self._file(image_id))
         except FileNotFoundError:
             pass
 

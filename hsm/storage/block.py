@@ -66,7 +66,7 @@ from hsm.storage.intents import SnapshotIntent
 from hsm.storage.ioprocess import IOProcess
 from hsm.storage.lvm import LVM
 from hsm.storage.repository import LABELS, VERSION, VOLUMES, FileRepository, Health, _labels
-from hsm.storage.slots import RECORD, Copy, RecordTooLarge, Slot, SlotsFull, SlotStore, encode, read_slot
+from hsm.storage.slots import RECORD, RecordTooLarge, Slot, SlotsFull, SlotStore, read_slot, write_next
 from hsm.storage.udev_monitor import BlockDeviceEvent, BlockDeviceMonitor
 
 log = logging.getLogger("hsm.storage.block")
@@ -143,9 +143,8 @@ class GenerationCopies:
             except (FileNotFoundError, ValueError):
                 pass
             known = self._known or Slot(0, None, 0)
-        copy = Copy("", 0, known.newest.sequence + 1 if known.newest is not None else 1, RECORD, data)
-        writer.write_at(self.device, known.next_copy * GENERATION_COPY, encode(self.uuid, copy, GENERATION_COPY))
-        self._known = Slot(0, copy, 1 - known.next_copy)
+        self._known = write_next(writer.write_at, self.device, 0, GENERATION_COPY, self.uuid, known, "", RECORD,
+                                 data)
 
 
 class BlockRepository(FileRepository):

@@ -116,6 +116,16 @@ def read_slot(repo_uuid: str, number: int, data: bytes, size: int = COPY) -> Slo
     return Slot(number, None, 0, damage)
 
 
+def write_next(write_at: Callable[[str, int, bytes], None], device: str, offset: int, size: int, repo_uuid: str,
+               known: Slot, image_id: str, kind: int, payload: bytes) -> Slot:
+    """Write the next version of slot `known`, whose two copies of `size` bytes start at `offset` of `device`,
+    into the copy that does not hold the newest version; the slot as it is then."""
+    sequence = known.newest.sequence + 1 if known.newest is not None else 1
+    copy = Copy(image_id, known.number, sequence, kind, payload)
+    write_at(device, offset + known.next_copy * size, encode(repo_uuid, copy, size))
+    return Slot(known.number, copy, 1 - known.next_copy)
+
+
 class SlotStore:
     """The slots of one metadata LV (a block device hsmd may write), through the repository's IOProcess.
 
@@ -272,8 +282,5 @@ class SlotStore:
 
     def _write(self, number: int, image_id: str, kind: int, payload: bytes) -> None:
         known = self._slots.get(number) or Slot(number, None, 0)
-        sequence = known.newest.sequence + 1 if known.newest is not None else 1
-        copy = Copy(image_id, number, sequence, kind, payload)
-        data = encode(self._uuid, copy)
-        self.write_at(self.device, number * SLOT + known.next_copy * COPY, data)
-        self._slots[number] = Slot(number, copy, 1 - known.next_copy)
+        self._slots[number] = write_next(self.write_at, self.device, number * SLOT, COPY, self._uuid, known,
+                                         image_id, kind, payload)
