@@ -169,9 +169,10 @@ def test_ended_tasks_expire_by_age_with_no_call(make_hsmd):
     proxy = daemon.proxy()
     task_id = start_task(proxy, [{"seconds": 0}])
     wait_state(proxy, task_id)
-    wait_for(lambda: task_id not in read_records(os.path.join(daemon.state_dir, "tasks"))[0], timeout=10,
-             what="the ended task's removal from the journal")
-    assert proxy.getTaskStatus(task_id)["status"]["code"] == 401
+    # hsmd forgets a task only once its removal is on disk, so the answer changes last: wait for it
+    wait_for(lambda: proxy.getTaskStatus(task_id)["status"]["code"] == 401, timeout=10,
+             what="the ended task to be forgotten")
+    assert task_id not in read_records(os.path.join(daemon.state_dir, "tasks"))[0]
 
 
 def test_transparent_tasks_are_not_bounded_by_max_finished(make_hsmd):
