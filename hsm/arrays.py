@@ -2,13 +2,17 @@
 
 `lsm`, libstoragemgmt's Python binding, is imported the first time an array is used (a verb, or
 the background read of capabilities), never on import: without it every call here raises
-LsmUnavailable (5016). An array's id is its URI exactly as configured (a URI never carries a
-password: that is `array_password`). Its systems and capabilities are read in the background at
-start, again every `capabilities_refresh` seconds, and on demand (`refresh`). A call the array
-answers with a job id is waited for, job_status polled, up to `job_timeout` seconds; past that
-StorageTimeout (5005) names the job, which goes on on the array. Every call opens its own lsm
-connection and closes it: lsm's connection is not safe to share between threads, and jobs outlive
-it. lsm's errors become hsm's (5018-5024) with lsm's error name, number and message kept.
+LsmUnavailable (5016), except `has`, which never raises. An array's id is its URI exactly as
+configured (a URI never carries a password: that is `array_password`). Its systems and
+capabilities are read in the background at start, again every `capabilities_refresh` seconds, and
+on demand (`refresh`); `on_read` callbacks hear of each read, and `has` answers from the last one
+without asking the array. Besides volumes (provision, resize, delete), an array's file systems are
+listed, and a file in one is cloned by the array itself (`file_clone`), which hsm's storage code
+uses to offload image copies. A call the array answers with a job id is waited for, job_status
+polled, up to `job_timeout` seconds; past that StorageTimeout (5005) names the job, which goes on
+on the array. Every call opens its own lsm connection and closes it: lsm's connection is not safe
+to share between threads, and jobs outlive it. lsm's errors become hsm's (5018-5025) with lsm's
+error name, number and message kept.
 """
 
 from __future__ import annotations
@@ -18,13 +22,14 @@ import logging
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from hsm.errors import (
     ArrayDoesNotExist,
+    ArrayFsDoesNotExist,
     ArrayNameConflict,
     ArrayNoSpace,
     ArrayNoSupport,
@@ -46,7 +51,7 @@ CAPABILITIES = (
     "VOLUME_REPLICATE", "VOLUME_REPLICATE_CLONE", "VOLUME_REPLICATE_COPY",
     "VOLUME_COPY_RANGE", "VOLUME_COPY_RANGE_CLONE", "VOLUME_COPY_RANGE_COPY",
     "VOLUME_CHILD_DEPENDENCY", "VOLUME_CHILD_DEPENDENCY_RM",
-    "VOLUME_MASK", "VOLUME_UNMASK", "ACCESS_GROUPS",
+    "VOLUME_MASK", "VOLUME_UNMASK", "ACCESS_GROUPS", "FS", "FILE_CLONE",
 )
 # provisionArrayVolume's options.provisioning, and the lsm.Volume constant each means.
 PROVISIONING = {"default": "PROVISION_DEFAULT", "thin": "PROVISION_THIN", "full": "PROVISION_FULL"}
@@ -57,6 +62,7 @@ _ERRORS: dict[str, type[HsmError]] = {
     "NAME_CONFLICT": ArrayNameConflict,
     "NOT_FOUND_POOL": ArrayPoolDoesNotExist,
     "NOT_FOUND_VOLUME": ArrayVolumeDoesNotExist,
+    "NOT_FOUND_FS": ArrayFsDoesNotExist,
     "NOT_ENOUGH_SPACE": ArrayNoSpace,
     **dict.fromkeys(("NO_SUPPORT", "NO_SUPPORT_ONLINE_CHANGE", "NO_SUPPORT_OFFLINE_CHANGE", "NOT_LICENSED"),
                     ArrayNoSupport),
@@ -75,6 +81,10 @@ def import_lsm() -> Any:
     if not all(hasattr(module, name) for name in ("Client", "LsmError", "ErrorNumber", "Capabilities")):
         raise LsmUnavailable(f"the lsm module at {getattr(module, '__file__', '?')} is not libstoragemgmt's")
     return module
+
+
+# on_read's callbacks: (array id, {capability name: bool}, when read).
+ReadCallback = Callable[[str, dict[str, bool], float], None]
 
 
 def _when(moment: float) -> str:
@@ -102,6 +112,7 @@ class Arrays:
         self._job_timeout = job_timeout
         self._module: Any = None
         self._stop = threading.Event()
+        self._listeners: list[ReadCallback] = []
 
     def start(self) -> None:
         """Read every array's capabilities now and every refresh interval, in the background."""
@@ -110,6 +121,12 @@ class Arrays:
 
     def close(self) -> None:
         self._stop.set()
+
+    def on_read(self, callback: ReadCallback) -> None:
+        """Have `callback(array_id, capabilities, read_at)` called after each good read of an array's
+        capabilities (background, refresh or first use), outside the array's read lock, so that
+        other code keeps its own view of them; an exception it raises is logged, the read stands."""
+        self._listeners.append(callback)
 
     def _refresh_all(self) -> None:
         while not self._stop.is_set():
@@ -151,6 +168,13 @@ class Arrays:
             self._read(array)
         return {"capabilities": dict(array.capabilities), "readAt": _when(array.read_at)}
 
+    def has(self, array_id: str, name: str) -> bool:
+        """Whether the array had capability `name` at its last read: False when never read (lsm missing
+        included) or for an array not configured. Never raises and never asks the array, so storage
+        code can ask it before trying an offload."""
+        array = self._arrays.get(array_id) if isinstance(array_id, str) else None
+        return array is not None and array.capabilities.get(name) is True
+
     def refresh(self, array_id: str) -> dict:
         """capabilities(), read from the array now."""
         self._read(self._array(array_id))
@@ -160,6 +184,34 @@ class Arrays:
         array = self._array(array_id)
         with self._client(array) as client:
             return {pool.id: self._pool(pool) for pool in client.pools()}
+
+    def filesystems(self, array_id: str) -> dict[str, dict]:
+        """{fsId: {name, poolId, systemId, totalBytes, freeBytes}} of the array's file systems."""
+        array = self._array(array_id)
+        with self._client(array) as client:
+            return {fs.id: self._fs(fs) for fs in client.fs()}
+
+    def filesystem(self, array_id: str, fs_id: str) -> dict:
+        """One of filesystems(); ArrayFsDoesNotExist when the array has no such file system."""
+        array = self._array(array_id)
+        with self._client(array) as client:
+            return self._fs(self._find(array, client.fs(), fs_id, ArrayFsDoesNotExist))
+
+    def file_clone(self, array_id: str, fs_id: str, src: str, dst: str) -> str | None:
+        """The array's clone of file `src` to `dst` in one file system, done: the job id it ran, or None.
+
+        Names are relative to the file system's root; `dst` must not exist and its folder must (lsm's
+        rule). The array shares what it can, and the copy costs the host no I/O. FILE_CLONE is checked
+        first (as last read), so an array without it is never asked.
+        """
+        array = self._array(array_id)
+        self._require(array, "FILE_CLONE")
+        with self._client(array) as client:
+            fs = self._find(array, client.fs(), fs_id, ArrayFsDoesNotExist)
+            job_id = client.fs_file_clone(fs, src, dst)
+            if job_id:
+                self._wait(array, client, job_id, f"clone {src!r} to {dst!r} in {fs_id}")
+        return job_id or None
 
     def provision(self, array_id: str, pool_id: str, name: str, size: int, provisioning: str = "default") -> dict:
         """{volume[, jobId]}: a new volume of `size` bytes (the array may round it up) in the pool."""
@@ -243,7 +295,7 @@ class Arrays:
             raise _ERRORS.get(name, ArrayRequestFailed)(f"{array.uri}: lsm {name}({e.code}): {e.msg}") from None
 
     def _read(self, array: _Array) -> None:
-        """Read the array's systems and capabilities (one read at a time per array)."""
+        """Read the array's systems and capabilities (one read at a time per array), then tell on_read's callbacks."""
         lsm = self.lsm()
         with array.reading:
             try:
@@ -260,7 +312,17 @@ class Arrays:
             array.systems = [{"id": s.id, "name": s.name, "status": self._flags(lsm.System, s.status)}
                              for s in systems]
             array.read_at, array.last_error = time.time(), {}
+            capabilities, read_at = dict(array.capabilities), array.read_at
         log.debug("Array %s: systems %s, capabilities read", array.uri, [s["id"] for s in array.systems])
+        self._tell(array.uri, capabilities, read_at)
+
+    def _tell(self, array_id: str, capabilities: dict[str, bool], read_at: float) -> None:
+        """Call on_read's callbacks, each with its own copy; one that fails is logged, not the read's failure."""
+        for callback in list(self._listeners):
+            try:
+                callback(array_id, dict(capabilities), read_at)
+            except Exception:  # another module's bug: the log is its witness, the read stands
+                log.exception("A callback on array %s's capabilities failed", array_id)
 
     def _require(self, array: _Array, *names: str) -> None:
         """ArrayNoSupport unless the array has every capability named (as last read; read if never)."""
@@ -309,18 +371,26 @@ class Arrays:
         return sorted(name.removeprefix("STATUS_") for name, bit in vars(kind).items()
                       if name.startswith("STATUS_") and isinstance(bit, int) and bit > 0 and value & bit)
 
+    @staticmethod
+    def _bytes(size: int) -> str:
+        """A size as a decimal string; lsm's negative sizes (not found, unknown) as ""."""
+        return format_size(size) if size >= 0 else ""
+
     def _pool(self, pool: Any) -> dict:
         kind = self.lsm().Pool
         unsupported = pool.unsupported_actions
         return {
             "name": pool.name, "systemId": pool.system_id,
-            "totalBytes": format_size(pool.total_space) if pool.total_space >= 0 else "",
-            "freeBytes": format_size(pool.free_space) if pool.free_space >= 0 else "",
+            "totalBytes": self._bytes(pool.total_space), "freeBytes": self._bytes(pool.free_space),
             "status": self._flags(kind, pool.status), "statusInfo": pool.status_info or "",
             "volumes": bool(pool.element_type & kind.ELEMENT_TYPE_VOLUME),
             "grow": not unsupported & getattr(kind, "UNSUPPORTED_VOLUME_GROW", 0),
             "shrink": not unsupported & getattr(kind, "UNSUPPORTED_VOLUME_SHRINK", 0),
         }
+
+    def _fs(self, fs: Any) -> dict:
+        return {"name": fs.name, "poolId": fs.pool_id, "systemId": fs.system_id,
+                "totalBytes": self._bytes(fs.total_space), "freeBytes": self._bytes(fs.free_space)}
 
     def _answer(self, volume: Any, job_id: str | None) -> dict:
         wire = {"id": volume.id, "name": volume.name, "poolId": volume.pool_id, "systemId": volume.system_id,

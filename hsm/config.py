@@ -121,7 +121,6 @@ class Option:
 
 # Options VDSM's configuration has (or hsm's design names) whose features are not built yet.
 _BLOCK = "block repositories"
-_OFFLOAD = "offload"
 
 
 def _options() -> list[Option]:
@@ -196,7 +195,7 @@ def _options() -> list[Option]:
         o("supervdsm", "udev_rules_dir", str, "/etc/udev/rules.d", "folder of the udev rules appropriateDevice writes (one 99-vdsm-<guid>-<vmId>.rules per LUN and VM) and inappropriateDevices removes"),
         o("supervdsm", "max_calls", _count, "8", "privileged calls in flight at once; more fail at once (5003), so a frozen supervdsmd never takes every RPC worker"),
         # [offload]
-        o("offload", "enabled", _bool, "true", "use reflink, copy_file_range or arrays before qemu-img", coming=_OFFLOAD),
+        o("offload", "enabled", _bool, "true", "copy by the array, reflink or copy_file_range before qemu-img; false: qemu-img only"),
         o("offload", "arrays", _lsm_uris, "", "libstoragemgmt URIs of storage arrays (sim://, targetd+ssl://admin@host, ...), each the array's id; a password goes in array_password"),
         o("offload", "array_password", str, "", "password for the arrays' libstoragemgmt URIs", secret=True),
         o("offload", "capabilities_refresh", _positive, "3600", "seconds between refreshes of array capabilities"),

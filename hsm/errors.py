@@ -132,6 +132,7 @@ ArrayPoolDoesNotExist = _error("ArrayPoolDoesNotExist", 5021, "No such pool on t
 ArrayVolumeDoesNotExist = _error("ArrayVolumeDoesNotExist", 5022, "No such volume on the array")
 ArrayNoSpace = _error("ArrayNoSpace", 5023, "Not enough space in the array's pool")
 ArrayNoSupport = _error("ArrayNoSupport", 5024, "The array does not support this")
+ArrayFsDoesNotExist = _error("ArrayFsDoesNotExist", 5025, "No such file system on the array")
 
 # VDSM's numbers for the rest of its pool, OVF store and device verbs.
 GetIsoListError = _error("GetIsoListError", 314, "Cannot get ISO list")

@@ -1,15 +1,19 @@
-"""The array verbs (libstoragemgmt) through a real hsmd over XML-RPC.
+"""The array verbs (libstoragemgmt) through a real hsmd over XML-RPC, and hsm.arrays.Arrays in process.
 
 libstoragemgmt is not installable on these machines, so the array in these tests is always the
 FAKE simulator in tests/fake_lsm (a stand-in for lsm's sim:// plugin, following lsm's documented
-client API): hsmd imports it through PYTHONPATH, and the tests look at the simulated array's state
-through the same fake client, as another process sharing its state file.
+client API): hsmd imports it through PYTHONPATH, this process through sys.path, and the tests look
+at the simulated array's state through the same fake, as another process sharing its state file.
+File clones (what hsm's storage code offloads copies to) have no verb: they are tested on Arrays.
 """
 
 from __future__ import annotations
 
+import filecmp
 import importlib
+import logging
 import os
+import pathlib
 import re
 import sys
 from dataclasses import dataclass
@@ -17,8 +21,8 @@ from dataclasses import dataclass
 import pytest
 
 from hsm import config as hsmconfig
-from hsm.arrays import CAPABILITIES
-from hsm.errors import ConfigError
+from hsm.arrays import CAPABILITIES, Arrays
+from hsm.errors import ArrayFsDoesNotExist, ArrayNoSupport, ArrayRequestFailed, ConfigError
 from tests.hsmd import Hsmd
 from tests.images_helpers import code, ok
 from tests.waiting import wait_for
@@ -28,9 +32,9 @@ sys.path.insert(0, FAKE_LSM)
 lsm = importlib.import_module("lsm")  # the fake, never libstoragemgmt's (tests/fake_lsm/lsm/__init__.py)
 fake_sim = importlib.import_module("lsm._sim")
 
-VERBS = ("getArrayCapabilities", "refreshArrayCapabilities", "getArrayPools", "provisionArrayVolume",
-         "resizeArrayVolume", "deleteArrayVolume")
-GIB = 2**30
+VERBS = ("getArrayCapabilities", "refreshArrayCapabilities", "getArrayPools", "getArrayFileSystems",
+         "provisionArrayVolume", "resizeArrayVolume", "deleteArrayVolume")
+MIB, GIB = 2**20, 2**30
 
 
 def arguments(verb: str, array_id: str, pool: str = "POOL_ID_00003", volume: str = "VOL_ID_00001") -> tuple:
@@ -49,6 +53,10 @@ class Sim:
     @property
     def proxy(self):
         return self.daemon.proxy()
+
+    @property
+    def statefile(self) -> str:
+        return self.uri.split("statefile=", 1)[1]
 
     def client(self):
         return lsm.Client(self.uri, None, 30000)
@@ -117,6 +125,19 @@ def test_list_capabilities_and_pools(sim):
                                       "volumes": True, "grow": True, "shrink": True}
     assert pools["POOL_ID_00004"]["totalBytes"] == str(2 * 2**60)  # past XML-RPC's ints: a string
     assert (pools["POOL_ID_00001"]["grow"], pools["POOL_ID_00001"]["shrink"]) == (False, False)
+
+
+def test_file_systems(sim, tmp_path):
+    """A file system given to the fake simulator (add_filesystem), as getArrayFileSystems shows it; as
+    in the sim plugin, its size comes out of its pool's free space."""
+    s = sim()
+    assert ok(s.proxy.getArrayFileSystems(s.uri))["filesystems"] == {}
+    fs_id = fake_sim.add_filesystem(s.statefile, "exports", str(tmp_path), size=10 * GIB)
+    assert fs_id == "FS_ID_00001"
+    assert ok(s.proxy.getArrayFileSystems(s.uri))["filesystems"] == {
+        fs_id: {"name": "exports", "poolId": "POOL_ID_00003", "systemId": "sim-01",
+                "totalBytes": str(10 * GIB), "freeBytes": str(10 * GIB)}}
+    assert ok(s.proxy.getArrayPools(s.uri))["pools"]["POOL_ID_00003"]["freeBytes"] == str(502 * GIB)
 
 
 def test_provision_polls_the_array_job_to_completion(sim):
@@ -298,5 +319,136 @@ def test_offload_options_in_hsm_conf(tmp_path, sim):
         hsmconfig.load(None, {("offload", "capabilities_refresh"): "0"})
     s = sim(array_password="secret-word")
     shown = ok(s.proxy.getHsmConfig("offload"))["config"]["offload"]
-    assert shown == {"arrays": [s.uri], "capabilities_refresh": 3600.0, "array_job_timeout": 300.0}
+    assert shown == {"enabled": True, "arrays": [s.uri], "capabilities_refresh": 3600.0, "array_job_timeout": 300.0}
     assert "secret-word" not in str(ok(s.proxy.getHsmConfig()))
+
+
+# -- hsm.arrays.Arrays in this process, on the fake simulator: file clones, has(), on_read() ------------
+
+
+@dataclass
+class Local:
+    """An Arrays on one fake sim:// array with one file system, whose export is the folder `root`."""
+
+    arrays: Arrays
+    uri: str
+    statefile: str
+    fs_id: str
+    root: pathlib.Path
+
+    def clones(self) -> list[dict]:
+        """The file clones the simulated array was asked for, as its state file keeps them."""
+        with fake_sim.SimArray(self.statefile).state() as data:
+            return list(data["file_clones"])
+
+    def files(self) -> list[str]:
+        return sorted(str(path.relative_to(self.root)) for path in self.root.rglob("*"))
+
+
+@pytest.fixture
+def local(tmp_path, monkeypatch):
+    """Arrays on a fresh fake simulator with jobs of 0.3 s; its file system's export holds disk.raw
+    (64 MiB, 2 MiB of data, the rest a hole) and an empty folder, images."""
+    monkeypatch.setenv("LSM_SIM_TIME", "0.3")
+    statefile, root = f"{tmp_path}/sim.json", tmp_path / "export"
+    (root / "images").mkdir(parents=True)
+    with open(root / "disk.raw", "wb") as f:
+        f.write(os.urandom(MIB))
+        f.seek(63 * MIB)
+        f.write(os.urandom(MIB))
+    uri = f"sim://?statefile={statefile}"
+    arrays = Arrays([uri], job_timeout=30)
+    yield Local(arrays, uri, statefile, fake_sim.add_filesystem(statefile, "export", str(root)), root)
+    arrays.close()
+
+
+@pytest.mark.parametrize("sim_time, job_pattern", [("0.3", r"JOB_ID_\d+"), ("0", None)])
+def test_file_clone_copies_sparse_and_waits_for_the_job(local, monkeypatch, caplog, sim_time, job_pattern):
+    """The fake simulator copies the file inside its export at once, bytes equal and holes kept; with
+    jobs, file_clone waits for the job to complete, frees it and answers its id; without, None."""
+    monkeypatch.setenv("LSM_SIM_TIME", sim_time)
+    caplog.set_level(logging.INFO, "hsm.arrays")
+    job = local.arrays.file_clone(local.uri, local.fs_id, "disk.raw", "images/copy.raw")
+    copy = local.root / "images" / "copy.raw"
+    assert filecmp.cmp(local.root / "disk.raw", copy, shallow=False)
+    assert copy.stat().st_size == 64 * MIB and copy.stat().st_blocks * 512 <= 8 * MIB
+    assert local.clones() == [{"fs_id": local.fs_id, "src": "disk.raw", "dst": "images/copy.raw"}]
+    if job_pattern is None:
+        assert job is None
+        return
+    assert re.fullmatch(job_pattern, job)
+    assert f"job {job} (clone 'disk.raw' to 'images/copy.raw' in {local.fs_id}) complete" in caplog.text
+    with pytest.raises(lsm.LsmError) as raised:
+        lsm.Client(local.uri).job_status(job)
+    assert raised.value.code == lsm.ErrorNumber.NOT_FOUND_JOB  # freed
+
+
+def test_without_file_clone_the_array_is_not_asked(local):
+    """The fake simulator without FILE_CLONE: file_clone answers 5024 from the capabilities it reads
+    and asks for no clone; has() tells FILE_CLONE's absence, then its return after a refresh."""
+    assert not local.arrays.has(local.uri, "FS")  # never read
+    fake_sim.set_capabilities_off(local.statefile, [lsm.Capabilities.FILE_CLONE])
+    with pytest.raises(ArrayNoSupport, match="lacks FILE_CLONE") as raised:
+        local.arrays.file_clone(local.uri, local.fs_id, "disk.raw", "images/copy.raw")
+    assert raised.value.code == 5024
+    assert local.clones() == [] and local.files() == ["disk.raw", "images"]
+    assert (local.arrays.has(local.uri, "FS"), local.arrays.has(local.uri, "FILE_CLONE")) == (True, False)
+    fake_sim.set_capabilities_off(local.statefile, [])
+    local.arrays.refresh(local.uri)
+    assert local.arrays.has(local.uri, "FILE_CLONE")
+    assert not local.arrays.has("sim://?statefile=elsewhere", "FILE_CLONE")
+    assert not local.arrays.has(local.uri, "NO_SUCH_CAPABILITY")
+
+
+def test_an_unknown_file_system_answers_5025(local):
+    """An fs id the fake simulator does not have: 5025 from filesystem() and file_clone(), no clone."""
+    assert local.arrays.filesystem(local.uri, local.fs_id)["name"] == "export"
+    with pytest.raises(ArrayFsDoesNotExist) as raised:
+        local.arrays.filesystem(local.uri, "FS_ID_99999")
+    assert raised.value.code == 5025
+    with pytest.raises(ArrayFsDoesNotExist, match="'FS_ID_99999'"):
+        local.arrays.file_clone(local.uri, "FS_ID_99999", "disk.raw", "images/copy.raw")
+    assert local.clones() == []
+
+
+@pytest.mark.parametrize("src, dst", [
+    ("../export/disk.raw", "copy.raw"), ("disk.raw", "images/../../copy.raw"), ("/etc/hostname", "copy.raw"),
+    ("", "copy.raw"), ("disk.raw", ""), ("images", "copy.raw"), ("missing.raw", "copy.raw"),
+    ("disk.raw", "missing/copy.raw"), ("disk.raw", "disk.raw"),
+])
+def test_file_clone_refusals_answer_5019(local, src, dst):
+    """What the fake simulator refuses as an array would (INVALID_ARGUMENT: a name not under the file
+    system's root, a source that is no regular file, a destination that exists or has no folder)
+    answers 5019 with lsm's words, and nothing is copied."""
+    with pytest.raises(ArrayRequestFailed, match=r"lsm INVALID_ARGUMENT\(101\)") as raised:
+        local.arrays.file_clone(local.uri, local.fs_id, src, dst)
+    assert raised.value.code == 5019
+    assert local.clones() == [] and local.files() == ["disk.raw", "images"]
+
+
+def test_on_read_callbacks_hear_every_read(local, caplog):
+    """on_read callbacks hear of each read (refreshArrayCapabilities', then the background ones) with
+    what was read, outside the array's read lock; one that raises is logged and the reads go on."""
+    arrays, heard = Arrays([local.uri], refresh_interval=0.1), []
+
+    def failing(*_: object) -> None:
+        raise RuntimeError("a callback's own bug")
+
+    def record(array_id: str, capabilities: dict, read_at: float) -> None:
+        heard.append((array_id, capabilities, read_at, arrays._arrays[array_id].reading.locked()))
+
+    arrays.on_read(failing)
+    arrays.on_read(record)
+    fake_sim.set_capabilities_off(local.statefile, [lsm.Capabilities.FILE_CLONE])
+    refreshed = arrays.refresh(local.uri)
+    assert [(a, c, f"{r:.3f}", locked) for a, c, r, locked in heard] == [
+        (local.uri, refreshed["capabilities"], refreshed["readAt"], False)]
+    assert heard[0][1]["FILE_CLONE"] is False and heard[0][1]["FS"] is True
+    assert "RuntimeError: a callback's own bug" in caplog.text
+    arrays.start()
+    try:
+        wait_for(lambda: len(heard) >= 3, timeout=10, what="two reads in the background")
+    finally:
+        arrays.close()
+    assert all(entry[3] is False and entry[1] == heard[0][1] for entry in heard)
+    assert [entry[2] for entry in heard] == sorted(entry[2] for entry in heard)

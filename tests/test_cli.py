@@ -94,7 +94,7 @@ def test_new_error_codes_start_at_5000():
                  "ImageExists", "ImageIsSnapshot", "RepositoryIdInUse", "InvalidFix", "InvalidConnectionURI",
                  "HsmdUnavailable", "LsmUnavailable", "ArrayDoesNotExist", "ArrayUnreachable", "ArrayRequestFailed",
                  "ArrayNameConflict", "ArrayPoolDoesNotExist", "ArrayVolumeDoesNotExist", "ArrayNoSpace",
-                 "ArrayNoSupport"}
+                 "ArrayNoSupport", "ArrayFsDoesNotExist"}
     for cls in errors.all_errors():
         if cls.__name__ in new_names:
             assert cls.code >= 5000, cls

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import shutil
 import subprocess
@@ -195,6 +196,41 @@ def test_a_chain_is_copied_by_qemu_img_and_its_snapshot_by_reflink(on):
     snap_target = top_path(proxy, "other", snapshot)
     assert same_data(top_path(proxy, "fs", snapshot), snap_target) and shared(snap_target)
     assert f"into {snapshot} of other by reflink" in daemon.log_text()
+
+
+def virtual_size(path: str) -> int:
+    done = _run(["qemu-img", "info", "-U", "--output=json", path])
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)["virtual-size"]
+
+
+@pytest.mark.parametrize("on", ["xfs"], indirect=True)
+def test_a_disk_made_for_performance_is_a_clone_of_its_snapshot(on):
+    """createVirtualDisk with strategy=performance stands alone at once: its top is a reflink of the snapshot's
+    one volume, grown to the disk's size; offload=false copies the snapshot in with qemu-img instead."""
+    proxy, daemon, mountpoint = on
+    disk, _ = disk_with_data(proxy)
+    snapshot = new_snapshot(proxy, disk, repo="fs")
+    snapshot_top = top_path(proxy, "fs", snapshot)
+    before = free_bytes(mountpoint)
+    fast = ok(proxy.createVirtualDisk("fs", str(2 * GiB), snapshot, {}, {"strategy": "performance"}))["imageId"]
+    wait_image(proxy, "fs", fast)
+    info = ok(proxy.getImageInfo("fs", fast))["image"]
+    assert len(info["volumes"]) == 1 and info["size"] == str(2 * GiB)
+    target = info["volumes"][0]["path"]
+    assert virtual_size(target) == 2 * GiB and same_data(snapshot_top, target)  # the 2nd GiB reads zeros
+    assert shared(target) and before - free_bytes(mountpoint) < 4 * MiB
+    assert f"Made disk {fast} of fs from snapshot {snapshot} by reflink" in daemon.log_text()
+    qemu_check(target)
+    qemu_write(target, 0x55, 0, MiB)  # the disk's own from now on: the snapshot keeps its data
+    assert qemu_reads(snapshot_top, 0x11, 0, MiB) and qemu_reads(target, 0x55, 0, MiB)
+    slow = ok(proxy.createVirtualDisk("fs", str(GiB), snapshot, {}, {"strategy": "performance",
+                                                                       "offload": False}))["imageId"]
+    wait_image(proxy, "fs", slow)
+    slow_top = top_path(proxy, "fs", slow)
+    assert len(ok(proxy.getImageInfo("fs", slow))["image"]["volumes"]) == 1
+    assert same_data(snapshot_top, slow_top) and not shared(slow_top)
+    assert f"Made disk {slow}" not in daemon.log_text()
 
 
 @pytest.mark.parametrize("on", ["xfs", "ext4"], indirect=True)

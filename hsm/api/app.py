@@ -67,18 +67,19 @@ class Application:
             state_dir, Backends(supervdsm, os.path.join(irs.repository, "mnt")), interval=conns.monitor_interval,
             backoff_min=conns.reconnect_backoff_min, backoff_max=conns.reconnect_backoff_max,
             users=lambda cids: self.engine.users_of(cids))
+        offload = config.offload
+        self.arrays = Arrays(offload.arrays, offload.array_password, refresh_interval=offload.capabilities_refresh,
+                             job_timeout=offload.array_job_timeout)
         self.engine = Engine(self.tasks, host_id=config.sanlock.host_id, io_timeout=irs.process_pool_timeout,
                              io_slots=irs.process_pool_max_slots_per_domain,
                              monitor_interval=irs.sd_health_check_delay, qcow2_compat=irs.qcow2_compat,
                              state_dir=state_dir, prepare_timeout=irs.prepare_image_timeout / 1000,
                              progress_interval=irs.progress_interval, watcher=self.watcher,
                              connections=self.connections, supervdsm=supervdsm, lv_activation=irs.lv_activation,
-                             lease_io_timeout=config.sanlock.io_timeout, use_volume_leases=irs.use_volume_leases)
+                             lease_io_timeout=config.sanlock.io_timeout, use_volume_leases=irs.use_volume_leases,
+                             offload_enabled=offload.enabled, arrays=self.arrays)
         self.domains = Domains(self.engine, self.connections, state_dir)  # VDSM's storage domains and pool
         self.pools = Pools(self.domains, state_dir)
-        offload = config.offload
-        self.arrays = Arrays(offload.arrays, offload.array_password, refresh_interval=offload.capabilities_refresh,
-                             job_timeout=offload.array_job_timeout)
         groups: list[object] = [
             ServiceAPI(config, self.stats, task_mode=lambda: self.tasks.mode, task_counts=self.tasks.counts,
                        repositories=self.engine.health,

@@ -1,5 +1,6 @@
 """The array verbs (libstoragemgmt, hsm.conf [offload] arrays): getArrayList, getArrayCapabilities,
-refreshArrayCapabilities, getArrayPools, provisionArrayVolume, resizeArrayVolume, deleteArrayVolume.
+refreshArrayCapabilities, getArrayPools, getArrayFileSystems, provisionArrayVolume, resizeArrayVolume,
+deleteArrayVolume.
 
 Every one answers 5016 on a host without libstoragemgmt, then 5017 for an arrayId not configured,
 before it looks at its other arguments.
@@ -42,6 +43,10 @@ class ArraysAPI:
     @verb()
     def getArrayPools(self, arrayId: str) -> dict:
         return {"pools": self._arrays.pools(arrayId)}
+
+    @verb()
+    def getArrayFileSystems(self, arrayId: str) -> dict:
+        return {"filesystems": self._arrays.filesystems(arrayId)}
 
     @verb(mutating=True)
     def provisionArrayVolume(self, arrayId: str, poolId: str, name: str, size: Any,

@@ -23,9 +23,11 @@ class RepositoriesAPI:
     @verb(mutating=True)
     def createStorageRepository(self, repoFormat: str, connectionParameters: dict, options: dict | None = None) \
             -> dict:
-        opts = ImageOptions.parse(options_of(options))
+        options = options_of(options)
+        opts = ImageOptions.parse({name: value for name, value in options.items() if name != "array"})
         repo_uuid = self._engine.create_repository(require_str("repoFormat", repoFormat),
-                                                   _params(connectionParameters), force=opts.force)
+                                                   _params(connectionParameters), force=opts.force,
+                                                   array=options.get("array"))
         return {"repoUuid": repo_uuid}
 
     @verb(mutating=True)

@@ -64,6 +64,7 @@ from supervdsm.client import SupervdsmClient
 from supervdsm.lvm import check_name
 
 if TYPE_CHECKING:
+    from hsm.arrays import Arrays
     from hsm.connections.manager import ConnectionManager
 
 log = logging.getLogger("hsm.storage")
@@ -87,7 +88,8 @@ class Engine:
                  prepare_timeout: float = 600.0, progress_interval: float = 30.0,
                  watcher: Watcher | None = None, connections: ConnectionManager | None = None,
                  supervdsm: SupervdsmClient | None = None, lv_activation: str = "lvm",
-                 lease_io_timeout: int = 10, use_volume_leases: bool = False) -> None:
+                 lease_io_timeout: int = 10, use_volume_leases: bool = False, offload_enabled: bool = True,
+                 arrays: Arrays | None = None) -> None:
         self.tasks = tasks
         self.watcher = watcher  # inotify, for changes made behind hsmd's back (hsm.storage.watching)
         self.prepare_timeout = prepare_timeout  # seconds prepare waits for the repository's commit lock
@@ -103,6 +105,10 @@ class Engine:
         self.lv_activation = lv_activation
         self.lease_io_timeout = lease_io_timeout  # sanlock's io timeout for the lockspaces of new repositories
         self.use_volume_leases = use_volume_leases  # prepareImage takes the image's volume lease
+        self.offload_enabled = offload_enabled  # [offload] enabled: copies may use an array or the file system
+        self.arrays = arrays  # [offload] arrays: file repositories on one of them clone by the array
+        if arrays is not None:
+            arrays.on_read(self._array_read)
         # seconds a commit on a shared repository waits for the metadata-writer lease: as long as sanlock may
         # take to call its holder dead, and a margin
         self.writer_timeout = host_dead_seconds(lease_io_timeout) + 20.0
@@ -122,10 +128,15 @@ class Engine:
         return IOProcess(name, timeout=self.io_timeout, slots=self.io_slots)
 
     def create_repository(self, repo_format: str, params: dict, force: bool = False, repo_uuid: str | None = None,
-                          labels: dict | None = None) -> str:
-        """Format storage as a repository; `repo_uuid` and `labels` as repository.create takes them."""
+                          labels: dict | None = None, array: object = None) -> str:
+        """Format storage as a repository; `repo_uuid` and `labels` as repository.create takes them; `array`
+        (createStorageRepository's options.array): the array file system the repository's folder lives on."""
         if repo_format == block.FORMAT:
+            if array is not None:
+                raise InvalidParameterException("options.array: only file repositories live on an array's "
+                                                "file system")
             return self._create_block(params, repo_uuid, labels or {})
+        on_array = self._array_fields(array) if array is not None else None
         path = self._local_path(repo_format, params)
         io = self._io("create")
         try:
@@ -134,12 +145,37 @@ class Engine:
                     io.makedirs(path)
                 except OSError as e:
                     raise repositories.creation_error(path, e) from None
-            made = repositories.create(path, repo_format, io, force, repo_uuid, labels)
+            made = repositories.create(path, repo_format, io, force, repo_uuid, labels, on_array)
             if repo_format in SHARED_FILE_FORMATS:
                 self._make_lockspace(io, path, made)
             return made
         finally:
             io.close()
+
+    def _array_fields(self, array: object) -> dict:
+        """The record's fields of a repository on `array` ({arrayId, fsId, path}): the array is asked that
+        the file system exists (5016-5018, 5025 before anything is written) and for its capabilities."""
+        place = offload.ArrayPlace.parse(array)
+        if self.arrays is None:
+            raise InvalidParameterException("options.array: no arrays here")
+        self.arrays.filesystem(place.array_id, place.fs_id)
+        known = self.arrays.capabilities(place.array_id)
+        return repositories.array_fields(place, known["capabilities"], known["readAt"])
+
+    def _array_read(self, array_id: str, capabilities: dict[str, bool], read_at: float) -> None:
+        """The array's capabilities were read: stored in the records of connected repositories on it that
+        hold others (each in a thread of its own: a record write may wait for a slow repository)."""
+        for repo in list(self.repositories.values()):
+            if repo.array is not None and repo.array.array_id == array_id:
+                threading.Thread(target=self._store_capabilities, args=(repo, capabilities, f"{read_at:.3f}"),
+                                 name=f"array-{repo.id}", daemon=True).start()
+
+    @staticmethod
+    def _store_capabilities(repo: FileRepository, capabilities: dict[str, bool], read_at: str) -> None:
+        try:
+            repo.store_array_capabilities(capabilities, read_at)
+        except HsmError as e:
+            log.warning("Repository %s: the array's capabilities not stored: %s", repo.id, e)
 
     # -- block-1 -------------------------------------------------------------
 
@@ -341,6 +377,9 @@ class Engine:
                 if repo.lease_paths is not None:
                     self._share(repo)
                 repo.load()
+                repo.offloading = self.offload_enabled
+                if self.offload_enabled and not is_block:
+                    repo.find_offload()
                 if repo.lock.writer is not None:
                     self._join(repo)
             except BaseException:
@@ -475,8 +514,8 @@ class Engine:
 
     def offload_backends(self) -> list[str]:
         """The offload mechanisms some connected repository's storage does (getCapabilities), fastest first."""
-        found = {name for repo in list(self.repositories.values()) for name in repo.offload.mechanisms()}
-        return [name for name in (offload.REFLINK, offload.COPY_FILE_RANGE) if name in found]
+        found = {name for repo in list(self.repositories.values()) for name in repo.offload_mechanisms()}
+        return [name for name in (offload.ARRAY, offload.REFLINK, offload.COPY_FILE_RANGE) if name in found]
 
     def health(self) -> dict[str, Health]:
         """What each connected repository's monitor saw last: the one source for getStats and /metrics."""
@@ -603,7 +642,7 @@ class Engine:
             self._volume_free(repo, top.id)  # a caller's id (a scan: only VDSM's verbs name volumes)
         top = Volume(top.id, image_id, top.format) if top else Volume(str(uuid.uuid4()), image_id)
         image = Image(id=image_id, kind=DISK, size=size, volumes=[top, *volumes],
-                      base=base_id or "", userData=user_data, intent=CreateIntent(optimize, preallocate),
+                      base=base_id or "", userData=user_data, intent=CreateIntent(optimize, preallocate, opts.offload),
                       stage="0/1")
         return self._commit(repo, image, "create", "createVirtualDisk", opts)
 

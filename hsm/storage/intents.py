@@ -15,10 +15,12 @@ from hsm.ids import is_id
 
 @dataclass(frozen=True)
 class CreateIntent:
-    """Make the disk's top volume; with `optimize`, then copy its base into it (strategy=performance)."""
+    """Make the disk's top volume; with `optimize`, then copy its base into it (strategy=performance), where
+    `offload` allows by a clone of the base's one volume (hsm.storage.offload) as the top is made."""
     op: ClassVar[str] = "create"
     optimize: bool = False
     preallocate: bool = False    # allocate the whole volume now (VDSM's PREALLOCATED)
+    offload: bool = True
 
 
 @dataclass(frozen=True)

@@ -127,6 +127,11 @@ def create(path: str, size: int, fmt: str = "qcow2", backing: str | None = None,
     _run([*argv, path, str(size)], INFO_TIMEOUT)
 
 
+def resize(path: str, size: int, fmt: str = "qcow2") -> None:
+    """Grow the volume to virtual `size` (a clone of a smaller snapshot made a larger disk)."""
+    _run([QEMU_IMG, "resize", "-q", "-f", fmt, path, str(size)], INFO_TIMEOUT)
+
+
 # The target's flags, the fastest durable set in bench/images.py (README, Benchmarks): -t none writes past
 # the host's page cache (O_DIRECT: a large copy evicts nothing VMs use) and flushes before qemu-img exits;
 # -W -m 16 keeps 16 writes in flight, each made when ready. Out of order is safe only because every target

@@ -54,7 +54,7 @@ from hsm.leases.writer import CommitLock, GenerationFile, GenerationPlace, Write
 from hsm.storage.image import Image, Volume
 from hsm.storage.intents import CopyIntent, SnapshotIntent
 from hsm.storage.ioprocess import IOProcess
-from hsm.storage.offload import Offload, discover
+from hsm.storage.offload import ARRAY, FILE_CLONE, ArrayPlace, Offload, discover
 from hsm.watch import OwnChanges
 
 log = logging.getLogger("hsm.storage.repository")
@@ -96,11 +96,12 @@ def creation_error(path: str, e: OSError) -> HsmError:
 
 
 def create(path: str, repo_format: str, io: IOProcess, force: bool = False, repo_uuid: str | None = None,
-           labels: dict | None = None) -> str:
+           labels: dict | None = None, array: dict | None = None) -> str:
     """Format `path` as an empty repository; returns its uuid.
 
     `repo_uuid`: the caller's uuid (a storage domain's sdUUID) instead of a new one; a repository already
-    there with that uuid, format and `labels` is the same one made again, and answers its uuid.
+    there with that uuid, format and `labels` is the same one made again, and answers its uuid. `array`:
+    the record's fields saying the folder lives on an array's file system (array_fields).
     """
     if repo_format not in FILE_FORMATS:
         raise StorageDomainTypeError(repo_format)
@@ -132,7 +133,8 @@ def create(path: str, repo_format: str, io: IOProcess, force: bool = False, repo
         if force:
             for folder in (IMAGES, VOLUMES):
                 io.empty_folder(os.path.join(path, folder))
-        record = {"format": repo_format, "uuid": repo_uuid, "version": VERSION, "created": time.time(), **labels}
+        record = {"format": repo_format, "uuid": repo_uuid, "version": VERSION, "created": time.time(), **labels,
+                  **(array or {})}
         io.write(os.path.join(path, RECORD), json.dumps(record).encode())
     except OSError as e:
         raise creation_error(path, e) from None
@@ -152,6 +154,29 @@ def _labels(record: dict) -> dict:
             log.warning("Repository record at %s: %s=%r is not valid, left out", record.get("uuid"), name,
                         str(value)[:80])
     return found
+
+
+def array_fields(place: ArrayPlace, capabilities: dict[str, bool], read_at: str) -> dict:
+    """A record's fields for a repository on an array: where (`array`), and the array's capabilities that
+    offload uses as last read (`arrayCapabilities`, with `readAt`)."""
+    return {"array": place.wire(), "arrayCapabilities": {FILE_CLONE: bool(capabilities.get(FILE_CLONE)),
+                                                         "readAt": read_at}}
+
+
+def _array_of(record: dict) -> tuple[ArrayPlace | None, dict[str, bool], str]:
+    """(where on an array, the capabilities stored, when read) from a record; a damaged field: not on an array."""
+    if "array" not in record:
+        return None, {}, ""
+    try:
+        place = ArrayPlace.parse(record["array"])
+    except HsmError as e:
+        log.warning("Repository record at %s: %s; no array offload", record.get("uuid"), e)
+        return None, {}, ""
+    stored = record.get("arrayCapabilities")
+    stored = stored if isinstance(stored, dict) else {}
+    read_at = stored.get("readAt")
+    return place, {FILE_CLONE: stored.get(FILE_CLONE) is True}, read_at if isinstance(read_at, str) and \
+        read_at.replace(".", "", 1).isdigit() else ""
 
 
 def read_record(path: str, io: IOProcess) -> dict:
@@ -250,6 +275,10 @@ class FileRepository:
         self.lock = CommitLock(self.index_lock)  # the commit lock: a check and the record write it allows
         self.health = Health()
         self.offload = Offload()  # what its file system does for a copy inside it, found at connect
+        self.offloading = True  # [offload] enabled: copies may use the array or the file system
+        self.array: ArrayPlace | None = None  # the array file system its folder lives on, from its record
+        self.array_capabilities: dict[str, bool] = {}  # the array's, as its record stores them
+        self.array_read_at = ""  # when those were read from the array
         self._monitor_stop = threading.Event()
         self.own = OwnChanges()  # what hsmd itself writes and removes, while a watch looks (hsm.storage.watching)
         self.lease_paths: Paths | None = None  # where a shared repository's lockspace and leases are
@@ -286,10 +315,22 @@ class FileRepository:
             raise StorageDomainAccessError(f"{self.path}: {RECORD} holds no valid uuid")
         self.uuid = record["uuid"]
         self.labels = _labels(record)
+        self.array, self.array_capabilities, self.array_read_at = _array_of(record)
         images, unreadable = self._read_records()
+        log.info("Repository %s (%s) loaded: %d images, %d unreadable records", self.id, self.uuid,
+                 len(images), len(unreadable))
+
+    def find_offload(self) -> None:
+        """Find what its file system does for a copy inside it: two probe files in its folder."""
         self.offload = discover(self.io, self.path)
-        log.info("Repository %s (%s) loaded: %d images, %d unreadable records; offload: %s", self.id, self.uuid,
-                 len(images), len(unreadable), ", ".join(self.offload.mechanisms()) or "none")
+        log.info("Repository %s: offload by %s", self.id, ", ".join(self.offload_mechanisms()) or "none")
+
+    def offload_mechanisms(self) -> list[str]:
+        """What copies inside it may use, fastest first: the wire's capabilities.offload."""
+        if not self.offloading:
+            return []
+        on_array = [ARRAY] if self.array is not None and self.array_capabilities.get(FILE_CLONE) else []
+        return on_array + self.offload.mechanisms()
 
     def _read_records(self) -> tuple[dict[str, Image], dict[str, str]]:
         try:
@@ -402,6 +443,22 @@ class FileRepository:
             except OSError as e:
                 raise StorageDomainAccessError(f"{self.path}: {e}") from None
             self.labels = _labels(record)
+
+    def store_array_capabilities(self, capabilities: dict[str, bool], read_at: str) -> bool:
+        """Keep the array's capabilities offload uses in the record, when they changed; whether they did."""
+        if self.array is None or self.array_capabilities == {FILE_CLONE: bool(capabilities.get(FILE_CLONE))}:
+            return False
+        with self.lock:
+            record = read_record(self.path, self.io)
+            record.update(array_fields(self.array, capabilities, read_at))
+            try:
+                self.io.write(os.path.join(self.path, RECORD), json.dumps(record).encode())
+            except OSError as e:
+                raise StorageDomainAccessError(f"{self.path}: {e}") from None
+            self.array, self.array_capabilities, self.array_read_at = _array_of(record)
+        log.info("Repository %s: the array's FILE_CLONE is now %s (stored)", self.id,
+                 self.array_capabilities.get(FILE_CLONE))
+        return True
 
     # -- paths ------------------------------------------------------------
 
@@ -685,7 +742,9 @@ class FileRepository:
                 "lastCheck": f"{time.time() - health.last_check:.1f}" if health.last_check else "",
                 "readDelay": f"{health.read_delay:.6f}", "freeBytes": str(health.free),
                 "totalBytes": str(health.total), "path": self.path, "lastError": health.error,
-                "capabilities": {"offload": self.offload.mechanisms(), "leases": self.lockspace is not None},
+                "capabilities": {"offload": self.offload_mechanisms(), "leases": self.lockspace is not None,
+                                 **({"array": {**self.array.wire(), "capabilities": dict(self.array_capabilities),
+                                               "readAt": self.array_read_at}} if self.array is not None else {})},
                 **({"leases": self.lockspace.state()} if self.lockspace is not None else {})}
 
 

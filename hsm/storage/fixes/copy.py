@@ -1,15 +1,14 @@
 """copy: the source (or only its difference from the base) into the new image's volume.
 
-A whole copy of a source that is one volume of the target's format, on the
-same file system, is a reflink or a copy_file_range of that file
-(hsm.storage.offload) unless the intent says not to; anything else is
-qemu-img convert.
+A whole copy of a source that is one volume of the target's format is made by
+the array (both repositories on one of its file systems) or, on the same file
+system, by a reflink or a copy_file_range of that file (hsm.storage.offload),
+unless the intent says not to; anything else is qemu-img convert.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 
 from hsm.errors import CopyImageError, HsmError
@@ -17,7 +16,7 @@ from hsm.storage import offload, qemuimg
 from hsm.storage.fixes.base import Fix, StepFunc, backing_format, backing_name
 from hsm.storage.image import OPTIMIZED, Image
 from hsm.storage.intents import CopyIntent
-from hsm.storage.repository import VOLUMES, FileRepository
+from hsm.storage.repository import FileRepository
 from hsm.tasks import StepContext
 
 log = logging.getLogger("hsm.storage.fixes")
@@ -95,17 +94,13 @@ class CopyFix(Fix):
 
     def _offloaded(self, intent: CopyIntent, source_repo: FileRepository, source: Image, repo: FileRepository,
                    image: Image, progress: Callable[[float], None]) -> bool:
-        """Copy the source's one volume file as it is, by the file system, where it can; whether it did."""
-        if not intent.offload or len(source.volumes) != 1 or source.top.format != image.top.format \
-                or not repo.offload.mechanisms():
+        """Copy the source's one volume file as it is, by the array or the file system, where one can;
+        whether it did."""
+        if not intent.offload or len(source.volumes) != 1 or source.top.format != image.top.format:
             return False
         if self.engine.is_prepared(source_repo, source.id):  # a VM may write it: qemu-img's locks say
             return False
-        if not offload.same_filesystem(source_repo.io, os.path.join(source_repo.path, VOLUMES),
-                                       repo.io, os.path.join(repo.path, VOLUMES)):
-            return False
-        used = offload.copy_file(repo.io, repo.offload, source_repo.volume_path(source.top),
-                                 repo.volume_path(image.top), progress)
+        used = offload.clone_volume(self.engine.arrays, source_repo, source.top, repo, image.top, progress)
         if used:
             log.info("Copied %s of %s into %s of %s by %s", source.id, source_repo.id, image.id, repo.id, used)
         return bool(used)

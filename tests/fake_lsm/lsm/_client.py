@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import urllib.parse
 
-from lsm._data import Capabilities, ErrorNumber, LsmError, Pool, System, Volume
+from lsm._data import Capabilities, ErrorNumber, FileSystem, LsmError, Pool, System, Volume
 from lsm._sim import BLK_SIZE, POOLS, SYS_ID, SYS_NAME, SimArray, default_statefile
 
 UDS_PATH = "/var/run/lsm/ipc"  # where lsmd keeps its plugins' sockets
@@ -107,6 +107,21 @@ class Client:
 
     def volume_delete(self, volume: Volume, flags: int = FLAG_RSVD) -> str | None:
         return self._sim().volume_delete(volume.id)
+
+    def fs(self, search_key: str | None = None, search_value: object = None,
+           flags: int = FLAG_RSVD) -> list[FileSystem]:
+        """The file systems; as in the sim plugin, free space is their whole size."""
+        with self._sim().state() as data:
+            found = [FileSystem(fs_id, record["name"], record["blocks"] * BLK_SIZE, record["blocks"] * BLK_SIZE,
+                                record["pool_id"], SYS_ID) for fs_id, record in data["filesystems"].items()]
+        return _search(found, ("id", "system_id", "pool_id"), search_key, search_value)
+
+    def fs_file_clone(self, fs: FileSystem, src_file_name: str, dest_file_name: str, snapshot: object = None,
+                      flags: int = FLAG_RSVD) -> str | None:
+        """A job id, or None when done at once; the fake has no snapshots, so none is ever found."""
+        if snapshot is not None:
+            raise LsmError(ErrorNumber.NOT_FOUND_FS_SS, "File system snapshot not found")
+        return self._sim().fs_file_clone(fs.id, src_file_name, dest_file_name)
 
     def job_status(self, job_id: str, flags: int = FLAG_RSVD) -> tuple[int, int, Volume | None]:
         status, percent, record = self._sim().job_status(job_id)

@@ -165,6 +165,14 @@ class Volume(_Record):
         return self.block_size * self.num_of_blocks
 
 
+class FileSystem(_Record):
+    _FIELDS = ("id", "name", "total_space", "free_space", "pool_id", "system_id", "plugin_data")
+
+    def __init__(self, _id, _name, _total_space, _free_space, _pool_id, _system_id, _plugin_data=None) -> None:
+        self._id, self._name, self._total_space, self._free_space = _id, _name, _total_space, _free_space
+        self._pool_id, self._system_id, self._plugin_data = _pool_id, _system_id, _plugin_data
+
+
 class Capabilities:
     """A system's capabilities: a 512-slot table, each slot SUPPORTED or UNSUPPORTED."""
 
@@ -193,6 +201,11 @@ class Capabilities:
     VOLUME_CHILD_DEPENDENCY_RM = 46
     VOLUME_THIN = 55
     FS = 100
+    FS_DELETE = 101
+    FS_RESIZE = 102
+    FS_CREATE = 103
+    FS_CLONE = 104
+    FILE_CLONE = 105
     POOLS_QUICK_SEARCH = 210
     VOLUMES_QUICK_SEARCH = 211
     DISKS_QUICK_SEARCH = 212
