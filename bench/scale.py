@@ -14,8 +14,10 @@ The images are what the issue measured: records only (createVirtualDisk with `{"
 committed disk whose volume a fix makes later) from 8 client threads. Making 100,000 takes minutes, so
 each size is made once into `--cache` and reused: every start runs on a fresh copy whose records are
 hard links to the cached ones (hsmd replaces a record by an atomic rename, never writes one in place),
-so what a run does never reaches the cache. Targets (issue 17): start-up < 2 s and list within 3x of
-1,000 images, create p50 < 3 ms from the first ping, list < 100 ms, RSS < 150 MB, check < 1 s or paged.
+so what a run does never reaches the cache (but for one start and stop of hsmd on the cache itself, which
+writes its index snapshot for this boot: each copy starts from it). Targets (issue 17): start-up < 2 s and
+list within 3x of 1,000 images, create p50 < 3 ms from the first ping, list < 100 ms, RSS < 150 MB, check
+< 1 s or paged.
 
 Run: .venv/bin/python bench/scale.py [--sizes 1000,10000,100000] [--cache /var/tmp/hsm-scale]
 """
@@ -75,6 +77,7 @@ def prepared(cache: str, count: int, threads: int) -> str:
     """
     root = os.path.join(cache, str(count))
     if os.path.exists(os.path.join(root, READY)):
+        Hsmd(root).start(timeout=600).stop(timeout=600)  # its index snapshot written by this hsmd, this boot
         return root
     os.makedirs(root, exist_ok=True)
     images = os.path.join(root, "state", "local", "images")

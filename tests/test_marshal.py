@@ -37,3 +37,11 @@ def test_faults_are_raised():
     with pytest.raises(xmlrpc.client.Fault) as raised:
         load_answer(body)
     assert raised.value.faultCode == -32601 and raised.value.faultString == "no such verb"
+
+
+@pytest.mark.parametrize("text", ["plain-id", "", " padded ", "a\tb", "<&>", "ünï"])
+def test_strings_read_back_the_same_by_the_stdlib_and_by_hsm(text):
+    """Strings go untyped (XML-RPC's default type) unless empty or edged with whitespace: both readers agree."""
+    body = dump_answer({"status": {"code": 0, "message": ""}, "value": text, "list": [text, text]})
+    assert xmlrpc.client.loads(body)[0][0]["value"] == text
+    assert load_answer(body)["list"] == [text, text]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from typing import Any
 
 from hsm import config as hsmconfig
@@ -33,6 +34,7 @@ from hsm.storage.engine import Engine
 from hsm.storage.pools import Pools
 from hsm.storage.repository import FileRepository
 from hsm.tasks import TaskManager
+from hsm.tasks.manager import TRANSPARENT
 from hsm.watch import Watcher, watch_for_file
 from supervdsm.client import SupervdsmClient
 
@@ -109,7 +111,17 @@ class Application:
         local = self._connect_default_repository()
         self.tasks.recover_all()
         if local is not None:
+            self._recover_intents(local)
+
+    def _recover_intents(self, local: FileRepository) -> None:
+        """The fixes of the default repository's pending intents. Non-transparent: resumed in the background,
+        so that a repository of 100,000 pending records answers at once (each resumed fix is a task written
+        to the journal); transparent: given back before hsmd answers, for VDSM's first getAllTasksStatuses."""
+        if self.tasks.mode == TRANSPARENT:
             self.engine.fixes.recover_intents(local)
+            return
+        threading.Thread(target=self.engine.fixes.recover_intents, args=(local,), name="resume-local",
+                         daemon=True).start()
 
     def call(self, verb: str, *args: Any) -> dict:
         """A verb's answer ({status, ...}), as hsmd's wire gives it; UnknownVerb or BadArguments otherwise."""

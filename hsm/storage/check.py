@@ -27,8 +27,10 @@ def check(repo: FileRepository, fixes: Fixes) -> list[dict]:
     """Every fix the repository needs now, and every broken image no fix can repair (`fixable: false`).
 
     A fix that must wait for another (the merge of a snapshot that a pending
-    create still reads through) is left out until that one has run.
+    create still reads through) is left out until that one has run. After a start from the index
+    snapshot, it waits for the scan of every record first: what it answers is storage's truth.
     """
+    repo.wait_scanned()
     repo.reread()
     on_storage = repo.listing()
     found = [_unreadable(image_id, reason) for image_id, reason in sorted(repo.unreadable.items())]
@@ -49,6 +51,7 @@ def check_page(repo: FileRepository, fixes: Fixes, limit: int, marker: str) -> t
 
     Only the images of the page are examined; the listing of the files is made for each page.
     """
+    repo.wait_scanned()
     repo.reread()
     on_storage = repo.listing()
     found: list[dict] = []

@@ -113,6 +113,7 @@ class Engine:
         # take to call its holder dead, and a margin
         self.writer_timeout = host_dead_seconds(lease_io_timeout) + 20.0
         self._links_root = os.path.join(state_dir or tempfile.gettempdir(), "block")  # volume links of block-1
+        self._snapshots = os.path.join(state_dir, "index") if state_dir else ""  # of localfs-1 indexes
         self._udev: BlockDeviceMonitor | None = None
         self._udev_failed = False  # uevents cannot be read here
         self.reconnect: Callable[[str], FileRepository] | None = None  # by_uuid's way to a known repository
@@ -370,6 +371,8 @@ class Engine:
             else:
                 repo = FileRepository(repo_id, path, repo_format, self._io(repo_id))
                 repo.connection_id = params.get("connectionId", "") if repo_format != "localfs-1" else ""
+                if repo_format == "localfs-1":  # others' records change while this host is away
+                    repo.snapshot_root = self._snapshots
                 if repo_format in SHARED_FILE_FORMATS:
                     repo.lease_paths = lease_paths(path)
             try:
@@ -397,6 +400,7 @@ class Engine:
                     self._activate_chain(repo, image)
         repo.keep_reserve()
         repo.start_monitor(self.monitor_interval)
+        repo.start_index_work()
         self._watches[repo_id] = RepositoryWatch.start(repo, self.watcher, self.fixes)
         log.info("Connected repository %s (%s, %s)", repo_id, repo_format, path)
         return repo
@@ -594,6 +598,7 @@ class Engine:
     @staticmethod
     def _ensure_free(repo: FileRepository, image_id: str) -> None:
         """Ids are unique within a repository; copies of a snapshot share its id across repositories."""
+        repo.verify(image_id)
         if image_id in repo.images:
             raise ImageExists(f"{image_id} in repository {repo.id}")
 

@@ -13,7 +13,7 @@ from typing import ClassVar
 from hsm.ids import is_id
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CreateIntent:
     """Make the disk's top volume; with `optimize`, then copy its base into it (strategy=performance), where
     `offload` allows by a clone of the base's one volume (hsm.storage.offload) as the top is made."""
@@ -23,7 +23,7 @@ class CreateIntent:
     offload: bool = True
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SnapshotIntent:
     """Give `disk` a new top volume (`top`) over the snapshot's, then mark the snapshot complete."""
     op: ClassVar[str] = "snapshot"
@@ -31,7 +31,7 @@ class SnapshotIntent:
     top: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CopyIntent:
     """Copy image `source` of repository `sourceRepo` (only its difference from `base`, if given);
     `offload`: a whole copy may be a reflink or copy_file_range (hsm.storage.offload), else qemu-img only."""
@@ -42,7 +42,7 @@ class CopyIntent:
     offload: bool = True
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class OptimizeIntent:
     """Copy a degraded disk out of its base, so that it stands alone."""
     op: ClassVar[str] = "optimize"

@@ -139,6 +139,9 @@ class IOProcess:
     def read_all(self, folder: str, suffix: str) -> dict[str, bytes]:
         return self.call("read_all", folder, suffix)
 
+    def read_many(self, folder: str, names: list[str]) -> dict[str, bytes]:
+        return self.call("read_many", folder, names)
+
     def write(self, path: str, data: bytes) -> None:
         self.call("write", path, data)
 

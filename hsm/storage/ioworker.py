@@ -91,6 +91,19 @@ def _read_all(folder: str, suffix: str) -> dict[str, bytes]:
     return found
 
 
+def _read_many(folder: str, names: list[str]) -> dict[str, bytes]:
+    """The files of `folder` named (plain names only), by name; a missing one is left out."""
+    found = {}
+    for name in names:
+        if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
+            raise OSError(errno.EINVAL, f"not a plain file name: {name!r}")
+        try:
+            found[name] = _read(os.path.join(folder, name), 1 << 20)
+        except FileNotFoundError:
+            pass
+    return found
+
+
 def _statvfs(path: str) -> dict:
     st = os.statvfs(path)
     return {"free": st.f_bavail * st.f_frsize, "total": st.f_blocks * st.f_frsize}
@@ -411,6 +424,7 @@ OPS: dict[str, Callable[..., object]] = {
     "listdir": lambda path: sorted(os.listdir(path)),
     "read": _read,
     "read_all": _read_all,
+    "read_many": _read_many,
     "write": atomic_write,
     "remove": atomic_remove,
     "makedirs": lambda path: os.makedirs(path, exist_ok=True),

@@ -20,7 +20,8 @@ log = logging.getLogger("hsm.storage.prepared")
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
 
-def _boot_id() -> str:
+def boot_id() -> str:
+    """This boot's id (the kernel's): it changes with every restart of the machine."""
     try:
         with open(BOOT_ID) as f:
             return f.read().strip()
@@ -34,7 +35,7 @@ class PreparedImages:
     def __init__(self, path: str | None) -> None:
         self._path = path
         self._lock = threading.Lock()
-        self._boot = _boot_id()
+        self._boot = boot_id()
         self._keys: set[tuple[str, str]] = self._load(path) if path else set()
 
     def _load(self, path: str) -> set[tuple[str, str]]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import bisect
 import collections
 import contextlib
+import dataclasses
 import errno
 import heapq
 import json
@@ -30,7 +31,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Generic, TypeVar
 
 from hsm.errors import (
@@ -44,6 +45,7 @@ from hsm.errors import (
     StorageDomainNotEmpty,
     StorageDomainTypeError,
     StorageServerAccessPermissionError,
+    StorageTimeout,
     VolumeMetadataReadError,
     VolumeMetadataWriteError,
 )
@@ -55,6 +57,7 @@ from hsm.storage.image import Image, Volume
 from hsm.storage.intents import CopyIntent, SnapshotIntent
 from hsm.storage.ioprocess import IOProcess
 from hsm.storage.offload import ARRAY, FILE_CLONE, ArrayPlace, Offload, discover
+from hsm.storage.snapshot import IndexSnapshot, Loaded, chunks, to_row
 from hsm.watch import OwnChanges
 
 log = logging.getLogger("hsm.storage.repository")
@@ -75,6 +78,7 @@ VMS_FOLDER = "vms"          # a pool's OVF store on its master or an export doma
 LEASES_FOLDER = "leases"     # a shared repository's sanlock areas: ids (its lockspace) and leases
 EXTRA_FOLDERS = (ISO_FOLDER, VMS_FOLDER, LEASES_FOLDER)
 MAX_LABEL = 256             # characters of a label read back from storage
+SCAN_WAIT = 600.0           # seconds a file deletion waits for the scan after a start from a snapshot
 
 
 def _layout_folder(io: IOProcess, path: str, folder: str) -> bool:
@@ -205,17 +209,24 @@ class IdIndex(dict[str, _V], Generic[_V]):
         super().__init__(*args)
         self._order: list[str] | None = None
         self._order_lock = threading.Lock()
+        # Told of every change, set or gone (the index snapshot's journal, hsm.storage.snapshot)
+        self.on_set: Callable[[str, _V], None] | None = None
+        self.on_gone: Callable[[str], None] | None = None
 
     def __setitem__(self, key: str, value: _V) -> None:
         with self._order_lock:
             if self._order is not None and key not in self:
                 bisect.insort(self._order, key)
             super().__setitem__(key, value)
+            if self.on_set is not None:
+                self.on_set(key, value)
 
     def __delitem__(self, key: str) -> None:
         with self._order_lock:
             super().__delitem__(key)
             self._unorder(key)
+            if self.on_gone is not None:
+                self.on_gone(key)
 
     def pop(self, key: str, *default: Any) -> Any:
         with self._order_lock:
@@ -223,6 +234,8 @@ class IdIndex(dict[str, _V], Generic[_V]):
                 return super().pop(key, *default)
             value = super().pop(key)
             self._unorder(key)
+            if self.on_gone is not None:
+                self.on_gone(key)
             return value
 
     def _unorder(self, key: str) -> None:
@@ -285,6 +298,14 @@ class FileRepository:
         self.lockspace: Lockspace | None = None  # a shared repository's, joined while connected
         self.on_check: Callable[[], object] | None = None  # run by the monitor of a shared repository
         self.volume_leases: VolumeLeases | None = None  # a shared repository's images' leases
+        self.snapshot_root = ""  # where hsmd keeps index snapshots (localfs-1 only; hsm.storage.snapshot)
+        self.snapshot: IndexSnapshot | None = None
+        self.scanned = threading.Event()  # every record read since the connect (at once unless from a snapshot)
+        self.scanned.set()
+        self._scan_cursor = ""  # during the scan: ids up to this one were compared with storage
+        self._verified: set[str] = set()  # and these, read on demand (verify)
+        self._compacting = threading.Lock()
+        self._indexed = False  # load() completed: the index is the repository's, a snapshot of it may be written
 
     # -- connect ----------------------------------------------------------
 
@@ -316,9 +337,140 @@ class FileRepository:
         self.uuid = record["uuid"]
         self.labels = _labels(record)
         self.array, self.array_capabilities, self.array_read_at = _array_of(record)
-        images, unreadable = self._read_records()
-        log.info("Repository %s (%s) loaded: %d images, %d unreadable records", self.id, self.uuid,
-                 len(images), len(unreadable))
+        loaded = self._load_snapshot()
+        if loaded is None:
+            images, unreadable = self._read_records()
+        else:
+            images, unreadable = loaded.images, loaded.unreadable
+            self._install(images, unreadable)
+            self.scanned.clear()
+        self._indexed = True
+        log.info("Repository %s (%s) loaded%s: %d images, %d unreadable records", self.id, self.uuid,
+                 " from its index snapshot" if loaded is not None else "", len(images), len(unreadable))
+
+    # -- the index snapshot (hsm.storage.snapshot) ----------------------------
+
+    def _load_snapshot(self) -> Loaded | None:
+        if not self.snapshot_root:
+            return None
+        self.snapshot = IndexSnapshot(os.path.join(self.snapshot_root, self.uuid), self.uuid)
+        return self.snapshot.load()
+
+    def _follow_index(self) -> None:
+        """From now on every change of the index is appended to the snapshot's journal."""
+        journal = self.snapshot
+        if journal is None:
+            return
+        self.images.on_set = lambda image_id, image: self._journaled(journal.put, image)
+        self.images.on_gone = lambda image_id: self._journaled(journal.gone, image_id)
+        self.unreadable.on_set = lambda image_id, reason: self._journaled(journal.bad, image_id, reason)
+        self.unreadable.on_gone = lambda image_id: self._journaled(journal.fine, image_id)
+
+    def _journaled(self, append: Callable[..., None], *change: Any) -> None:
+        """One change into the journal; a journal that cannot be written stops being used (the next start
+        reads every record), never the change."""
+        journal = self.snapshot
+        if journal is None:
+            return
+        try:
+            append(*change)
+        except OSError as e:
+            log.error("The index journal of %s cannot be written (%s): the next start reads every record",
+                      self.id, e)
+            self.snapshot = None
+            journal.discard()
+            return
+        if journal.due(len(self.images)) and self._compacting.acquire(blocking=False):
+            threading.Thread(target=self._compact, name=f"snapshot-{self.id}", daemon=True).start()
+
+    def _compact(self) -> None:
+        try:
+            self.write_snapshot()
+        finally:
+            self._compacting.release()
+
+    def write_snapshot(self) -> None:
+        """A new snapshot of the index (the rows taken under the index lock), its journals then removed."""
+        journal = self.snapshot
+        if journal is None:
+            return
+        with self.index_lock:
+            first = journal.begin()
+            rows = [to_row(image) for image in self.images.values()]
+            unreadable = dict(self.unreadable)
+        try:
+            journal.write(rows, unreadable, first)
+        except OSError as e:
+            log.error("The index snapshot of %s cannot be written (%s): the next start reads every record",
+                      self.id, e)
+            self.snapshot = None
+            journal.discard()
+
+    def start_index_work(self, pause: float = 0.02, batch: int = 256) -> None:
+        """Once connected, in the background: after a start from a snapshot, compare every record on storage
+        with the index; after a start that read every record, write the snapshot the next start reads."""
+        if self.snapshot is None:
+            return
+        if self.scanned.is_set():
+            threading.Thread(target=self.write_snapshot, name=f"snapshot-{self.id}", daemon=True).start()
+        else:
+            threading.Thread(target=self._scan, args=(pause, batch), name=f"scan-{self.id}", daemon=True).start()
+
+    def _scan(self, pause: float, batch: int) -> None:
+        """Read every record, `batch` at a time through the I/O helper, a pause between batches so verbs
+        keep the CPU; a record that differs from the index is read again into it (refresh)."""
+        folder = os.path.join(self.path, IMAGES)
+        while not self._monitor_stop.is_set():
+            try:
+                begun = time.monotonic()
+                ids = sorted(name[:-len(META_SUFFIX)] for name in self.io.listdir(folder)
+                             if name.endswith(META_SUFFIX))
+                listed = set(ids)
+                for chunk in chunks(ids, batch):
+                    found = self.io.read_many(folder, [image_id + META_SUFFIX for image_id in chunk])
+                    for image_id in chunk:
+                        self._compare(image_id, found.get(image_id + META_SUFFIX))
+                    self._scan_cursor = chunk[-1]
+                    if self._monitor_stop.wait(pause):
+                        return
+                for image_id in set(self.images) | set(self.unreadable):
+                    if image_id > self._scan_cursor or image_id not in listed:
+                        self.refresh(image_id)  # no record was listed: removed while hsmd was away?
+                self.scanned.set()
+                self._verified.clear()
+                log.info("Repository %s: every record read after the start from its snapshot (%.1f s)", self.id,
+                         time.monotonic() - begun)
+                return
+            except (OSError, HsmError) as e:
+                log.warning("Repository %s: the scan of its records failed (%s); again in 10 s", self.id, e)
+                if self._monitor_stop.wait(10.0):
+                    return
+
+    def _compare(self, image_id: str, data: bytes | None) -> None:
+        if not is_id(image_id) or image_id in self._verified:
+            return
+        known = self.images.get(image_id)
+        if data is not None and known is not None and image_id not in self.unreadable:
+            try:
+                if known.to_json() == data or same_record(known, Image.from_json(data)):
+                    return
+            except ValueError:
+                pass
+        self.refresh(image_id)
+
+    def verify(self, image_id: str) -> None:
+        """While the scan after a start from a snapshot runs: the image's record read from storage into the
+        index first, if the scan has not come to it (a verb names it; the snapshot may be older)."""
+        if self.scanned.is_set() or image_id <= self._scan_cursor or image_id in self._verified:
+            return
+        self.refresh(image_id)
+        self._verified.add(image_id)
+
+    def wait_scanned(self, timeout: float = SCAN_WAIT) -> None:
+        """Before a file is deleted: every record read (one the snapshot misses may read through it)."""
+        if not self.scanned.wait(timeout):
+            raise StorageTimeout(f"{self.id}: its records are still being read after the start ({timeout:g} s); "
+                                 "files are deleted once they all are")
 
     def find_offload(self) -> None:
         """Find what its file system does for a copy inside it: two probe files in its folder."""
@@ -352,13 +504,18 @@ class FileRepository:
             log.error("Image record %s in %s conflicts with another: %s", image_id, self.id, reason)
             unreadable[image_id] = reason
             del images[image_id]
+        self._install(images, unreadable)
+        return images, unreadable
+
+    def _install(self, images: dict[str, Image], unreadable: dict[str, str]) -> None:
+        """Make the index these images and unreadable records."""
         with self.index_lock:
             self.images = IdIndex(images)
             self.unreadable = IdIndex(unreadable)
             self._snapshotting, self._copying = {}, {}
             for image in images.values():
                 self._note_intent(image)
-        return images, unreadable
+            self._follow_index()
 
     @staticmethod
     def _parse(image_id: str, data: bytes) -> Image:
@@ -399,7 +556,9 @@ class FileRepository:
                 return
             try:
                 image = self._parse(image_id, data)
-                conflict = _conflicts({**self.images, image_id: image}).get(image_id)
+                if known is not None and same_record(known, image) and image_id not in self.unreadable:
+                    return
+                conflict = self._claims(image)
                 if conflict:
                     raise ValueError(conflict)
             except ValueError as e:
@@ -408,13 +567,22 @@ class FileRepository:
                 if known is not None:
                     self._drop(known)
                 return
-            if known is not None and known.to_json() == image.to_json():
-                return
-            log.log(level, "Image record %s in %s was %s %s", image_id, self.id,
-                    "repaired" if image_id in self.unreadable else "changed", cause)
+            changed = [f.name for f in fields(Image)
+                       if known is not None and getattr(known, f.name) != getattr(image, f.name)]
+            log.log(level, "Image record %s in %s was %s %s (%s)", image_id, self.id,
+                    "repaired" if image_id in self.unreadable else "changed", cause,
+                    "new" if known is None else ", ".join(changed))
             self.unreadable.pop(image_id, None)
             self.images[image_id] = image
             self._note_intent(image)
+
+    def _claims(self, image: Image) -> str:
+        """Why `image`, read again, conflicts with the records of the index ("" when it does not): only the
+        images that claim one of its volumes are weighed (_conflicts)."""
+        own = {vol.id for vol in image.own}
+        claimants = {other.id: other for other in list(self.images.values())
+                     if other.id != image.id and any(vol.id in own for vol in other.own)}
+        return _conflicts({**claimants, image.id: image}).get(image.id, "") if claimants else ""
 
     def refresh_many(self, image_ids: set[str], slots: AbstractSet[int] = frozenset()) -> None:
         """The records another host changed (hsm.leases.writer); `slots` are a block repository's."""
@@ -503,6 +671,7 @@ class FileRepository:
     # -- the index --------------------------------------------------------
 
     def get(self, image_id: str, removed: bool = False) -> Image:
+        self.verify(image_id)
         if image_id in self.unreadable:
             raise VolumeMetadataReadError(f"{image_id}: {self.unreadable[image_id]}")
         image = self.images.get(image_id)
@@ -733,7 +902,12 @@ class FileRepository:
         threading.Thread(target=watch, name=f"monitor-{self.id}", daemon=True).start()
 
     def close(self) -> None:
+        """Stop its threads and write its index snapshot (once connected whole)."""
         self._monitor_stop.set()
+        if self.snapshot is not None and self._indexed:
+            self.write_snapshot()
+            if self.snapshot is not None:
+                self.snapshot.close()
         self.io.close()
 
     def wire(self) -> dict:
@@ -746,6 +920,12 @@ class FileRepository:
                                  **({"array": {**self.array.wire(), "capabilities": dict(self.array_capabilities),
                                                "readAt": self.array_read_at}} if self.array is not None else {})},
                 **({"leases": self.lockspace.state()} if self.lockspace is not None else {})}
+
+
+def same_record(known: Image, stored: Image) -> bool:
+    """Whether the index's image is the record stored, but for its `stage`: a fix moves the stage on in
+    memory as its steps run, and writes it with its next change."""
+    return known == dataclasses.replace(stored, stage=known.stage)
 
 
 def _conflicts(images: dict[str, Image]) -> dict[str, str]:

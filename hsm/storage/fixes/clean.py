@@ -21,6 +21,7 @@ class CleanFix(Fix):
     def volumes(self, ctx: StepContext, repo: FileRepository, image: Image | None) -> None:
         if image is None or not image.removed:
             return
+        repo.wait_scanned()  # a record not read yet may read through its volumes
         if repo.dependents(image):
             raise VolumeImageHasChildren(f"{image.id}: images read through it; it needs a merge fix")
         self.check_unused(repo, image)
@@ -57,6 +58,7 @@ class OrphansFix(Fix):
         return [(REPOSITORY, args["repo"], EXCLUSIVE)]
 
     def _files(self, ctx: StepContext, repo: FileRepository, image: None) -> None:
+        repo.wait_scanned()  # a record not read yet may own any of them
         with repo.lock:  # on a shared repository: the index is true to every host's records while it decides
             for name in sorted(repo.unowned(set(ctx.args.get("files", [])))):
                 repo.remove_file(name)
