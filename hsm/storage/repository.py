@@ -344,6 +344,7 @@ class FileRepository:
             images, unreadable = loaded.images, loaded.unreadable
             self._install(images, unreadable)
             self.scanned.clear()
+            self.reread()  # the few unreadable records at once: an admin may have repaired or deleted them
         self._indexed = True
         log.info("Repository %s (%s) loaded%s: %d images, %d unreadable records", self.id, self.uuid,
                  " from its index snapshot" if loaded is not None else "", len(images), len(unreadable))
@@ -562,6 +563,8 @@ class FileRepository:
                 if conflict:
                     raise ValueError(conflict)
             except ValueError as e:
+                if known is None and self.unreadable.get(image_id) == str(e):
+                    return  # unreadable as it was: nothing to say again
                 log.error("Image record %s in %s was changed %s and is unreadable: %s", image_id, self.id, cause, e)
                 self.unreadable[image_id] = str(e)
                 if known is not None:
