@@ -223,3 +223,19 @@ def test_deletions_wait_until_every_record_was_read(tmp_path):
             repo.write_snapshot()
     finally:
         io.close()
+
+
+def test_a_formatted_domain_leaves_no_snapshot_behind(make_hsmd, tmp_path):
+    """formatStorageDomain removes the repository's records, and with them the index snapshot kept for it."""
+    daemon = make_hsmd().start()
+    irs = daemon.proxy()
+    path = tmp_path / "domain"
+    path.mkdir()
+    sd = str(uuid.uuid4())
+    ok(irs.createStorageDomain(4, sd, "data", str(path), 1, 3))
+    disk = ok(irs.createVirtualDisk(sd, str(GiB), "", {}, {}))["imageId"]
+    wait_image(irs, sd, disk)
+    index = os.path.join(daemon.state_dir, "index", sd)
+    wait_for(lambda: os.path.exists(os.path.join(index, "snapshot")), timeout=30, what="the domain's snapshot")
+    ok(irs.formatStorageDomain(sd, True))
+    assert not os.path.exists(index)

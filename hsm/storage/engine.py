@@ -11,6 +11,7 @@ import contextlib
 import functools
 import logging
 import os
+import shutil
 import tempfile
 import threading
 import uuid
@@ -149,9 +150,16 @@ class Engine:
             made = repositories.create(path, repo_format, io, force, repo_uuid, labels, on_array)
             if repo_format in SHARED_FILE_FORMATS:
                 self._make_lockspace(io, path, made)
+            if force:
+                self._forget_snapshot(made)  # the records it held are gone
             return made
         finally:
             io.close()
+
+    def _forget_snapshot(self, repo_uuid: str) -> None:
+        """Remove the index snapshot kept for a repository whose records are all gone (removed, formatted)."""
+        if self._snapshots:
+            shutil.rmtree(os.path.join(self._snapshots, check_id("repository uuid", repo_uuid)), ignore_errors=True)
 
     def _array_fields(self, array: object) -> dict:
         """The record's fields of a repository on `array` ({arrayId, fsId, path}): the array is asked that
@@ -353,6 +361,7 @@ class Engine:
             raise StorageDomainAccessError(f"{repo.path}: {e}") from None
         finally:
             io.close()
+        self._forget_snapshot(repo.uuid)
         log.info("Removed repository %s (%s) at %s", repo_id, repo.uuid, repo.path)
 
     def connect(self, repo_id: str, repo_format: str, params: dict) -> FileRepository:
