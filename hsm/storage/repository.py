@@ -57,7 +57,7 @@ from hsm.storage.image import Image, Volume
 from hsm.storage.intents import CopyIntent, SnapshotIntent
 from hsm.storage.ioprocess import IOProcess
 from hsm.storage.offload import ARRAY, FILE_CLONE, ArrayPlace, Offload, discover
-from hsm.storage.snapshot import IndexSnapshot, Loaded, chunks, to_row
+from hsm.storage.snapshot import IndexSnapshot, Loaded, chunks, release_memory, to_row
 from hsm.watch import OwnChanges
 
 log = logging.getLogger("hsm.storage.repository")
@@ -439,6 +439,7 @@ class FileRepository:
                         self.refresh(image_id)  # no record was listed: removed while hsmd was away?
                 self.scanned.set()
                 self._verified.clear()
+                release_memory()  # what reading every record used
                 log.info("Repository %s: every record read after the start from its snapshot (%.1f s)", self.id,
                          time.monotonic() - begun)
                 return

@@ -31,6 +31,7 @@ other hosts change them while this one is down.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
@@ -117,20 +118,23 @@ class IndexSnapshot:
         return loaded
 
     def _read(self) -> tuple[Loaded, int]:
+        """The snapshot's images, a line of rows at a time (never the whole file's bytes and objects at
+        once); the heap they used is given back to the system after (release_memory)."""
         with open(os.path.join(self.folder, SNAPSHOT), "rb") as f:
             header = json.loads(f.readline())
-            body = f.read()
-        expected = {"version": VERSION, "uuid": self.uuid, "boot": boot_id()}
-        wrong = [name for name, value in expected.items() if header.get(name) != value]
-        if wrong:
-            raise ValueError(f"its {', '.join(wrong)} differ (the machine restarted, or another repository)")
-        if zlib.crc32(body) != header.get("crc"):
+            expected = {"version": VERSION, "uuid": self.uuid, "boot": boot_id()}
+            wrong = [name for name, value in expected.items() if header.get(name) != value]
+            if wrong:
+                raise ValueError(f"its {', '.join(wrong)} differ (the machine restarted, or another repository)")
+            loaded, crc = Loaded({}, dict(header["unreadable"])), 0
+            for line in f:
+                crc = zlib.crc32(line, crc)
+                for row in json.loads(line):
+                    image = from_row(row)
+                    loaded.images[image.id] = image
+        release_memory()
+        if crc != header.get("crc"):
             raise ValueError("its CRC-32 is wrong")
-        loaded = Loaded({}, dict(header["unreadable"]))
-        for line in body.splitlines():
-            for row in json.loads(line):
-                image = from_row(row)
-                loaded.images[image.id] = image
         if len(loaded.images) != header["images"]:
             raise ValueError(f"it holds {len(loaded.images)} rows, its header says {header['images']}")
         return loaded, int(header["journal"])
@@ -242,6 +246,15 @@ class IndexSnapshot:
     def close(self) -> None:
         with self._lock:
             self._close_journal()
+
+
+def release_memory() -> None:
+    """Give the C heap's free memory back to the system (glibc's malloc_trim): a start from a snapshot of
+    100,000 images leaves 30 MB of it free, which the process would otherwise keep."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: its heap is its own business
+        pass
 
 
 def chunks(names: list[str], size: int) -> Iterator[list[str]]:
