@@ -304,7 +304,8 @@ class FileRepository:
         self.scanned.set()
         self._scan_cursor = ""  # during the scan: ids up to this one were compared with storage
         self._verified: set[str] = set()  # and these, read on demand (verify)
-        self._compacting = threading.Lock()
+        self._compacting = threading.Lock()  # one compaction started at a time
+        self._snapshot_writing = threading.Lock()  # one snapshot written at a time (close, compaction, connect)
         self._indexed = False  # load() completed: the index is the repository's, a snapshot of it may be written
 
     # -- connect ----------------------------------------------------------
@@ -395,17 +396,18 @@ class FileRepository:
         journal = self.snapshot
         if journal is None:
             return
-        with self.index_lock:
-            first = journal.begin()
-            rows = [to_row(image) for image in self.images.values()]
-            unreadable = dict(self.unreadable)
-        try:
-            journal.write(rows, unreadable, first)
-        except OSError as e:
-            log.error("The index snapshot of %s cannot be written (%s): the next start reads every record",
-                      self.id, e)
-            self.snapshot = None
-            journal.discard()
+        with self._snapshot_writing:  # else an older snapshot could replace a newer, whose journals are gone
+            with self.index_lock:
+                first = journal.begin()
+                rows = [to_row(image) for image in self.images.values()]
+                unreadable = dict(self.unreadable)
+            try:
+                journal.write(rows, unreadable, first)
+            except OSError as e:
+                log.error("The index snapshot of %s cannot be written (%s): the next start reads every record",
+                          self.id, e)
+                self.snapshot = None
+                journal.discard()
 
     def start_index_work(self, pause: float = 0.02, batch: int = 256) -> None:
         """Once connected, in the background: after a start from a snapshot, compare every record on storage
