@@ -610,25 +610,26 @@ class FileRepository:
     def relabel(self, **labels: object) -> None:
         """Change labels of the record (a domain's description), durably, under the commit lock."""
         with self.lock:
-            record = read_record(self.path, self.io)
-            record.update({name: value for name, value in labels.items() if name in LABELS})
-            try:
-                self.io.write(os.path.join(self.path, RECORD), json.dumps(record).encode())
-            except OSError as e:
-                raise StorageDomainAccessError(f"{self.path}: {e}") from None
+            record = self._rewrite_record({name: value for name, value in labels.items() if name in LABELS})
             self.labels = _labels(record)
+
+    def _rewrite_record(self, changes: dict) -> dict:
+        """The repository record as storage holds it, with `changes`, written back durably (under the
+        commit lock); the record written."""
+        record = read_record(self.path, self.io)
+        record.update(changes)
+        try:
+            self.io.write(os.path.join(self.path, RECORD), json.dumps(record).encode())
+        except OSError as e:
+            raise StorageDomainAccessError(f"{self.path}: {e}") from None
+        return record
 
     def store_array_capabilities(self, capabilities: dict[str, bool], read_at: str) -> bool:
         """Keep the array's capabilities offload uses in the record, when they changed; whether they did."""
         if self.array is None or self.array_capabilities == {FILE_CLONE: bool(capabilities.get(FILE_CLONE))}:
             return False
         with self.lock:
-            record = read_record(self.path, self.io)
-            record.update(array_fields(self.array, capabilities, read_at))
-            try:
-                self.io.write(os.path.join(self.path, RECORD), json.dumps(record).encode())
-            except OSError as e:
-                raise StorageDomainAccessError(f"{self.path}: {e}") from None
+            record = self._rewrite_record(array_fields(self.array, capabilities, read_at))
             self.array, self.array_capabilities, self.array_read_at = _array_of(record)
         log.info("Repository %s: the array's FILE_CLONE is now %s (stored)", self.id,
                  self.array_capabilities.get(FILE_CLONE))
