@@ -377,10 +377,7 @@ class FileRepository:
         try:
             append(*change)
         except OSError as e:
-            log.error("The index journal of %s cannot be written (%s): the next start reads every record",
-                      self.id, e)
-            self.snapshot = None
-            journal.discard()
+            self._give_up_snapshot("journal", e)
             return
         if journal.due(len(self.images)) and self._compacting.acquire(blocking=False):
             threading.Thread(target=self._compact, name=f"snapshot-{self.id}", daemon=True).start()
@@ -404,10 +401,15 @@ class FileRepository:
             try:
                 journal.write(rows, unreadable, first)
             except OSError as e:
-                log.error("The index snapshot of %s cannot be written (%s): the next start reads every record",
-                          self.id, e)
-                self.snapshot = None
-                journal.discard()
+                self._give_up_snapshot("snapshot", e)
+
+    def _give_up_snapshot(self, what: str, e: OSError) -> None:
+        """The snapshot or its journal cannot be written: neither is used any more (the next start reads every
+        record), never the change itself."""
+        log.error("The index %s of %s cannot be written (%s): the next start reads every record", what, self.id, e)
+        journal, self.snapshot = self.snapshot, None
+        if journal is not None:
+            journal.discard()
 
     def start_index_work(self, pause: float = 0.02, batch: int = 256) -> None:
         """Once connected, in the background: after a start from a snapshot, compare every record on storage
